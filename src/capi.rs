@@ -1,0 +1,1 @@
+//! The plain C API (`ffi/attnrot.h`): status codes, null/length checks, no panic across the boundary.

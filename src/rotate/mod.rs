@@ -1,0 +1,1 @@
+//! Normalized Walsh–Hadamard rotation (fast transform) and upstream's rotation plan.

@@ -1,0 +1,136 @@
+//! The only module that uses `core::arch`.
+//!
+//! Pattern (after zlib-rs): a safe wrapper in the format/kernel module asks [`isa()`] which
+//! variant to run and calls a `#[target_feature]` kernel from the `x86` submodule. Detection
+//! runs once and is cached in an atomic; tests force each variant with [`with_isa`] (per
+//! thread) or the whole process with `ATTNROT_ISA=scalar|avx2|avx512` (read once).
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+/// Instruction-set levels attnrot has kernels for, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust, no `core::arch`.
+    Scalar = 1,
+    /// AVX2 + FMA + F16C (+ BMI2).
+    Avx2 = 2,
+    /// AVX-512 F/BW/VL/DQ on top of `Avx2`.
+    Avx512 = 3,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s))
+    }
+
+    fn from_u8(v: u8) -> Isa {
+        match v {
+            3 => Isa::Avx512,
+            2 => Isa::Avx2,
+            _ => Isa::Scalar,
+        }
+    }
+}
+
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+static GLOBAL: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The best ISA this CPU supports (detected once).
+pub fn detected() -> Isa {
+    let v = DETECTED.load(Ordering::Relaxed);
+    if v != 0 {
+        return Isa::from_u8(v);
+    }
+    let isa = detect();
+    DETECTED.store(isa as u8, Ordering::Relaxed);
+    isa
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Isa {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        Isa::Avx512
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Isa {
+    Isa::Scalar
+}
+
+/// The process-wide ISA: the detected one, or `ATTNROT_ISA` if set (never above detected).
+pub fn global() -> Isa {
+    let v = GLOBAL.load(Ordering::Relaxed);
+    if v != 0 {
+        return Isa::from_u8(v);
+    }
+    let det = detected();
+    let isa = match std::env::var("ATTNROT_ISA") {
+        Ok(s) => Isa::from_name(s.trim()).map(|i| i.min(det)).unwrap_or(det),
+        Err(_) => det,
+    };
+    GLOBAL.store(isa as u8, Ordering::Relaxed);
+    isa
+}
+
+/// The ISA kernels on this thread should use right now.
+#[inline]
+pub fn isa() -> Isa {
+    match FORCED.with(|f| f.get()) {
+        Some(i) => i,
+        None => global(),
+    }
+}
+
+/// Run `f` with kernels on this thread forced to `isa` (clamped to what the CPU has).
+/// Returns `None` (and does not run `f`) if the CPU lacks `isa`.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> Option<R> {
+    if isa > detected() {
+        return None;
+    }
+    let prev = FORCED.with(|c| c.replace(Some(isa)));
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _r = Restore(prev);
+    Some(f())
+}
+
+/// Every ISA this CPU can run, lowest first.
+pub fn available() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| *i <= detected()).collect()
+}

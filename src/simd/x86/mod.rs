@@ -1,0 +1,8 @@
+//! x86-64 kernels. Every function here is `unsafe` with `#[target_feature]`; callers in
+//! the safe modules check [`super::isa()`] first.
+#![allow(clippy::missing_safety_doc)]
+
+pub mod f16;
+pub mod fwht;
+pub mod quant;
+pub mod attn;
