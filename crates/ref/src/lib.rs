@@ -6,6 +6,7 @@ use attnrot::GgmlType;
 use std::ffi::CStr;
 use std::sync::Once;
 
+pub mod diff;
 pub mod graph;
 
 /// Compiler flags the reference was built with (mirrors a default `GGML_NATIVE=ON` build).
@@ -107,4 +108,9 @@ pub fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> f32 {
     let mut s = 0f32;
     unsafe { f(n as i32, &mut s, 0, x.as_ptr().cast(), 0, y.as_ptr().cast(), 0, 1) };
     s
+}
+
+/// Whether upstream's CPU backend has a `vec_dot` for `ty` (q8_1 has none).
+pub fn has_vec_dot(ty: GgmlType) -> bool {
+    cpu_traits(ty).vec_dot.is_some()
 }
