@@ -7,7 +7,9 @@ use std::ffi::CStr;
 use std::sync::Once;
 
 pub mod diff;
-pub mod graph;
+pub mod fattn;
+pub mod rot;
+pub mod setrows;
 
 /// Compiler flags the reference was built with (mirrors a default `GGML_NATIVE=ON` build).
 pub const ARCH_FLAGS: &str = env!("ATTNROT_REF_ARCH_FLAGS");

@@ -2,7 +2,8 @@
 //! the safe modules check [`super::isa()`] first.
 #![allow(clippy::missing_safety_doc)]
 
+pub mod attn;
 pub mod f16;
 pub mod fwht;
-pub mod quant;
-pub mod attn;
+pub mod q4;
+pub mod q8;

@@ -1,0 +1,1 @@
+//! Reference: fattn on upstream's CPU backend (a real ggml graph).

@@ -1,0 +1,1 @@
+//! Reference: rot on upstream's CPU backend (a real ggml graph).

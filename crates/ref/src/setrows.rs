@@ -1,0 +1,1 @@
+//! Reference: setrows on upstream's CPU backend (a real ggml graph).
