@@ -1,11 +1,300 @@
-//! `attnrot check`.
+//! `attnrot check`: fresh random data (and adversarial rows) through every kernel, ours vs
+//! the pinned upstream compiled into this binary; one line per format and kernel with
+//! bit-exact yes/no, worst error and speed ratio (upstream time / our time).
+use anyhow::{bail, Result};
+use attnrot::ggml::sys;
+use attnrot::quant::format;
+use attnrot::simd;
+use attnrot::GgmlType;
+use attnrot_ref::diff;
+use std::time::Instant;
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Random seed (default: from the clock; printed).
+    /// Random seed (default: from the clock; printed). Also read from ATTNROT_SEED.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Random rows of `--row` floats per format.
+    #[arg(long, default_value_t = 4096)]
+    pub rows: usize,
+    /// Row length (multiple of 32).
+    #[arg(long, default_value_t = 128)]
+    pub row: usize,
+    /// Formats to check (default: the eight KV formats).
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
 }
 
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// One output line.
+struct Line {
+    what: String,
+    kernel: &'static str,
+    exact: Option<bool>,
+    detail: String,
+    ratio: Option<f64>,
+}
+
+fn print(l: &Line) {
+    let ex = match l.exact {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "n/a",
+    };
+    let r = l
+        .ratio
+        .map(|r| format!("{r:5.2}x"))
+        .unwrap_or_else(|| "   - ".into());
+    println!(
+        "{:<8} {:<14} {:<9} {:<40} {}",
+        l.what, l.kernel, ex, l.detail, r
+    );
+}
+
+/// Median of `reps` timings of `f` (seconds).
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bits_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn check_format(
+    ty: GgmlType,
+    rows: &[(String, Vec<f32>)],
+    bench: &[f32],
+    row: usize,
+) -> Result<Vec<Line>> {
+    let ops = format(ty)?;
+    let dty = ty.vec_dot_type();
+    let dops = format(dty)?;
+    let rb = ty.row_bytes(row)?;
+    let n_bench = bench.len() / row;
+    let (traits, cpu) = unsafe {
+        (
+            &*sys::ggml_get_type_traits(ty as sys::ggml_type),
+            &*sys::ggml_get_type_traits_cpu(ty as sys::ggml_type),
+        )
+    };
+    let up_from = cpu.from_float.unwrap();
+    let up_to = traits.to_float.unwrap();
+    let up_dot = cpu.vec_dot.unwrap();
+
+    let mut lines = Vec::new();
+    // --- quantize (CPU from_float) and quantize_ref
+    let (mut q_bad, mut qr_bad, mut dq_bad, mut dot_bad) = (0usize, 0usize, 0usize, 0usize);
+    let mut dq_worst = 0f64;
+    let mut dot_worst = 0f64;
+    for (_, x) in rows {
+        let n = x.len();
+        let mut ours = vec![0u8; ty.row_bytes(n)?];
+        ops.quantize_row(x, &mut ours)?;
+        let up = attnrot_ref::quantize_row_cpu(ty, x);
+        q_bad += (ours != up) as usize;
+        let mut ours_r = vec![0u8; ours.len()];
+        ops.quantize_row_ref(x, &mut ours_r)?;
+        qr_bad += (ours_r != attnrot_ref::quantize_row_ref(ty, x)) as usize;
+        let mut d = vec![0f32; n];
+        ops.dequantize_row(&up, &mut d)?;
+        let ud = attnrot_ref::dequantize_row(ty, &up, n);
+        if !bits_eq(&d, &ud) {
+            dq_bad += 1;
+            for (a, b) in d.iter().zip(&ud) {
+                let e = (*a as f64 - *b as f64).abs();
+                if e.is_finite() {
+                    dq_worst = dq_worst.max(e);
+                }
+            }
+        }
+        let xf: Vec<f32> = x
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 0.5 })
+            .collect();
+        let yf: Vec<f32> = xf.iter().rev().copied().collect();
+        let xq = attnrot_ref::quantize_row_cpu(ty, &xf);
+        let yq = attnrot_ref::quantize_row_cpu(dty, &yf);
+        let a = ops.vec_dot(n, &xq, &yq)?;
+        let b = attnrot_ref::vec_dot(ty, n, &xq, &yq);
+        if a.to_bits() != b.to_bits() {
+            dot_bad += 1;
+            dot_worst = dot_worst.max((a as f64 - b as f64).abs() / (b as f64).abs().max(1.0));
+        }
+    }
+    let nrows = rows.len();
+
+    // --- speed on the bench block (n_bench rows of `row`)
+    let mut qbuf = vec![0u8; rb * n_bench];
+    let t_ours_q = time(7, || {
+        for (x, y) in bench.chunks(row).zip(qbuf.chunks_mut(rb)) {
+            ops.quantize_row(x, y).unwrap();
+        }
+    });
+    let t_up_q = time(7, || {
+        for (x, y) in bench.chunks(row).zip(qbuf.chunks_mut(rb)) {
+            unsafe { up_from(x.as_ptr(), y.as_mut_ptr().cast(), row as i64) };
+        }
+    });
+    let mut fbuf = vec![0f32; bench.len()];
+    let t_ours_dq = time(7, || {
+        for (x, y) in qbuf.chunks(rb).zip(fbuf.chunks_mut(row)) {
+            ops.dequantize_row(x, y).unwrap();
+        }
+    });
+    let t_up_dq = time(7, || {
+        for (x, y) in qbuf.chunks(rb).zip(fbuf.chunks_mut(row)) {
+            unsafe { up_to(x.as_ptr().cast(), y.as_mut_ptr(), row as i64) };
+        }
+    });
+    let drb = dty.row_bytes(row)?;
+    let mut ybuf = vec![0u8; drb * n_bench];
+    for (x, y) in bench.chunks(row).zip(ybuf.chunks_mut(drb)) {
+        dops.quantize_row(x, y)?;
+    }
+    let mut sink = 0f32;
+    let t_ours_dot = time(7, || {
+        for (x, y) in qbuf.chunks(rb).zip(ybuf.chunks(drb)) {
+            sink += ops.vec_dot(row, x, y).unwrap();
+        }
+    });
+    let t_up_dot = time(7, || {
+        for (x, y) in qbuf.chunks(rb).zip(ybuf.chunks(drb)) {
+            let mut s = 0f32;
+            unsafe {
+                up_dot(
+                    row as i32,
+                    &mut s,
+                    0,
+                    x.as_ptr().cast(),
+                    0,
+                    y.as_ptr().cast(),
+                    0,
+                    1,
+                )
+            };
+            sink += s;
+        }
+    });
+    std::hint::black_box(sink);
+
+    let name = ty.name().to_string();
+    lines.push(Line {
+        what: name.clone(),
+        kernel: "quantize",
+        exact: Some(q_bad == 0),
+        detail: format!("{q_bad}/{nrows} rows differ from CPU from_float"),
+        ratio: Some(t_up_q / t_ours_q),
+    });
+    lines.push(Line {
+        what: name.clone(),
+        kernel: "quantize_ref",
+        exact: Some(qr_bad == 0),
+        detail: format!("{qr_bad}/{nrows} rows differ from _ref"),
+        ratio: None,
+    });
+    lines.push(Line {
+        what: name.clone(),
+        kernel: "dequantize",
+        exact: Some(dq_bad == 0),
+        detail: format!("{dq_bad}/{nrows} rows differ, worst abs {dq_worst:.1e}"),
+        ratio: Some(t_up_dq / t_ours_dq),
+    });
+    lines.push(Line {
+        what: name,
+        kernel: format_dot_name(dty),
+        exact: Some(dot_bad == 0),
+        detail: format!("{dot_bad}/{nrows} differ, worst rel {dot_worst:.1e}"),
+        ratio: Some(t_up_dot / t_ours_dot),
+    });
+    Ok(lines)
+}
+
+fn format_dot_name(dty: GgmlType) -> &'static str {
+    match dty {
+        GgmlType::Q8_0 => "vec_dot·q8_0",
+        GgmlType::Q8_1 => "vec_dot·q8_1",
+        GgmlType::F16 => "vec_dot·f16",
+        GgmlType::BF16 => "vec_dot·bf16",
+        _ => "vec_dot",
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.row == 0 || a.row % 32 != 0 {
+        bail!("--row must be a positive multiple of 32 (got {})", a.row);
+    }
+    let types: Vec<GgmlType> = if a.types.is_empty() {
+        GgmlType::KV.to_vec()
+    } else {
+        a.types
+            .iter()
+            .map(|s| {
+                GgmlType::from_name(s).filter(|t| GgmlType::KV.contains(t)).ok_or_else(|| {
+                    anyhow::anyhow!("unknown KV type '{s}' (one of f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,iq4_nl)")
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if let Some(s) = a.seed {
+        std::env::set_var("ATTNROT_SEED", s.to_string());
+    }
+    attnrot_ref::init();
+    let seed = diff::seed("check");
+    println!(
+        "attnrot {} vs upstream ggml {} ({}), reference built with {}",
+        env!("CARGO_PKG_VERSION"),
+        attnrot_ref::version(),
+        attnrot_ref::commit(),
+        attnrot_ref::ARCH_FLAGS
+    );
+    println!(
+        "ours: {} kernels (detected {}); upstream CPU features {:?}; seed {seed}; {} random rows x {} + adversarial rows",
+        simd::global().name(),
+        simd::detected().name(),
+        attnrot_ref::cpu_features(),
+        a.rows,
+        a.row
+    );
+    println!();
+    println!(
+        "{:<8} {:<14} {:<9} {:<40} {}",
+        "format", "kernel", "bit-exact", "worst error", "speed (upstream/ours)"
+    );
+    let mut rows = diff::adversarial(a.row);
+    rows.extend(diff::random_rows(seed, a.rows, a.row));
+    let bench: Vec<f32> = rows
+        .iter()
+        .skip(rows.len() - a.rows)
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect();
+    let mut all_exact = true;
+    for ty in types {
+        match check_format(ty, &rows, &bench, a.row) {
+            Ok(lines) => {
+                for l in &lines {
+                    all_exact &= l.exact != Some(false);
+                    print(l);
+                }
+            }
+            Err(e) => {
+                all_exact = false;
+                println!("{:<8} error: {e}", ty.name());
+            }
+        }
+    }
+    println!();
+    if all_exact {
+        println!("all kernels bit-exact with upstream");
+        Ok(())
+    } else {
+        bail!("some kernels are not bit-exact with upstream (see the lines marked NO)")
+    }
 }
