@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Build stock upstream llama.cpp (the pinned tree from vendor/fetch.sh) with upstream's own
+# CMake: GGML_BACKEND_DL=ON, BUILD_SHARED_LIBS=ON, CPU only, no network code.
+#
+# cmake and ninja come from PyPI (pinned) in a project-local venv (.venv, git-ignored), so a
+# fresh machine needs only python3 + a C/C++ compiler. The build goes to
+# vendor/.upstream-build/<isa-tag> (git-ignored) and is cached: a second run that finds the
+# binaries newer than its inputs returns at once.
+#
+# ISA: GGML_NATIVE is refused by GGML_BACKEND_DL, and -march=native would turn AMX on (its
+# ggml-cpu AMX path crashes llama-perplexity on this machine kind, see DESIGN.md). So the flags
+# are given explicitly: each of AVX, AVX2, BMI2, FMA, F16C, AVX512, AVX512_VBMI, AVX512_VNNI,
+# AVX512_BF16, AVX_VNNI is ON when /proc/cpuinfo has it, AMX is always OFF. That is the same
+# set as the in-process reference (-march=native minus AMX), and a CI machine of another CPU
+# never meets an instruction it lacks. One CPU variant (libggml-cpu.so), no ALL_VARIANTS.
+#
+# Targets: llama-completion (the classic CLI; llama-cli itself needs the server sources),
+# llama-simple, llama-perplexity, llama-bench, test-backend-ops, and the ggml-cpu module.
+#
+# Usage: scripts/build-upstream.sh          -> builds if needed, prints the bin directory on stdout
+#        ATTNROT_UPSTREAM_JOBS=N            -> parallel jobs (default 2)
+set -euo pipefail
+
+CMAKE_VERSION=3.31.10
+NINJA_VERSION=1.13.2
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tree=$("$root/vendor/fetch.sh")
+jobs=${ATTNROT_UPSTREAM_JOBS:-2}
+
+log() { echo "attnrot: $*" >&2; }
+
+# --- ISA flags from the running CPU (x86-64 only) -------------------------------------------
+isa_args=()
+tag=generic
+if [ "$(uname -m)" = "x86_64" ]; then
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  has() { [[ "$flags" == *" $1 "* ]]; }
+  tag=""
+  for pair in SSE42:sse4_2 AVX:avx AVX2:avx2 BMI2:bmi2 FMA:fma F16C:f16c AVX512:avx512f \
+    AVX512_VBMI:avx512vbmi AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16 AVX_VNNI:avx_vnni; do
+    opt=${pair%%:*}
+    feat=${pair#*:}
+    if has "$feat"; then
+      isa_args+=("-DGGML_$opt=ON")
+      tag="$tag${tag:+-}$(echo "$opt" | tr 'A-Z_' 'a-z-')"
+    else
+      isa_args+=("-DGGML_$opt=OFF")
+    fi
+  done
+  isa_args+=(-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+  [ -n "$tag" ] || tag=x64
+fi
+
+build="$root/vendor/.upstream-build/$tag"
+bin="$build/bin"
+targets=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops ggml-cpu)
+products=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops libggml-cpu.so libggml-base.so libggml.so libllama.so)
+
+# --- fast path: everything built and newer than the tree's pin stamp and this script ---------
+up_to_date() {
+  local p
+  for p in "${products[@]}"; do
+    [ -e "$bin/$p" ] || return 1
+    [ "$bin/$p" -nt "$tree/.attnrot-pin" ] || return 1
+    [ "$bin/$p" -nt "${BASH_SOURCE[0]}" ] || return 1
+  done
+}
+if up_to_date; then
+  echo "$bin"
+  exit 0
+fi
+
+# --- cmake + ninja from PyPI in the project venv ---------------------------------------------
+venv="$root/.venv"
+py=$(command -v python3 || command -v python || true)
+if [ -z "$py" ]; then
+  log "python3 is needed to obtain cmake (pip package cmake==$CMAKE_VERSION)"
+  exit 1
+fi
+# Two builds may start at once (tests in parallel): serialize the whole build.
+mkdir -p "$root/vendor/.upstream-build"
+exec 9>"$root/vendor/.upstream-build/.lock"
+flock 9
+if up_to_date; then
+  echo "$bin"
+  exit 0
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  "$py" -m venv "$venv"
+fi
+want="cmake==$CMAKE_VERSION ninja==$NINJA_VERSION"
+if ! "$venv/bin/cmake" --version 2>/dev/null | grep -q "version $CMAKE_VERSION\$" ||
+  [[ "$("$venv/bin/ninja" --version 2>/dev/null)" != "$NINJA_VERSION"* ]]; then
+  log "installing $want into $venv (pip)"
+  # shellcheck disable=SC2086
+  if ! "$venv/bin/python" -m pip install --quiet $want >&2; then
+    log "could not install $want through pip (offline?)"
+    exit 1
+  fi
+fi
+cmake="$venv/bin/cmake"
+ninja="$venv/bin/ninja"
+
+# --- configure (once) and build --------------------------------------------------------------
+cfg=(
+  -G Ninja "-DCMAKE_MAKE_PROGRAM=$ninja"
+  -DCMAKE_BUILD_TYPE=Release
+  -DBUILD_SHARED_LIBS=ON
+  -DGGML_BACKEND_DL=ON
+  -DGGML_NATIVE=OFF
+  -DGGML_CPU_ALL_VARIANTS=OFF
+  "${isa_args[@]}"
+  -DGGML_CCACHE=OFF
+  -DGGML_OPENMP=ON
+  -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_RPC=OFF
+  -DLLAMA_OPENSSL=OFF
+  -DLLAMA_BUILD_TESTS=ON
+  -DLLAMA_BUILD_TOOLS=ON
+  -DLLAMA_BUILD_EXAMPLES=ON
+  -DLLAMA_BUILD_SERVER=OFF
+  -DLLAMA_BUILD_APP=OFF
+  -DLLAMA_BUILD_UI=OFF
+)
+stamp="$build/.attnrot-configure"
+want_cfg="$(printf '%s\n' "${cfg[@]}" "$tree" "$(cat "$tree/.attnrot-pin" 2>/dev/null)")"
+start=$(date +%s)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_cfg" ]; then
+  log "configuring upstream llama.cpp ($tree) in $build"
+  rm -rf "$build"
+  mkdir -p "$build"
+  "$cmake" -S "$tree" -B "$build" "${cfg[@]}" >"$build/configure.log" 2>&1 || {
+    tail -n 40 "$build/configure.log" >&2
+    log "cmake configure failed (full log: $build/configure.log)"
+    exit 1
+  }
+  printf '%s' "$want_cfg" >"$stamp"
+fi
+log "building ${targets[*]} with -j$jobs (first time: about 15-25 minutes on 2 cores)"
+"$cmake" --build "$build" -j "$jobs" --target "${targets[@]}" >"$build/build.log" 2>&1 || {
+  tail -n 40 "$build/build.log" >&2
+  log "upstream build failed (full log: $build/build.log)"
+  exit 1
+}
+for p in "${products[@]}"; do
+  if [ ! -e "$bin/$p" ]; then
+    log "build finished but $bin/$p is missing"
+    exit 1
+  fi
+  touch "$bin/$p"
+done
+log "upstream built in $(($(date +%s) - start)) s: $bin"
+echo "$bin"
