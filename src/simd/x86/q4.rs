@@ -1,1 +1,327 @@
-//! x86 kernels (q4_0, q4_1, q5_0, q5_1, iq4_nl). Owned by the quant work; see the safe wrappers for contracts.
+//! x86 kernels (q4_0, q4_1, q5_0, q5_1, iq4_nl). Owned by the quant work; see the safe
+//! wrappers in `crate::quant::{q4_0, q4_1, q5_0, q5_1, iq4_nl}` for contracts.
+//!
+//! Every kernel here reproduces, bit for bit, what the pinned ggml computes on x86 with
+//! gcc -O3 -march=native (AVX-512): the reference quantizers' FMA-contracted
+//! `x*id + c`, `vcvttps2dq` + low-byte truncation, and the vec_dots' per-block
+//! `fma(dx*dy, (float)lane, acc)` over 8 float lanes followed by `hsum_float_8`.
+//!
+//! Callers guarantee: `x.len() == 32 * y.len()` for (de)quantization, equal block counts for
+//! vec_dot, and that the CPU has the enabled features.
+use crate::quant::fp16::f32_to_f16le;
+use crate::quant::{BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use core::arch::x86_64::*;
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------------------
+
+/// f16 bits (little-endian bytes) -> f32 with F16C (exact; NaN payload kept, quietened —
+/// the same bits as ggml's scalar conversion and its CPU table).
+#[inline]
+#[target_feature(enable = "f16c")]
+fn h2f(h: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
+    ))
+}
+
+/// ggml's `hsum_float_8`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum8(x: __m256) -> f32 {
+    let mut r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// Low byte of each of 32 int32 (4 vectors of 8, element order kept) as 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn low_bytes_32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+    let m = _mm256_set1_epi32(0xff);
+    let ab = _mm256_packus_epi32(_mm256_and_si256(a, m), _mm256_and_si256(b, m));
+    let cd = _mm256_packus_epi32(_mm256_and_si256(c, m), _mm256_and_si256(d, m));
+    let abcd = _mm256_packus_epi16(ab, cd);
+    // lane 0: a0..3 b0..3 c0..3 d0..3, lane 1: a4..7 b4..7 c4..7 d4..7 (dwords)
+    _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// amax / max of one block of 32 floats (see `q4_0::amax_max`): the magnitude max ignoring
+/// NaN, and the first element with that magnitude (`+0.0` if the block is all zero).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn amax_max_avx2(p: *const f32, v: &[__m256; 4]) -> (f32, f32) {
+    let absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let a = [
+        _mm256_and_ps(v[0], absm),
+        _mm256_and_ps(v[1], absm),
+        _mm256_and_ps(v[2], absm),
+        _mm256_and_ps(v[3], absm),
+    ];
+    // maxps returns the second operand when the first is NaN: NaN lanes never win.
+    let mut m = _mm256_max_ps(a[0], _mm256_setzero_ps());
+    m = _mm256_max_ps(a[1], m);
+    m = _mm256_max_ps(a[2], m);
+    m = _mm256_max_ps(a[3], m);
+    let mut h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    let amax = _mm_cvtss_f32(h);
+    if amax == 0.0 {
+        return (0.0, 0.0);
+    }
+    let b = _mm256_set1_ps(amax);
+    let mut mask = 0u32;
+    for (i, ai) in a.iter().enumerate() {
+        mask |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*ai, b)) as u32) << (8 * i);
+    }
+    // SAFETY: mask != 0 (amax is one of the magnitudes), index < 32.
+    (amax, unsafe { *p.add(mask.trailing_zeros() as usize) })
+}
+
+/// min / max of one block (see `q4_0::min_max`), each the first element equal to it.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn min_max_avx2(p: *const f32, v: &[__m256; 4]) -> (f32, f32) {
+    // minps/maxps return the second operand when the first is NaN.
+    let mut mn = _mm256_min_ps(v[0], _mm256_set1_ps(f32::MAX));
+    let mut mx = _mm256_max_ps(v[0], _mm256_set1_ps(-f32::MAX));
+    for vi in &v[1..] {
+        mn = _mm256_min_ps(*vi, mn);
+        mx = _mm256_max_ps(*vi, mx);
+    }
+    let mut hn = _mm_min_ps(_mm256_castps256_ps128(mn), _mm256_extractf128_ps::<1>(mn));
+    hn = _mm_min_ps(hn, _mm_movehl_ps(hn, hn));
+    hn = _mm_min_ss(hn, _mm_movehdup_ps(hn));
+    let mut hx = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps::<1>(mx));
+    hx = _mm_max_ps(hx, _mm_movehl_ps(hx, hx));
+    hx = _mm_max_ss(hx, _mm_movehdup_ps(hx));
+    let (min, max) = (_mm_cvtss_f32(hn), _mm_cvtss_f32(hx));
+    let (bn, bx) = (_mm256_set1_ps(min), _mm256_set1_ps(max));
+    let (mut mkn, mut mkx) = (0u32, 0u32);
+    for (i, vi) in v.iter().enumerate() {
+        mkn |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*vi, bn)) as u32) << (8 * i);
+        mkx |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*vi, bx)) as u32) << (8 * i);
+    }
+    // No element equal: the block is all NaN and the scan keeps its ±FLT_MAX start values.
+    // SAFETY: indices < 32.
+    let min = if mkn != 0 {
+        unsafe { *p.add(mkn.trailing_zeros() as usize) }
+    } else {
+        min
+    };
+    let max = if mkx != 0 {
+        unsafe { *p.add(mkx.trailing_zeros() as usize) }
+    } else {
+        max
+    };
+    (min, max)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load4(p: *const f32) -> [__m256; 4] {
+    // SAFETY: the caller passes a block of 32 floats.
+    unsafe {
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    }
+}
+
+/// `low byte of cvtt(fma(v - sub, id, add))` for a block, as 32 bytes in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn quant_bytes_avx2(v: &[__m256; 4], sub: Option<f32>, id: f32, add: f32) -> __m256i {
+    let idv = _mm256_set1_ps(id);
+    let addv = _mm256_set1_ps(add);
+    let f = |x: __m256| {
+        let x = match sub {
+            Some(s) => _mm256_sub_ps(x, _mm256_set1_ps(s)),
+            None => x,
+        };
+        _mm256_cvttps_epi32(_mm256_fmadd_ps(x, idv, addv))
+    };
+    low_bytes_32(f(v[0]), f(v[1]), f(v[2]), f(v[3]))
+}
+
+/// Pack 32 bytes (element order) into 16 nibble bytes: `lo | (hi << 4)` keeping 8 bits,
+/// as C's `(uint8_t)(xi0 | xi1 << 4)`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pack_nibbles(b: __m256i, lo_mask: bool) -> __m128i {
+    let lo = _mm256_castsi256_si128(b);
+    let hi = _mm256_extracti128_si256::<1>(b);
+    let lo = if lo_mask {
+        _mm_and_si128(lo, _mm_set1_epi8(0x0f))
+    } else {
+        lo
+    };
+    _mm_or_si128(
+        lo,
+        _mm_and_si128(_mm_slli_epi16::<4>(hi), _mm_set1_epi8(0xf0u8 as i8)),
+    )
+}
+
+/// Bit 4 of each of 32 bytes as a u32 (element j -> bit j): the q5 `qh` word.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bit4_mask(b: __m256i) -> u32 {
+    _mm256_movemask_epi8(_mm256_slli_epi16::<3>(b)) as u32
+}
+
+/// Unpack 16 nibble bytes to 32 bytes (low nibbles, then high nibbles): ggml's `bytes_from_nibbles_32`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles_32(p: *const u8) -> __m256i {
+    // SAFETY: 16 readable bytes at p (a block's qs).
+    let t = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let b = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+    _mm256_and_si256(b, _mm256_set1_epi8(0x0f))
+}
+
+/// 32 bits to 32 bytes: 0xFF where the bit is set (ggml's `bytes_from_bits_32`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bytes_from_bits(qh: [u8; 4]) -> __m256i {
+    let x = _mm256_set1_epi32(u32::from_le_bytes(qh) as i32);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
+    let b = _mm256_shuffle_epi8(x, shuf);
+    let b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
+}
+
+/// signed x signed bytes -> 8 float lanes of 4-product sums (`mul_sum_i8_pairs_float`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256 {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    mul_sum_u8(ax, sy)
+}
+
+/// unsigned x signed bytes -> 8 float lanes of 4-product sums (`mul_sum_us8_pairs_float`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul_sum_u8(ax: __m256i, sy: __m256i) -> __m256 {
+    let dot = _mm256_maddubs_epi16(ax, sy);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_i8x8_scaled(out: *mut f32, q: __m128i, d: __m256) {
+    // SAFETY: 8 writable floats at out.
+    unsafe {
+        _mm256_storeu_ps(
+            out,
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d),
+        )
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn store_u8x8_fma(out: *mut f32, q: __m128i, d: __m256, m: __m256) {
+    // SAFETY: 8 writable floats at out.
+    unsafe {
+        _mm256_storeu_ps(
+            out,
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), d, m),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// q4_0
+// ---------------------------------------------------------------------------------------
+
+/// `quantize_row_q4_0_ref`, AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q4_0_avx2(x: &[f32], y: &mut [BlockQ4_0]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let v = load4(xb.as_ptr());
+        let (_, max) = amax_max_avx2(xb.as_ptr(), &v);
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16le(d);
+        let b = quant_bytes_avx2(&v, None, id, 8.5);
+        let b = _mm256_min_epi8(b, _mm256_set1_epi8(15));
+        // SAFETY: 16 writable bytes.
+        unsafe { _mm_storeu_si128(yb.qs.as_mut_ptr() as *mut __m128i, pack_nibbles(b, false)) };
+    }
+}
+
+/// `quantize_row_q4_0_ref`, AVX-512 (same bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn quantize_q4_0_avx512(x: &[f32], y: &mut [BlockQ4_0]) {
+    // SAFETY: same contract.
+    unsafe { quantize_q4_0_avx2(x, y) }
+}
+
+/// `dequantize_row_q4_0`, AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_q4_0_avx2(x: &[BlockQ4_0], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(h2f(xb.d));
+        let b = _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8));
+        let lo = _mm256_castsi256_si128(b);
+        let hi = _mm256_extracti128_si256::<1>(b);
+        let o = yb.as_mut_ptr();
+        // SAFETY: 32 writable floats.
+        unsafe {
+            store_i8x8_scaled(o, lo, d);
+            store_i8x8_scaled(o.add(8), _mm_srli_si128::<8>(lo), d);
+            store_i8x8_scaled(o.add(16), hi, d);
+            store_i8x8_scaled(o.add(24), _mm_srli_si128::<8>(hi), d);
+        }
+    }
+}
+
+/// `dequantize_row_q4_0`, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dequantize_q4_0_avx512(x: &[BlockQ4_0], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm512_set1_ps(h2f(xb.d));
+        let b = _mm256_sub_epi8(nibbles_32(xb.qs.as_ptr()), _mm256_set1_epi8(8));
+        let o = yb.as_mut_ptr();
+        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(b)));
+        // SAFETY: 32 writable floats.
+        unsafe {
+            _mm512_storeu_ps(o, _mm512_mul_ps(lo, d));
+            _mm512_storeu_ps(o.add(16), _mm512_mul_ps(hi, d));
+        }
+    }
+}
+
+/// `ggml_vec_dot_q4_0_q8_0` (`__AVX2__` path), AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let qx = _mm256_sub_epi8(nibbles_32(bx.qs.as_ptr()), _mm256_set1_epi8(8));
+        // SAFETY: 32 readable bytes.
+        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+    }
+    hsum8(acc)
+}
+
+/// `ggml_vec_dot_q4_0_q8_0`, AVX-512 machines (same accumulation order).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_0_avx512(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    // SAFETY: same contract.
+    unsafe { vec_dot_q4_0_avx2(x, y) }
+}
