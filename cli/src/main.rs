@@ -1,6 +1,11 @@
 use clap::{Parser, Subcommand};
 
+mod chart;
 mod check;
+mod eval;
+mod ppl;
+mod text;
+mod upstream;
 
 /// attnrot: rotated quantized KV-cache kernels for llama.cpp, checked against upstream.
 #[derive(Parser)]
@@ -14,11 +19,14 @@ struct Cli {
 enum Cmd {
     /// Fresh random data through every kernel, ours vs upstream: bit-exactness, worst error, speed ratio.
     Check(check::Args),
+    /// Quality on a real model: PPL, KL divergence vs f16, same-top-token %, tokens/s; stock vs attnrot, rotation on/off.
+    Eval(eval::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check(a) => check::run(a),
+        Cmd::Eval(a) => eval::run(a),
     }
 }

@@ -1,0 +1,122 @@
+//! PNG chart of an eval: mean KL divergence vs the f16 cache, per cache type, with rotation
+//! off/on and stock/attnrot kernels side by side.
+use crate::eval::Row;
+use anyhow::{bail, Context, Result};
+use plotters::prelude::*;
+use std::path::Path;
+
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+fn register_font() -> Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        for f in FONTS {
+            if let Ok(bytes) = std::fs::read(f) {
+                let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    if !ok {
+        bail!("no DejaVu Sans font found for the chart ({}); install fonts-dejavu-core or pass --no-chart", FONTS[0]);
+    }
+    Ok(())
+}
+
+/// Bars: for each cache type (x), one bar per (rotation, kernels); y = mean KLD with ± whiskers.
+pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
+    register_font()?;
+    let ctx = rows.first().map(|r| r.config.ctx).context("no results to chart")?;
+    let rows: Vec<&Row> = rows.iter().filter(|r| r.config.ctx == ctx).collect();
+    let mut labels: Vec<String> = Vec::new();
+    for r in &rows {
+        let l = r.config.label();
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+    }
+    let series: [(bool, &str, RGBColor, &str); 4] = [
+        (false, "stock", RGBColor(200, 120, 110), "rotation off, stock"),
+        (true, "stock", RGBColor(110, 150, 200), "rotation on, stock"),
+        (false, "attnrot", RGBColor(230, 170, 80), "rotation off, attnrot"),
+        (true, "attnrot", RGBColor(60, 110, 180), "rotation on, attnrot"),
+    ];
+    let ymax = rows.iter().map(|r| r.stats.kld_mean + r.stats.kld_err).fold(0.0f64, f64::max).max(1e-4) * 1.15;
+    let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
+    {
+        let root = BitMapBackend::new(&tmp, (1200, 640)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("Mean KL divergence vs f16 KV cache (ctx {ctx}) — lower is better"), ("sans-serif", 24))
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..labels.len() as f64, 0f64..ymax)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(labels.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = (*x - 0.5).round();
+                if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                    labels[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("mean KLD")
+            .label_style(("sans-serif", 16))
+            .draw()?;
+        let w = 0.8 / series.len() as f64;
+        for (si, (rot, kern, color, name)) in series.iter().enumerate() {
+            let mut bars = Vec::new();
+            let mut whiskers = Vec::new();
+            for (xi, l) in labels.iter().enumerate() {
+                let hit = rows.iter().find(|r| {
+                    &r.config.label() == l
+                        && r.config.kernels == *kern
+                        && (r.config.rotation == *rot || (l == "f16" && !rot))
+                });
+                // f16 has no rotation setting: draw it in the "off" slots only
+                if let Some(r) = hit {
+                    if l == "f16" && *rot {
+                        continue;
+                    }
+                    let x0 = xi as f64 + 0.1 + si as f64 * w;
+                    bars.push(Rectangle::new([(x0, 0.0), (x0 + w * 0.9, r.stats.kld_mean)], color.filled()));
+                    let xm = x0 + w * 0.45;
+                    whiskers.push(PathElement::new(
+                        vec![(xm, (r.stats.kld_mean - r.stats.kld_err).max(0.0)), (xm, r.stats.kld_mean + r.stats.kld_err)],
+                        BLACK.stroke_width(1),
+                    ));
+                }
+            }
+            if bars.is_empty() {
+                continue;
+            }
+            let c = *color;
+            chart
+                .draw_series(bars)?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+            chart.draw_series(whiskers)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()?;
+        root.present()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Driving upstream's own `llama-perplexity` and parsing what it prints.
+//!
+//! Parsing is strict: every number we report must be found on a line of the exact shape
+//! upstream prints (tools/perplexity/perplexity.cpp of the pinned tree); a missing or
+//! changed line is an error naming the line, never a silently wrong number.
+use anyhow::{bail, Context, Result};
+
+/// What one `llama-perplexity --kl-divergence` run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct KldStats {
+    /// `Mean PPL(Q)` and its ±.
+    pub ppl: f64,
+    pub ppl_err: f64,
+    /// `Mean PPL(base)`.
+    pub ppl_base: f64,
+    /// `Mean    KLD` and its ±.
+    pub kld_mean: f64,
+    pub kld_err: f64,
+    /// `99.0%   KLD`.
+    pub kld_p99: f64,
+    /// `Same top p` in percent, and its ±.
+    pub same_top: f64,
+    pub same_top_err: f64,
+}
+
+/// Tokens per second of prompt processing, from `llama_perf_context_print: prompt eval time`.
+pub fn parse_prompt_tps(log: &str) -> Result<f64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("prompt eval time =") && l.contains("tokens per second"))
+        .context("llama-perplexity output has no 'prompt eval time = … tokens per second' line")?;
+    // "... (    1.23 ms per token,   812.34 tokens per second)"
+    let before = line.rsplit_once("tokens per second").unwrap().0;
+    let num = before.rsplit(|c: char| c == ',' || c == '(').next().unwrap_or("").trim();
+    num.parse::<f64>().with_context(|| format!("cannot parse tokens/s from: {line}"))
+}
+
+fn value_after(log: &str, label: &str) -> Result<(f64, Option<f64>)> {
+    let line = log
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .with_context(|| format!("llama-perplexity output has no '{label}' line (output format changed?)"))?;
+    let rest = line.trim_start()[label.len()..].trim_start();
+    let rest = rest.strip_prefix(':').unwrap_or(rest).trim();
+    let rest = rest.trim_end_matches('%').trim();
+    let mut parts = rest.split('±');
+    let v = parts.next().unwrap().trim().trim_end_matches('%').trim();
+    let v: f64 = v.parse().with_context(|| format!("cannot parse a number from: {line}"))?;
+    let e = match parts.next() {
+        Some(e) => Some(e.trim().trim_end_matches('%').trim().parse::<f64>().with_context(|| format!("cannot parse ± from: {line}"))?),
+        None => None,
+    };
+    Ok((v, e))
+}
+
+/// Parse the statistics block printed by `llama-perplexity --kl-divergence`.
+pub fn parse_kld(log: &str) -> Result<KldStats> {
+    if !log.contains("====== KL divergence statistics ======") {
+        bail!("llama-perplexity printed no KL divergence statistics (did it fail? see its log)");
+    }
+    let (ppl, ppl_err) = value_after(log, "Mean PPL(Q)")?;
+    let (ppl_base, _) = value_after(log, "Mean PPL(base)")?;
+    let (kld_mean, kld_err) = value_after(log, "Mean    KLD")?;
+    let (kld_p99, _) = value_after(log, "99.0%   KLD")?;
+    let (same_top, same_top_err) = value_after(log, "Same top p")?;
+    let s = KldStats {
+        ppl,
+        ppl_err: ppl_err.context("Mean PPL(Q) without ±")?,
+        ppl_base,
+        kld_mean,
+        kld_err: kld_err.context("Mean KLD without ±")?,
+        kld_p99,
+        same_top,
+        same_top_err: same_top_err.context("Same top p without ±")?,
+    };
+    for (k, v) in [("PPL", s.ppl), ("KLD", s.kld_mean), ("same top", s.same_top)] {
+        if !v.is_finite() {
+            bail!("llama-perplexity reported a non-finite {k}: {v}");
+        }
+    }
+    Ok(s)
+}
+
+/// Parse `Final estimate: PPL = X +/- Y` (a plain perplexity run, used for the f16 base).
+pub fn parse_final_ppl(log: &str) -> Result<(f64, f64)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("Final estimate: PPL ="))
+        .context("llama-perplexity output has no 'Final estimate: PPL = … +/- …' line")?;
+    let rest = line.split("PPL =").nth(1).unwrap();
+    let mut it = rest.split("+/-");
+    let v: f64 = it.next().unwrap().trim().parse().with_context(|| format!("cannot parse: {line}"))?;
+    let e: f64 = it.next().context("no +/-")?.trim().parse().with_context(|| format!("cannot parse: {line}"))?;
+    Ok((v, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+====== Perplexity statistics ======
+Mean PPL(Q)                   :  17.123456 ±   0.512345
+Mean PPL(base)                :  16.900000 ±   0.500000
+Cor(ln(PPL(Q)), ln(PPL(base))):  99.12%
+Mean ln(PPL(Q)/PPL(base))     :   0.013123 ±   0.002000
+====== KL divergence statistics ======
+Mean    KLD:   0.076543 ±   0.001234
+Maximum KLD:   3.210000
+99.9%   KLD:   1.900000
+99.0%   KLD:   0.650000
+Median  KLD:   0.030000
+====== Token probability statistics ======
+Same top p: 88.123 ± 0.456 %
+llama_perf_context_print: prompt eval time =    1234.56 ms /  2048 tokens (    0.60 ms per token,  1658.91 tokens per second)
+";
+
+    #[test]
+    fn parses_upstream_kld_block() {
+        let s = parse_kld(SAMPLE).unwrap();
+        assert_eq!(s.ppl, 17.123456);
+        assert_eq!(s.ppl_err, 0.512345);
+        assert_eq!(s.ppl_base, 16.9);
+        assert_eq!(s.kld_mean, 0.076543);
+        assert_eq!(s.kld_err, 0.001234);
+        assert_eq!(s.kld_p99, 0.65);
+        assert_eq!(s.same_top, 88.123);
+        assert_eq!(s.same_top_err, 0.456);
+        assert_eq!(parse_prompt_tps(SAMPLE).unwrap(), 1658.91);
+    }
+
+    #[test]
+    fn changed_format_is_an_error() {
+        let broken = SAMPLE.replace("Mean    KLD", "Mean KL");
+        let e = parse_kld(&broken).unwrap_err().to_string();
+        assert!(e.contains("Mean    KLD"), "{e}");
+        assert!(parse_kld("nothing here").is_err());
+        assert!(parse_prompt_tps("no perf line").is_err());
+    }
+
+    #[test]
+    fn parses_final_estimate() {
+        let (v, e) = parse_final_ppl("Final estimate: PPL = 12.3456 +/- 0.12345\n").unwrap();
+        assert_eq!((v, e), (12.3456, 0.12345));
+    }
+}

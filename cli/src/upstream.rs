@@ -1,0 +1,66 @@
+//! Locating (building, fetching) what the real-model commands need: the stock upstream
+//! programs, the model, and our backend library.
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The repository root (the CLI drives the project's own scripts).
+pub fn repo_root() -> PathBuf {
+    match std::env::var_os("ATTNROT_ROOT") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
+}
+
+fn run_script(name: &str, what: &str) -> Result<PathBuf> {
+    let script = repo_root().join("scripts").join(name);
+    if !script.exists() {
+        bail!("{} not found (set ATTNROT_ROOT to the attnrot checkout)", script.display());
+    }
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): see the messages above", script.display());
+    }
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or("").trim());
+    if !p.exists() {
+        bail!("{what}: {} printed '{}', which does not exist", script.display(), p.display());
+    }
+    Ok(p)
+}
+
+/// Directory with stock `llama-perplexity`, `llama-bench`, … (built on first use, cached).
+/// `ATTNROT_UPSTREAM_BIN` points at an existing build instead.
+pub fn upstream_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ATTNROT_UPSTREAM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    run_script("build-upstream.sh", "building stock llama.cpp")
+}
+
+/// The measurement model (SmolLM2-135M-Instruct Q4_1), fetched and verified on first use.
+pub fn default_model() -> Result<PathBuf> {
+    run_script("fetch-model.sh", "fetching the model")
+}
+
+/// `libattnrot.so`: next to this executable (cargo puts the cdylib there), or `ATTNROT_LIB`.
+pub fn backend_lib() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ATTNROT_LIB") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    for cand in [dir.join("libattnrot.so"), dir.join("../libattnrot.so")] {
+        if cand.exists() {
+            return Ok(cand.canonicalize()?);
+        }
+    }
+    bail!(
+        "libattnrot.so not found next to {} (build it with `cargo build --release`, or set ATTNROT_LIB)",
+        exe.display()
+    )
+}
