@@ -1,5 +1,9 @@
 //! GGML_TYPE_Q5_1: 5-bit quants with f16 scale and min.
-use super::BlockFormat;
+use super::fp16::{f16le_to_f32, f32_to_f16le};
+use super::q4_0::{cvtt_i32, hsum8, lanes_u8, min_max};
+use super::q5_0::values5;
+use super::{BlockFormat, BlockQ8_1};
+use crate::simd::{self, Isa};
 use crate::types::GgmlType;
 
 /// Mirrors ggml's `block_q5_1`.
@@ -16,22 +20,92 @@ pub struct BlockQ5_1 {
     pub qs: [u8; 16],
 }
 
+/// Matches `quantize_row_q5_1_ref` (ggml-quants.c) as compiled for the CPU backend:
+/// `fma(x - min, id, 0.5f)`, `vcvttps2dq` + low byte (no clamp, as upstream).
+fn quantize_scalar(x: &[f32], y: &mut [BlockQ5_1]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16le(d);
+        yb.m = f32_to_f16le(min);
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let xi0 = cvtt_i32((xb[j] - min).mul_add(id, 0.5)) as u8;
+            let xi1 = cvtt_i32((xb[j + 16] - min).mul_add(id, 0.5)) as u8;
+            yb.qs[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
+            qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+            qh |= (((xi1 & 0x10) >> 4) as u32) << (j + 16);
+        }
+        yb.qh = qh.to_le_bytes();
+    }
+}
+
+/// Matches `dequantize_row_q5_1` (ggml-quants.c); gcc contracts `x*d + m` into one FMA.
+fn dequantize_scalar(x: &[BlockQ5_1], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = f16le_to_f32(xb.d);
+        let m = f16le_to_f32(xb.m);
+        for (o, q) in yb.iter_mut().zip(values5(&xb.qs, xb.qh)) {
+            *o = (q as f32).mul_add(d, m);
+        }
+    }
+}
+
+/// Matches the AVX2 path of `ggml_vec_dot_q5_1_q8_1`: `fma(lane, dx*dy, acc)`,
+/// `summs = fma(m, s, summs)`, result `hsum_float_8(acc) + summs`.
+fn vec_dot_scalar(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let d = f16le_to_f32(bx.d) * f16le_to_f32(by.d);
+        summs = f16le_to_f32(bx.m).mul_add(f16le_to_f32(by.s), summs);
+        let s = lanes_u8(&values5(&bx.qs, bx.qh), &by.qs);
+        for k in 0..8 {
+            acc[k] = d.mul_add(s[k] as f32, acc[k]);
+        }
+    }
+    hsum8(acc) + summs
+}
+
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, all bit patterns valid).
 unsafe impl BlockFormat for BlockQ5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
     const QK: usize = 32;
     type Dot = super::BlockQ8_1;
 
-    fn quantize_row(_x: &[f32], _y: &mut [Self]) {
-        todo!()
+    /// The CPU backend's `quantize_row_q5_1` calls `quantize_row_q5_1_ref`.
+    fn quantize_row(x: &[f32], y: &mut [Self]) {
+        Self::quantize_row_ref(x, y)
     }
-    fn quantize_row_ref(_x: &[f32], _y: &mut [Self]) {
-        todo!()
+    fn quantize_row_ref(x: &[f32], y: &mut [Self]) {
+        debug_assert_eq!(x.len(), y.len() * 32);
+        match simd::isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: isa() never reports more than the CPU has.
+            Isa::Avx512 | Isa::Avx2 => unsafe { crate::simd::x86::q4::quantize_q5_1_avx2(x, y) },
+            _ => quantize_scalar(x, y),
+        }
     }
-    fn dequantize_row(_x: &[Self], _y: &mut [f32]) {
-        todo!()
+    fn dequantize_row(x: &[Self], y: &mut [f32]) {
+        debug_assert_eq!(x.len() * 32, y.len());
+        match simd::isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: isa() never reports more than the CPU has.
+            Isa::Avx512 => unsafe { crate::simd::x86::q4::dequantize_q5_1_avx512(x, y) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { crate::simd::x86::q4::dequantize_q5_1_avx2(x, y) },
+            _ => dequantize_scalar(x, y),
+        }
     }
-    fn vec_dot(_x: &[Self], _y: &[Self::Dot]) -> f32 {
-        todo!()
+    fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
+        debug_assert_eq!(x.len(), y.len());
+        match simd::isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: isa() never reports more than the CPU has.
+            Isa::Avx512 | Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q5_1_avx2(x, y) },
+            _ => vec_dot_scalar(x, y),
+        }
     }
 }

@@ -325,3 +325,229 @@ pub unsafe fn vec_dot_q4_0_avx512(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     // SAFETY: same contract.
     unsafe { vec_dot_q4_0_avx2(x, y) }
 }
+
+// ---------------------------------------------------------------------------------------
+// q5_0
+// ---------------------------------------------------------------------------------------
+
+/// The 32 signed values (`q - 16`) of a q5_0 block, as ggml's AVX2 vec_dot builds them.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q5_0_values(b: &BlockQ5_0) -> __m256i {
+    let hi = _mm256_andnot_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0xf0u8 as i8));
+    _mm256_or_si256(nibbles_32(b.qs.as_ptr()), hi)
+}
+
+/// `quantize_row_q5_0_ref`, AVX2 (also used on AVX-512 machines).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q5_0_avx2(x: &[f32], y: &mut [BlockQ5_0]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let v = load4(xb.as_ptr());
+        let (_, max) = amax_max_avx2(xb.as_ptr(), &v);
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16le(d);
+        let b = quant_bytes_avx2(&v, None, id, 16.5);
+        let b = _mm256_min_epi8(b, _mm256_set1_epi8(31));
+        yb.qh = bit4_mask(b).to_le_bytes();
+        // SAFETY: 16 writable bytes.
+        unsafe { _mm_storeu_si128(yb.qs.as_mut_ptr() as *mut __m128i, pack_nibbles(b, true)) };
+    }
+}
+
+/// `dequantize_row_q5_0`, AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_q5_0_avx2(x: &[BlockQ5_0], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(h2f(xb.d));
+        let b = q5_0_values(xb);
+        let lo = _mm256_castsi256_si128(b);
+        let hi = _mm256_extracti128_si256::<1>(b);
+        let o = yb.as_mut_ptr();
+        // SAFETY: 32 writable floats.
+        unsafe {
+            store_i8x8_scaled(o, lo, d);
+            store_i8x8_scaled(o.add(8), _mm_srli_si128::<8>(lo), d);
+            store_i8x8_scaled(o.add(16), hi, d);
+            store_i8x8_scaled(o.add(24), _mm_srli_si128::<8>(hi), d);
+        }
+    }
+}
+
+/// `dequantize_row_q5_0`, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dequantize_q5_0_avx512(x: &[BlockQ5_0], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm512_set1_ps(h2f(xb.d));
+        let hi5 = _mm256_maskz_mov_epi8(!u32::from_le_bytes(xb.qh), _mm256_set1_epi8(0xf0u8 as i8));
+        let b = _mm256_or_si256(nibbles_32(xb.qs.as_ptr()), hi5);
+        let o = yb.as_mut_ptr();
+        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(b)));
+        // SAFETY: 32 writable floats.
+        unsafe {
+            _mm512_storeu_ps(o, _mm512_mul_ps(lo, d));
+            _mm512_storeu_ps(o.add(16), _mm512_mul_ps(hi, d));
+        }
+    }
+}
+
+/// `ggml_vec_dot_q5_0_q8_0` (`__AVX2__` path).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_0_avx2(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let qx = q5_0_values(bx);
+        // SAFETY: 32 readable bytes.
+        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+    }
+    hsum8(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// q4_1 / q5_1
+// ---------------------------------------------------------------------------------------
+
+/// `quantize_row_q4_1_ref`, AVX2 (also used on AVX-512 machines).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q4_1_avx2(x: &[f32], y: &mut [BlockQ4_1]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let v = load4(xb.as_ptr());
+        let (min, max) = min_max_avx2(xb.as_ptr(), &v);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16le(d);
+        yb.m = f32_to_f16le(min);
+        let b = quant_bytes_avx2(&v, Some(min), id, 0.5);
+        let b = _mm256_min_epi8(b, _mm256_set1_epi8(15));
+        // SAFETY: 16 writable bytes.
+        unsafe { _mm_storeu_si128(yb.qs.as_mut_ptr() as *mut __m128i, pack_nibbles(b, false)) };
+    }
+}
+
+/// `quantize_row_q5_1_ref`, AVX2 (also used on AVX-512 machines).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q5_1_avx2(x: &[f32], y: &mut [BlockQ5_1]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let v = load4(xb.as_ptr());
+        let (min, max) = min_max_avx2(xb.as_ptr(), &v);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16le(d);
+        yb.m = f32_to_f16le(min);
+        let b = quant_bytes_avx2(&v, Some(min), id, 0.5);
+        yb.qh = bit4_mask(b).to_le_bytes();
+        // SAFETY: 16 writable bytes.
+        unsafe { _mm_storeu_si128(yb.qs.as_mut_ptr() as *mut __m128i, pack_nibbles(b, true)) };
+    }
+}
+
+/// The 32 unsigned 5-bit values of a q5_1 block (as ggml's AVX2 vec_dot builds them).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q5_1_values(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+    let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles_32(qs.as_ptr()), hi)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn store_u8x32_fma(o: *mut f32, b: __m256i, d: __m256, m: __m256) {
+    let lo = _mm256_castsi256_si128(b);
+    let hi = _mm256_extracti128_si256::<1>(b);
+    // SAFETY: 32 writable floats.
+    unsafe {
+        store_u8x8_fma(o, lo, d, m);
+        store_u8x8_fma(o.add(8), _mm_srli_si128::<8>(lo), d, m);
+        store_u8x8_fma(o.add(16), hi, d, m);
+        store_u8x8_fma(o.add(24), _mm_srli_si128::<8>(hi), d, m);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+fn store_u8x32_fma_512(o: *mut f32, b: __m256i, d: __m512, m: __m512) {
+    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)));
+    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256::<1>(b)));
+    // SAFETY: 32 writable floats.
+    unsafe {
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(lo, d, m));
+        _mm512_storeu_ps(o.add(16), _mm512_fmadd_ps(hi, d, m));
+    }
+}
+
+/// `dequantize_row_q4_1` (`fma(q, d, m)`), AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_q4_1_avx2(x: &[BlockQ4_1], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(h2f(xb.d));
+        let m = _mm256_set1_ps(h2f(xb.m));
+        store_u8x32_fma(yb.as_mut_ptr(), nibbles_32(xb.qs.as_ptr()), d, m);
+    }
+}
+
+/// `dequantize_row_q4_1`, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dequantize_q4_1_avx512(x: &[BlockQ4_1], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm512_set1_ps(h2f(xb.d));
+        let m = _mm512_set1_ps(h2f(xb.m));
+        store_u8x32_fma_512(yb.as_mut_ptr(), nibbles_32(xb.qs.as_ptr()), d, m);
+    }
+}
+
+/// `dequantize_row_q5_1` (`fma(q, d, m)`), AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_q5_1_avx2(x: &[BlockQ5_1], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(h2f(xb.d));
+        let m = _mm256_set1_ps(h2f(xb.m));
+        store_u8x32_fma(yb.as_mut_ptr(), q5_1_values(&xb.qs, xb.qh), d, m);
+    }
+}
+
+/// `dequantize_row_q5_1`, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dequantize_q5_1_avx512(x: &[BlockQ5_1], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm512_set1_ps(h2f(xb.d));
+        let m = _mm512_set1_ps(h2f(xb.m));
+        let hi = _mm256_maskz_mov_epi8(u32::from_le_bytes(xb.qh), _mm256_set1_epi8(0x10));
+        let b = _mm256_or_si256(nibbles_32(xb.qs.as_ptr()), hi);
+        store_u8x32_fma_512(yb.as_mut_ptr(), b, d, m);
+    }
+}
+
+/// `ggml_vec_dot_q4_1_q8_1` (AVX2 path).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        summs = h2f(bx.m).mul_add(h2f(by.s), summs);
+        let qx = nibbles_32(bx.qs.as_ptr());
+        // SAFETY: 32 readable bytes.
+        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+        acc = _mm256_fmadd_ps(d, mul_sum_u8(qx, qy), acc);
+    }
+    hsum8(acc) + summs
+}
+
+/// `ggml_vec_dot_q5_1_q8_1` (AVX2 path).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        summs = h2f(bx.m).mul_add(h2f(by.s), summs);
+        let qx = q5_1_values(&bx.qs, bx.qh);
+        // SAFETY: 32 readable bytes.
+        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+        acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), d, acc);
+    }
+    hsum8(acc) + summs
+}
