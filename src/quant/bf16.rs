@@ -29,3 +29,7 @@ unsafe impl BlockFormat for BlockBf16 {
         todo!()
     }
 }
+
+/// 2^-126 - 2^-151: an f32 result whose exact value is below this in magnitude rounds (with
+/// unbounded exponent) below 2^-126, i.e. is tiny after rounding, and FTZ flushes it.
+pub(crate) const DP_TINY_LIMIT: f64 = 33554431.0 * f64::from_bits((1023 - 151) << 52);
