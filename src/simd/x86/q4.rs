@@ -551,3 +551,81 @@ pub unsafe fn vec_dot_q5_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     }
     hsum8(acc) + summs
 }
+
+// ---------------------------------------------------------------------------------------
+// iq4_nl
+// ---------------------------------------------------------------------------------------
+
+/// The 32 table values (`kvalues_iq4nl[idx]`, element order) of an iq4_nl block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn iq4_nl_values(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: 16 readable bytes each.
+    let table =
+        unsafe { _mm_loadu_si128(crate::quant::iq4_nl::KVALUES.as_ptr() as *const __m128i) };
+    let t = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm_shuffle_epi8(table, _mm_and_si128(t, m4));
+    let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(t), m4));
+    _mm256_set_m128i(hi, lo)
+}
+
+/// `dequantize_row_iq4_nl`, AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_iq4_nl_avx2(x: &[BlockIq4Nl], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(h2f(xb.d));
+        let b = iq4_nl_values(&xb.qs);
+        let lo = _mm256_castsi256_si128(b);
+        let hi = _mm256_extracti128_si256::<1>(b);
+        let o = yb.as_mut_ptr();
+        // SAFETY: 32 writable floats.
+        unsafe {
+            store_i8x8_scaled(o, lo, d);
+            store_i8x8_scaled(o.add(8), _mm_srli_si128::<8>(lo), d);
+            store_i8x8_scaled(o.add(16), hi, d);
+            store_i8x8_scaled(o.add(24), _mm_srli_si128::<8>(hi), d);
+        }
+    }
+}
+
+/// `dequantize_row_iq4_nl`, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dequantize_iq4_nl_avx512(x: &[BlockIq4Nl], y: &mut [f32]) {
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm512_set1_ps(h2f(xb.d));
+        let b = iq4_nl_values(&xb.qs);
+        let o = yb.as_mut_ptr();
+        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(b)));
+        // SAFETY: 32 writable floats.
+        unsafe {
+            _mm512_storeu_ps(o, _mm512_mul_ps(d, lo));
+            _mm512_storeu_ps(o.add(16), _mm512_mul_ps(d, hi));
+        }
+    }
+}
+
+/// `ggml_vec_dot_iq4_nl_q8_0` (`__AVX2__` path: block pairs into two accumulators, scalar tail).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_iq4_nl_avx2(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
+    let mut acc1 = _mm256_setzero_ps();
+    let mut acc2 = _mm256_setzero_ps();
+    let pairs = x.len() / 2;
+    for (bx, by) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
+        let q1 = iq4_nl_values(&bx[0].qs);
+        let q2 = iq4_nl_values(&bx[1].qs);
+        // SAFETY: 32 readable bytes each.
+        let y1 = unsafe { _mm256_loadu_si256(by[0].qs.as_ptr() as *const __m256i) };
+        let y2 = unsafe { _mm256_loadu_si256(by[1].qs.as_ptr() as *const __m256i) };
+        let d1 = _mm256_set1_ps(h2f(by[0].d) * h2f(bx[0].d));
+        let d2 = _mm256_set1_ps(h2f(by[1].d) * h2f(bx[1].d));
+        acc1 = _mm256_fmadd_ps(d1, mul_sum_i8(q1, y1), acc1);
+        acc2 = _mm256_fmadd_ps(d2, mul_sum_i8(q2, y2), acc2);
+    }
+    let mut sumf = hsum8(_mm256_add_ps(acc1, acc2));
+    for (bx, by) in x.iter().zip(y).skip(2 * pairs) {
+        sumf += crate::quant::iq4_nl::tail_block(bx, by);
+    }
+    sumf
+}
