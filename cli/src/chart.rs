@@ -33,7 +33,10 @@ fn register_font() -> Result<()> {
 /// Bars: for each cache type (x), one bar per (rotation, kernels); y = mean KLD with ± whiskers.
 pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
     register_font()?;
-    let ctx = rows.first().map(|r| r.config.ctx).context("no results to chart")?;
+    let ctx = rows
+        .first()
+        .map(|r| r.config.ctx)
+        .context("no results to chart")?;
     let rows: Vec<&Row> = rows.iter().filter(|r| r.config.ctx == ctx).collect();
     let mut labels: Vec<String> = Vec::new();
     for r in &rows {
@@ -43,18 +46,41 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
         }
     }
     let series: [(bool, &str, RGBColor, &str); 4] = [
-        (false, "stock", RGBColor(200, 120, 110), "rotation off, stock"),
+        (
+            false,
+            "stock",
+            RGBColor(200, 120, 110),
+            "rotation off, stock",
+        ),
         (true, "stock", RGBColor(110, 150, 200), "rotation on, stock"),
-        (false, "attnrot", RGBColor(230, 170, 80), "rotation off, attnrot"),
-        (true, "attnrot", RGBColor(60, 110, 180), "rotation on, attnrot"),
+        (
+            false,
+            "attnrot",
+            RGBColor(230, 170, 80),
+            "rotation off, attnrot",
+        ),
+        (
+            true,
+            "attnrot",
+            RGBColor(60, 110, 180),
+            "rotation on, attnrot",
+        ),
     ];
-    let ymax = rows.iter().map(|r| r.stats.kld_mean + r.stats.kld_err).fold(0.0f64, f64::max).max(1e-4) * 1.15;
+    let ymax = rows
+        .iter()
+        .map(|r| r.stats.kld_mean + r.stats.kld_err)
+        .fold(0.0f64, f64::max)
+        .max(1e-4)
+        * 1.15;
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
     {
         let root = BitMapBackend::new(&tmp, (1200, 640)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Mean KL divergence vs f16 KV cache (ctx {ctx}) — lower is better"), ("sans-serif", 24))
+            .caption(
+                format!("Mean KL divergence vs f16 KV cache (ctx {ctx}) — lower is better"),
+                ("sans-serif", 24),
+            )
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(80)
@@ -90,10 +116,16 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
                         continue;
                     }
                     let x0 = xi as f64 + 0.1 + si as f64 * w;
-                    bars.push(Rectangle::new([(x0, 0.0), (x0 + w * 0.9, r.stats.kld_mean)], color.filled()));
+                    bars.push(Rectangle::new(
+                        [(x0, 0.0), (x0 + w * 0.9, r.stats.kld_mean)],
+                        color.filled(),
+                    ));
                     let xm = x0 + w * 0.45;
                     whiskers.push(PathElement::new(
-                        vec![(xm, (r.stats.kld_mean - r.stats.kld_err).max(0.0)), (xm, r.stats.kld_mean + r.stats.kld_err)],
+                        vec![
+                            (xm, (r.stats.kld_mean - r.stats.kld_err).max(0.0)),
+                            (xm, r.stats.kld_mean + r.stats.kld_err),
+                        ],
                         BLACK.stroke_width(1),
                     ));
                 }

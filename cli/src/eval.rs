@@ -20,7 +20,11 @@ pub struct Args {
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Cache types: K=V names, or K/V pairs like q8_0/q4_0.
-    #[arg(long, value_delimiter = ',', default_value = "f16,q8_0,q5_1,q5_0,q4_1,q4_0,iq4_nl,q8_0/q4_0")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "f16,q8_0,q5_1,q5_0,q4_1,q4_0,iq4_nl,q8_0/q4_0"
+    )]
     pub types: Vec<String>,
     /// Context size (tokens per chunk).
     #[arg(long, default_value_t = 512)]
@@ -78,7 +82,9 @@ pub struct Row {
     pub seconds: f64,
 }
 
-const KV_TYPES: [&str; 8] = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"];
+const KV_TYPES: [&str; 8] = [
+    "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl",
+];
 
 fn parse_type_pair(s: &str) -> Result<(String, String)> {
     let s = s.trim().to_ascii_lowercase();
@@ -88,7 +94,10 @@ fn parse_type_pair(s: &str) -> Result<(String, String)> {
     };
     for t in [&k, &v] {
         if !KV_TYPES.contains(&t.as_str()) {
-            bail!("unknown cache type '{t}' (one of {}; K/V pairs as k/v)", KV_TYPES.join(", "));
+            bail!(
+                "unknown cache type '{t}' (one of {}; K/V pairs as k/v)",
+                KV_TYPES.join(", ")
+            );
         }
     }
     Ok((k, v))
@@ -118,10 +127,20 @@ pub fn configs(a: &Args) -> Result<Vec<Config>> {
     for &ctx in &ctxs {
         for t in &a.types {
             let (k, vv) = parse_type_pair(t)?;
-            let rots: &[bool] = if quantized(&k) || quantized(&vv) { &[false, true] } else { &[true] };
+            let rots: &[bool] = if quantized(&k) || quantized(&vv) {
+                &[false, true]
+            } else {
+                &[true]
+            };
             for &rotation in rots {
                 for kern in &kernels {
-                    v.push(Config { type_k: k.clone(), type_v: vv.clone(), rotation, kernels: kern.clone(), ctx });
+                    v.push(Config {
+                        type_k: k.clone(),
+                        type_v: vv.clone(),
+                        rotation,
+                        kernels: kern.clone(),
+                        ctx,
+                    });
                 }
             }
         }
@@ -134,26 +153,65 @@ struct Tools {
     lib: Option<PathBuf>,
 }
 
-fn run_perplexity(tools: &Tools, model: &Path, base: &Path, cfg: &Config, a: &Args, chunks: usize) -> Result<(String, f64)> {
+fn run_perplexity(
+    tools: &Tools,
+    model: &Path,
+    base: &Path,
+    cfg: &Config,
+    a: &Args,
+    chunks: usize,
+) -> Result<(String, f64)> {
     let mut cmd = Command::new(&tools.perplexity);
     cmd.args(["-m"]).arg(model);
-    cmd.args(["--kl-divergence-base"]).arg(base).arg("--kl-divergence");
-    cmd.args(["-c", &cfg.ctx.to_string(), "--chunks", &chunks.to_string(), "-t", &a.threads.to_string()]);
-    cmd.args(["-ctk", &cfg.type_k, "-ctv", &cfg.type_v, "-fa", "on", "-ngl", "0"]);
-    cmd.env_remove("GGML_BACKEND_PATH").env_remove("LLAMA_ATTN_ROT_DISABLE");
+    cmd.args(["--kl-divergence-base"])
+        .arg(base)
+        .arg("--kl-divergence");
+    cmd.args([
+        "-c",
+        &cfg.ctx.to_string(),
+        "--chunks",
+        &chunks.to_string(),
+        "-t",
+        &a.threads.to_string(),
+    ]);
+    cmd.args([
+        "-ctk",
+        &cfg.type_k,
+        "-ctv",
+        &cfg.type_v,
+        "-fa",
+        "on",
+        "-ngl",
+        "0",
+    ]);
+    cmd.env_remove("GGML_BACKEND_PATH")
+        .env_remove("LLAMA_ATTN_ROT_DISABLE");
     if !cfg.rotation {
         cmd.env("LLAMA_ATTN_ROT_DISABLE", "1");
     }
     if cfg.kernels == "attnrot" {
-        cmd.env("GGML_BACKEND_PATH", tools.lib.as_ref().context("no libattnrot.so")?);
+        cmd.env(
+            "GGML_BACKEND_PATH",
+            tools.lib.as_ref().context("no libattnrot.so")?,
+        );
     }
     let t = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {}", tools.perplexity.display()))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", tools.perplexity.display()))?;
     let secs = t.elapsed().as_secs_f64();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        bail!("llama-perplexity failed for {cfg:?}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "llama-perplexity failed for {cfg:?}:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     if cfg.kernels == "attnrot" && !log.contains("AttnRot") {
         bail!("llama-perplexity ran without the attnrot backend (GGML_BACKEND_PATH was ignored?) for {cfg:?}");
@@ -196,8 +254,15 @@ pub fn run(a: Args) -> Result<()> {
         None => crate::text::default_text()?,
     };
     let bin = upstream::upstream_bin()?;
-    let lib = if cfgs.iter().any(|c| c.kernels == "attnrot") { Some(upstream::backend_lib()?) } else { None };
-    let tools = Tools { perplexity: bin.join("llama-perplexity"), lib };
+    let lib = if cfgs.iter().any(|c| c.kernels == "attnrot") {
+        Some(upstream::backend_lib()?)
+    } else {
+        None
+    };
+    let tools = Tools {
+        perplexity: bin.join("llama-perplexity"),
+        lib,
+    };
 
     let work = crate::text::cache_dir()?.join(format!("eval-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -206,8 +271,10 @@ pub fn run(a: Args) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let bar = ProgressBar::new(cfgs.len() as u64 + 1);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs, ETA {eta} — {msg}")
-            .unwrap(),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs, ETA {eta} — {msg}",
+        )
+        .unwrap(),
     );
     let ctxs: Vec<usize> = {
         let mut c: Vec<usize> = cfgs.iter().map(|c| c.ctx).collect();
@@ -219,12 +286,31 @@ pub fn run(a: Args) -> Result<()> {
         bar.set_message(format!("f16 base logits, ctx {ctx}"));
         let base = work.join(format!("base-{ctx}.kld"));
         let mut cmd = Command::new(&tools.perplexity);
-        cmd.arg("-m").arg(&model).arg("-f").arg(&text).arg("--kl-divergence-base").arg(&base);
-        cmd.args(["-c", &ctx.to_string(), "--chunks", &a.chunks.to_string(), "-t", &a.threads.to_string()]);
+        cmd.arg("-m")
+            .arg(&model)
+            .arg("-f")
+            .arg(&text)
+            .arg("--kl-divergence-base")
+            .arg(&base);
+        cmd.args([
+            "-c",
+            &ctx.to_string(),
+            "--chunks",
+            &a.chunks.to_string(),
+            "-t",
+            &a.threads.to_string(),
+        ]);
         cmd.args(["-ctk", "f16", "-ctv", "f16", "-fa", "on", "-ngl", "0"]);
         cmd.env_remove("GGML_BACKEND_PATH");
-        let out = cmd.stdin(Stdio::null()).output().context("cannot run llama-perplexity")?;
-        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run llama-perplexity")?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if !out.status.success() || !base.exists() {
             if log.contains("you need at least") || log.contains("not enough for a context") {
                 bail!(
@@ -234,11 +320,17 @@ pub fn run(a: Args) -> Result<()> {
                 );
             }
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            bail!("the f16 base run failed:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "the f16 base run failed:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
-        let got_chunks = log
-            .lines()
-            .find_map(|l| l.split("calculating perplexity over ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok()));
+        let got_chunks = log.lines().find_map(|l| {
+            l.split("calculating perplexity over ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<usize>().ok())
+        });
         if let Some(g) = got_chunks {
             if g < a.chunks {
                 bail!("the text has only {g} chunks of {ctx} tokens, {} asked: use fewer --chunks or a longer --text", a.chunks);
@@ -246,11 +338,22 @@ pub fn run(a: Args) -> Result<()> {
         }
         bar.inc(1);
         for cfg in cfgs.iter().filter(|c| c.ctx == ctx) {
-            bar.set_message(format!("{} rot {} {} ctx {}", cfg.label(), if cfg.rotation { "on" } else { "off" }, cfg.kernels, cfg.ctx));
+            bar.set_message(format!(
+                "{} rot {} {} ctx {}",
+                cfg.label(),
+                if cfg.rotation { "on" } else { "off" },
+                cfg.kernels,
+                cfg.ctx
+            ));
             let (log, secs) = run_perplexity(&tools, &model, &base, cfg, &a, a.chunks)?;
             let stats = ppl::parse_kld(&log)?;
             let tps = ppl::parse_prompt_tps(&log)?;
-            rows.push(Row { config: cfg.clone(), stats, tokens_per_s: tps, seconds: secs });
+            rows.push(Row {
+                config: cfg.clone(),
+                stats,
+                tokens_per_s: tps,
+                seconds: secs,
+            });
             bar.inc(1);
         }
     }
@@ -332,13 +435,19 @@ mod tests {
         let c = configs(&t.a).unwrap();
         // f16: 1 rotation setting x 2 kernels; 7 quantized entries x 2 x 2
         assert_eq!(c.len(), 2 + 7 * 4);
-        assert!(c.iter().any(|c| c.type_k == "q8_0" && c.type_v == "q4_0" && c.rotation && c.kernels == "attnrot"));
+        assert!(c.iter().any(|c| c.type_k == "q8_0"
+            && c.type_v == "q4_0"
+            && c.rotation
+            && c.kernels == "attnrot"));
     }
 
     #[test]
     fn bad_types_are_errors() {
         let t = T::parse_from(["x", "--types", "q3_k"]);
-        assert!(configs(&t.a).unwrap_err().to_string().contains("unknown cache type"));
+        assert!(configs(&t.a)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown cache type"));
         let t = T::parse_from(["x", "--kernels", "cuda"]);
         assert!(configs(&t.a).is_err());
     }

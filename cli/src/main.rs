@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod chart;
 mod check;
 mod eval;
@@ -21,6 +22,8 @@ enum Cmd {
     Check(check::Args),
     /// Quality on a real model: PPL, KL divergence vs f16, same-top-token %, tokens/s; stock vs attnrot, rotation on/off.
     Eval(eval::Args),
+    /// Speed on a real model: llama-bench pp/tg at several depths, stock vs attnrot, rotation on/off.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +31,6 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Check(a) => check::run(a),
         Cmd::Eval(a) => eval::run(a),
+        Cmd::Bench(a) => bench::run(a),
     }
 }

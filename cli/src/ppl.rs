@@ -31,23 +31,38 @@ pub fn parse_prompt_tps(log: &str) -> Result<f64> {
         .context("llama-perplexity output has no 'prompt eval time = … tokens per second' line")?;
     // "... (    1.23 ms per token,   812.34 tokens per second)"
     let before = line.rsplit_once("tokens per second").unwrap().0;
-    let num = before.rsplit(|c: char| c == ',' || c == '(').next().unwrap_or("").trim();
-    num.parse::<f64>().with_context(|| format!("cannot parse tokens/s from: {line}"))
+    let num = before
+        .rsplit(|c: char| c == ',' || c == '(')
+        .next()
+        .unwrap_or("")
+        .trim();
+    num.parse::<f64>()
+        .with_context(|| format!("cannot parse tokens/s from: {line}"))
 }
 
 fn value_after(log: &str, label: &str) -> Result<(f64, Option<f64>)> {
     let line = log
         .lines()
         .find(|l| l.trim_start().starts_with(label))
-        .with_context(|| format!("llama-perplexity output has no '{label}' line (output format changed?)"))?;
+        .with_context(|| {
+            format!("llama-perplexity output has no '{label}' line (output format changed?)")
+        })?;
     let rest = line.trim_start()[label.len()..].trim_start();
     let rest = rest.strip_prefix(':').unwrap_or(rest).trim();
     let rest = rest.trim_end_matches('%').trim();
     let mut parts = rest.split('±');
     let v = parts.next().unwrap().trim().trim_end_matches('%').trim();
-    let v: f64 = v.parse().with_context(|| format!("cannot parse a number from: {line}"))?;
+    let v: f64 = v
+        .parse()
+        .with_context(|| format!("cannot parse a number from: {line}"))?;
     let e = match parts.next() {
-        Some(e) => Some(e.trim().trim_end_matches('%').trim().parse::<f64>().with_context(|| format!("cannot parse ± from: {line}"))?),
+        Some(e) => Some(
+            e.trim()
+                .trim_end_matches('%')
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("cannot parse ± from: {line}"))?,
+        ),
         None => None,
     };
     Ok((v, e))
@@ -73,7 +88,11 @@ pub fn parse_kld(log: &str) -> Result<KldStats> {
         same_top,
         same_top_err: same_top_err.context("Same top p without ±")?,
     };
-    for (k, v) in [("PPL", s.ppl), ("KLD", s.kld_mean), ("same top", s.same_top)] {
+    for (k, v) in [
+        ("PPL", s.ppl),
+        ("KLD", s.kld_mean),
+        ("same top", s.same_top),
+    ] {
         if !v.is_finite() {
             bail!("llama-perplexity reported a non-finite {k}: {v}");
         }
@@ -89,8 +108,18 @@ pub fn parse_final_ppl(log: &str) -> Result<(f64, f64)> {
         .context("llama-perplexity output has no 'Final estimate: PPL = … +/- …' line")?;
     let rest = line.split("PPL =").nth(1).unwrap();
     let mut it = rest.split("+/-");
-    let v: f64 = it.next().unwrap().trim().parse().with_context(|| format!("cannot parse: {line}"))?;
-    let e: f64 = it.next().context("no +/-")?.trim().parse().with_context(|| format!("cannot parse: {line}"))?;
+    let v: f64 = it
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .with_context(|| format!("cannot parse: {line}"))?;
+    let e: f64 = it
+        .next()
+        .context("no +/-")?
+        .trim()
+        .parse()
+        .with_context(|| format!("cannot parse: {line}"))?;
     Ok((v, e))
 }
 

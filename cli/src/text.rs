@@ -27,16 +27,24 @@ pub fn cache_dir() -> Result<PathBuf> {
             base.join("attnrot")
         }
     };
-    std::fs::create_dir_all(&d).with_context(|| format!("cannot create cache dir {}", d.display()))?;
+    std::fs::create_dir_all(&d)
+        .with_context(|| format!("cannot create cache dir {}", d.display()))?;
     Ok(d)
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {
-    let out = Command::new("sha256sum").arg(p).output().context("sha256sum not found")?;
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .context("sha256sum not found")?;
     if !out.status.success() {
         bail!("sha256sum {} failed", p.display());
     }
-    Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string())
 }
 
 /// The default evaluation text, fetched on first use. Returns the path of the plain text.
@@ -56,7 +64,8 @@ pub fn default_text() -> Result<PathBuf> {
                 .current_dir(tmp)
                 .output()
         };
-        let mut o = dl(&tmp).context("apt-get not found: install the text yourself and pass --text FILE")?;
+        let mut o = dl(&tmp)
+            .context("apt-get not found: install the text yourself and pass --text FILE")?;
         if !o.status.success() {
             // a fresh machine may have no package lists yet
             let _ = Command::new("apt-get").args(["update", "-qq"]).status();
@@ -82,7 +91,10 @@ pub fn default_text() -> Result<PathBuf> {
     // dpkg-deb --fsys-tarfile | tar -xO member | gunzip
     let tar = Command::new("sh")
         .arg("-c")
-        .arg(format!("dpkg-deb --fsys-tarfile '{}' | tar -xO '{MEMBER}' | gzip -dc", deb.display()))
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -xO '{MEMBER}' | gzip -dc",
+            deb.display()
+        ))
         .output()
         .context("cannot run dpkg-deb/tar/gzip")?;
     if !tar.status.success() || tar.stdout.len() < 100_000 {
@@ -113,7 +125,13 @@ fn strip_front_matter(t: &str) -> String {
 }
 
 fn tempdir_in(d: &Path) -> Result<PathBuf> {
-    let p = d.join(format!(".dl-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()));
+    let p = d.join(format!(
+        ".dl-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
     std::fs::create_dir_all(&p)?;
     Ok(p)
 }

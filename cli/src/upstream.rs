@@ -15,7 +15,10 @@ pub fn repo_root() -> PathBuf {
 fn run_script(name: &str, what: &str) -> Result<PathBuf> {
     let script = repo_root().join("scripts").join(name);
     if !script.exists() {
-        bail!("{} not found (set ATTNROT_ROOT to the attnrot checkout)", script.display());
+        bail!(
+            "{} not found (set ATTNROT_ROOT to the attnrot checkout)",
+            script.display()
+        );
     }
     let out = Command::new("bash")
         .arg(&script)
@@ -24,11 +27,25 @@ fn run_script(name: &str, what: &str) -> Result<PathBuf> {
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !out.status.success() {
-        bail!("{what} failed ({}): see the messages above", script.display());
+        bail!(
+            "{what} failed ({}): see the messages above",
+            script.display()
+        );
     }
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or("").trim());
+    let p = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    );
     if !p.exists() {
-        bail!("{what}: {} printed '{}', which does not exist", script.display(), p.display());
+        bail!(
+            "{what}: {} printed '{}', which does not exist",
+            script.display(),
+            p.display()
+        );
     }
     Ok(p)
 }

@@ -1,0 +1,287 @@
+//! `attnrot bench`: prompt-processing and decode speed on a real model, stock llama.cpp vs
+//! the same binary with `GGML_BACKEND_PATH=libattnrot.so`, rotation on/off, in one run.
+//! Drives upstream's own `llama-bench -o json` and reports median and spread of its samples.
+use crate::upstream;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Cache types (K=V).
+    #[arg(long, value_delimiter = ',', default_value = "f16,q8_0,q4_0")]
+    pub types: Vec<String>,
+    /// Depths (tokens already in the cache).
+    #[arg(long, value_delimiter = ',', default_value = "0,4096")]
+    pub depths: Vec<usize>,
+    /// Add depth 16384.
+    #[arg(long)]
+    pub deep: bool,
+    /// Prompt tokens (pp test).
+    #[arg(long, default_value_t = 512)]
+    pub prompt: usize,
+    /// Generated tokens (tg test).
+    #[arg(long, default_value_t = 128)]
+    pub gen: usize,
+    /// Repetitions per test.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Rotation settings to run: on, off.
+    #[arg(long, value_delimiter = ',', default_value = "on,off")]
+    pub rotation: Vec<String>,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    pub cache: String,
+    pub rotation: bool,
+    pub kernels: &'static str,
+    pub test: String,
+    pub depth: usize,
+    pub median_ts: f64,
+    pub min_ts: f64,
+    pub max_ts: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Parse `llama-bench -o json` output into (test, depth, samples_ts).
+pub fn parse_bench_json(s: &str) -> Result<Vec<(String, usize, Vec<f64>)>> {
+    let start = s.find('[').context("llama-bench printed no JSON array")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&s[start..]).context("llama-bench JSON does not parse")?;
+    let arr = v.as_array().context("llama-bench JSON is not an array")?;
+    let mut out = Vec::new();
+    for t in arr {
+        let np = t["n_prompt"].as_u64().context("no n_prompt")?;
+        let ng = t["n_gen"].as_u64().context("no n_gen")?;
+        let nd = t["n_depth"].as_u64().context("no n_depth")? as usize;
+        let ts: Vec<f64> = t["samples_ts"]
+            .as_array()
+            .context("no samples_ts")?
+            .iter()
+            .map(|x| x.as_f64().context("samples_ts not numbers"))
+            .collect::<Result<_>>()?;
+        if ts.is_empty() {
+            bail!("llama-bench reported no samples");
+        }
+        let test = if ng == 0 {
+            format!("pp{np}")
+        } else if np == 0 {
+            format!("tg{ng}")
+        } else {
+            format!("pp{np}+tg{ng}")
+        };
+        out.push((test, nd, ts));
+    }
+    Ok(out)
+}
+
+pub fn run(mut a: Args) -> Result<()> {
+    if a.deep && !a.depths.contains(&16384) {
+        a.depths.push(16384);
+    }
+    for t in &a.types {
+        if ![
+            "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl",
+        ]
+        .contains(&t.as_str())
+        {
+            bail!("unknown cache type '{t}'");
+        }
+    }
+    let mut rots = Vec::new();
+    for r in &a.rotation {
+        match r.as_str() {
+            "on" => rots.push(true),
+            "off" => rots.push(false),
+            _ => bail!("--rotation takes on,off (got '{r}')"),
+        }
+    }
+    let model = match &a.model {
+        Some(m) if m.is_file() => m.clone(),
+        Some(m) => bail!("model file {} does not exist", m.display()),
+        None => upstream::default_model()?,
+    };
+    let bin = upstream::upstream_bin()?;
+    let lib = upstream::backend_lib()?;
+    let mut jobs = Vec::new();
+    for t in &a.types {
+        let rr: Vec<bool> = if t == "f16" || t == "bf16" {
+            vec![true]
+        } else {
+            rots.clone()
+        };
+        for rot in rr {
+            for kern in ["stock", "attnrot"] {
+                jobs.push((t.clone(), rot, kern));
+            }
+        }
+    }
+    let bar = ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len}, ETA {eta} — {msg}",
+        )
+        .unwrap(),
+    );
+    let mut rows = Vec::new();
+    let depths = a
+        .depths
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for (t, rot, kern) in jobs {
+        bar.set_message(format!("{t} rot {} {kern}", if rot { "on" } else { "off" }));
+        let mut cmd = Command::new(bin.join("llama-bench"));
+        cmd.arg("-m").arg(&model);
+        cmd.args([
+            "-p",
+            &a.prompt.to_string(),
+            "-n",
+            &a.gen.to_string(),
+            "-d",
+            &depths,
+            "-r",
+            &a.reps.to_string(),
+        ]);
+        cmd.args([
+            "-t",
+            &a.threads.to_string(),
+            "-ctk",
+            &t,
+            "-ctv",
+            &t,
+            "-fa",
+            "1",
+            "-ngl",
+            "0",
+            "-o",
+            "json",
+        ]);
+        cmd.env_remove("GGML_BACKEND_PATH")
+            .env_remove("LLAMA_ATTN_ROT_DISABLE");
+        if !rot {
+            cmd.env("LLAMA_ATTN_ROT_DISABLE", "1");
+        }
+        if kern == "attnrot" {
+            cmd.env("GGML_BACKEND_PATH", &lib);
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run llama-bench")?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "llama-bench failed ({t}, {kern}):\n{}",
+                err.lines()
+                    .rev()
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        if kern == "attnrot" && !err.contains("AttnRot") {
+            bail!("llama-bench ran without the attnrot backend (no 'AttnRot' in its log)");
+        }
+        for (test, depth, mut ts) in parse_bench_json(&String::from_utf8_lossy(&out.stdout))? {
+            let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = ts.iter().cloned().fold(0.0, f64::max);
+            rows.push(Sample {
+                cache: t.clone(),
+                rotation: rot,
+                kernels: kern,
+                test,
+                depth,
+                median_ts: median(&mut ts),
+                min_ts: min,
+                max_ts: max,
+            });
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "llama-bench, {} threads, {} reps, median tokens/s [min–max]; ratio = attnrot / stock",
+        a.threads, a.reps
+    );
+    println!(
+        "{:<7} {:>4} {:<7} {:>6} {:>24} {:>24} {:>7}",
+        "cache", "rot", "test", "depth", "stock t/s", "attnrot t/s", "ratio"
+    );
+    for s in rows.iter().filter(|s| s.kernels == "stock") {
+        let o = rows.iter().find(|o| {
+            o.kernels == "attnrot"
+                && o.cache == s.cache
+                && o.rotation == s.rotation
+                && o.test == s.test
+                && o.depth == s.depth
+        });
+        let fmt = |x: &Sample| format!("{:.1} [{:.1}–{:.1}]", x.median_ts, x.min_ts, x.max_ts);
+        println!(
+            "{:<7} {:>4} {:<7} {:>6} {:>24} {:>24} {:>7}",
+            s.cache,
+            if s.cache == "f16" || s.cache == "bf16" {
+                "-"
+            } else if s.rotation {
+                "on"
+            } else {
+                "off"
+            },
+            s.test,
+            s.depth,
+            fmt(s),
+            o.map(fmt).unwrap_or_default(),
+            o.map(|o| format!("{:.2}x", o.median_ts / s.median_ts))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(j) = &a.json {
+        crate::eval::write_atomic(j, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        println!("wrote {}", j.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_llama_bench_json() {
+        let s = r#"[
+  {"n_prompt": 512, "n_gen": 0, "n_depth": 4096, "avg_ts": 50.0, "samples_ns": [1, 2], "samples_ts": [ 49.0, 51.0 ]},
+  {"n_prompt": 0, "n_gen": 128, "n_depth": 0, "avg_ts": 30.0, "samples_ns": [1], "samples_ts": [ 30.5 ]}
+]"#;
+        let v = parse_bench_json(s).unwrap();
+        assert_eq!(v[0].0, "pp512");
+        assert_eq!(v[0].1, 4096);
+        assert_eq!(v[1].0, "tg128");
+        assert_eq!(median(&mut v[0].2.clone()), 50.0);
+        assert!(parse_bench_json("garbage").is_err());
+        assert!(parse_bench_json(r#"[{"n_prompt": 1}]"#).is_err());
+    }
+}
