@@ -1,1 +1,803 @@
-//! Flash attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics.
+//! Flash attention over a quantized KV cache with ggml's `GGML_OP_FLASH_ATTN_EXT` semantics.
+//!
+//! Matches `ggml_flash_attn_ext` (ggml.c) and `ggml_compute_forward_flash_attn_ext_f16`
+//! (ggml-cpu/ops.cpp) of the pinned ggml:
+//!
+//! * `q`    f32 `[DK, n_q, n_head, n_seq]` (rows contiguous; any strides otherwise),
+//! * `k`    `[DK, n_kv, n_head_kv, n_seq]` in any KV type (f16, bf16, q8_0, q4_0, q4_1, q5_0,
+//!   q5_1, iq4_nl, and f32), `v` `[DV, n_kv, n_head_v, n_seq]` likewise, independently;
+//!   both may be non-contiguous views into a cache exactly as llama.cpp passes them
+//!   (`llama_kv_cache::get_k` + `ggml_permute(0, 2, 1, 3)`),
+//! * `mask` f16 `[≥ n_kv, ≥ n_q, n_head / b2, n_seq / b3]` (broadcast over heads/sequences),
+//! * `sinks` f32 `[n_head]`,
+//! * output f32 `[DV, n_head, n_q, n_seq]` (note the permuted layout, like upstream).
+//!
+//! For every query row: `s_j = scale·(q·k_j)` (or `softcap·tanh(scale/softcap·q·k_j)`), plus
+//! `slope·mask_j` (ALiBi slope from `max_bias`, 1 otherwise); entries whose `slope·mask` is
+//! `-inf` are skipped; output `Σ softmax(s)_j v_j` with the optional sink logit joining the
+//! softmax denominator; a row with no live entry (and no sink) gives zeros.
+//!
+//! Numerics: unlike upstream (which converts Q to K's `vec_dot_type` — f16 or q8_0/q8_1 — and
+//! accumulates f16 V in an f16 vector), Q stays f32, K/V rows are dequantized exactly (bit-
+//! identical to upstream's `to_float`) and all accumulation is f32. Both `Precision`s
+//! therefore compute the same (as on upstream's CPU backend, where both take the same path).
+//!
+//! Work is split over (sequence, KV-head group, block of query rows) and, when there is only
+//! one block of query rows and the KV is long, over fixed KV chunks of [`SPLIT_CHUNK`] rows
+//! whose partial results are combined in chunk order. The split depends on shapes only,
+//! never on the thread count, so the result is bit-identical for any `n_threads`.
+use crate::error::{Error, Result};
+use crate::quant::fp16::f16_to_f32;
+use crate::simd;
+use crate::types::GgmlType;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub mod deq;
+mod kernel;
+
+use kernel::{Kernels, TILE_KV};
+
+/// KV rows per chunk of the split-KV (flash-decoding) path.
+pub const SPLIT_CHUNK: usize = 512;
+/// Target number of virtual rows (query rows × heads of a GQA group) per work item.
+const TILE_M: usize = 64;
+
+/// `GGML_PREC_DEFAULT` / `GGML_PREC_F32` (`ggml_flash_attn_ext_set_prec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Default,
+    F32,
+}
+
+/// The op parameters of FLASH_ATTN_EXT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// Multiplies `q·k` (usually `1/sqrt(DK)`).
+    pub scale: f32,
+    /// ALiBi maximum bias (0 = off). Needs a mask.
+    pub max_bias: f32,
+    /// Logit soft cap (0 = off).
+    pub logit_softcap: f32,
+    pub precision: Precision,
+}
+
+impl Params {
+    pub fn new(scale: f32) -> Self {
+        Params {
+            scale,
+            max_bias: 0.0,
+            logit_softcap: 0.0,
+            precision: Precision::Default,
+        }
+    }
+}
+
+/// A ggml-style strided 4-D tensor over bytes: `ne` elements, `nb` byte strides (`nb[0]` =
+/// bytes of one element/block, like ggml), element `(i0,i1,i2,i3)` of row `(i1,i2,i3)` at byte
+/// `i1*nb[1] + i2*nb[2] + i3*nb[3]` (+ its place inside the contiguous row).
+#[derive(Debug, Clone, Copy)]
+pub struct Tensor<'a> {
+    pub data: &'a [u8],
+    pub ty: GgmlType,
+    pub ne: [usize; 4],
+    pub nb: [usize; 4],
+}
+
+/// Contiguous strides of a `ty` tensor of shape `ne` (`ggml_new_tensor`'s), or an error.
+pub fn contiguous_strides(ty: GgmlType, ne: [usize; 4]) -> Result<[usize; 4]> {
+    let row = ty.row_bytes(ne[0])?;
+    let nb1 = row;
+    let nb2 = nb1.checked_mul(ne[1]).ok_or(Error::Overflow)?;
+    let nb3 = nb2.checked_mul(ne[2]).ok_or(Error::Overflow)?;
+    Ok([ty.block_bytes(), nb1, nb2, nb3])
+}
+
+impl<'a> Tensor<'a> {
+    /// A contiguous tensor (ggml's default layout).
+    pub fn contiguous(data: &'a [u8], ty: GgmlType, ne: [usize; 4]) -> Result<Self> {
+        Ok(Tensor {
+            data,
+            ty,
+            ne,
+            nb: contiguous_strides(ty, ne)?,
+        })
+    }
+
+    /// A contiguous f32 tensor over a float slice.
+    pub fn from_f32(data: &'a [f32], ne: [usize; 4]) -> Result<Self> {
+        Self::contiguous(f32_bytes(data), GgmlType::F32, ne)
+    }
+
+    /// A contiguous f16 tensor over raw half bits (e.g. a mask).
+    pub fn from_f16_bits(data: &'a [u16], ne: [usize; 4]) -> Result<Self> {
+        // SAFETY: u16 has no padding; reading it as bytes is always valid.
+        let b = unsafe {
+            std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+        };
+        Self::contiguous(b, GgmlType::F16, ne)
+    }
+}
+
+/// The output: f32 `[DV, n_head, n_q, n_seq]`, strides in bytes (`nb[0]` must be 4).
+#[derive(Debug)]
+pub struct TensorMut<'a> {
+    pub data: &'a mut [u8],
+    pub ne: [usize; 4],
+    pub nb: [usize; 4],
+}
+
+impl<'a> TensorMut<'a> {
+    pub fn from_f32(data: &'a mut [f32], ne: [usize; 4]) -> Result<Self> {
+        let nb = contiguous_strides(GgmlType::F32, ne)?;
+        // SAFETY: f32 has no invalid bit patterns; the borrow is unique.
+        let b = unsafe {
+            std::slice::from_raw_parts_mut(
+                data.as_mut_ptr() as *mut u8,
+                std::mem::size_of_val(data),
+            )
+        };
+        Ok(TensorMut { data: b, ne, nb })
+    }
+}
+
+fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
+}
+
+fn bad(s: impl Into<String>) -> Error {
+    Error::BadShape(s.into())
+}
+
+/// Checks that every row of `t` lies inside its slice and rows are contiguous. Returns the row bytes.
+fn check_tensor(
+    what: &str,
+    t: &Tensor,
+    ne: [usize; 4],
+    nb: [usize; 4],
+    ty: GgmlType,
+    len: usize,
+) -> Result<usize> {
+    let _ = t;
+    let row = ty.row_bytes(ne[0]).map_err(|_| {
+        bad(format!(
+            "{what}: ne[0] = {} is not a multiple of {ty}'s block size {}",
+            ne[0],
+            ty.block_size()
+        ))
+    })?;
+    if nb[0] != ty.block_bytes() {
+        return Err(bad(format!(
+            "{what}: rows must be contiguous (nb[0] = {}, {ty} needs {})",
+            nb[0],
+            ty.block_bytes()
+        )));
+    }
+    if ne.contains(&0) {
+        return Ok(row);
+    }
+    let mut end = row;
+    for i in 1..4 {
+        end = (ne[i] - 1)
+            .checked_mul(nb[i])
+            .and_then(|x| x.checked_add(end))
+            .ok_or(Error::Overflow)?;
+    }
+    if end > len {
+        return Err(Error::BufferTooSmall {
+            what: leak_name(what),
+            need: end,
+            have: len,
+        });
+    }
+    Ok(row)
+}
+
+fn leak_name(what: &str) -> &'static str {
+    match what {
+        "q" => "q",
+        "k" => "k",
+        "v" => "v",
+        "mask" => "mask",
+        "dst" => "dst",
+        _ => "tensor",
+    }
+}
+
+/// Everything the workers need, validated.
+struct Plan<'a> {
+    q: Tensor<'a>,
+    k: Tensor<'a>,
+    v: Tensor<'a>,
+    mask: Option<Tensor<'a>>,
+    sinks: Option<&'a [f32]>,
+    dk: usize,
+    dv: usize,
+    dvp: usize,
+    n_kv: usize,
+    n_q: usize,
+    n_head: usize,
+    n_seq: usize,
+    /// Query heads per work item (a GQA group when K and V have the same head count).
+    g: usize,
+    /// Query rows per work item.
+    r: usize,
+    n_groups: usize,
+    n_qblocks: usize,
+    n_chunks: usize,
+    chunk: usize,
+    scale: f32,
+    softcap: f32,
+    max_bias: f32,
+    m0: f32,
+    m1: f32,
+    n_head_log2: u32,
+    dst_nb: [usize; 4],
+}
+
+/// Validates shapes, types, strides and bounds (upstream's asserts plus buffer checks).
+fn plan<'a>(
+    q: &Tensor<'a>,
+    k: &Tensor<'a>,
+    v: &Tensor<'a>,
+    mask: Option<&Tensor<'a>>,
+    sinks: Option<&'a [f32]>,
+    p: &Params,
+    dst_ne: [usize; 4],
+    dst_nb: [usize; 4],
+    dst_len: usize,
+) -> Result<Plan<'a>> {
+    if q.ty != GgmlType::F32 {
+        return Err(Error::UnsupportedType(q.ty));
+    }
+    for t in [k.ty, v.ty] {
+        if deq::scalar(t).is_none() {
+            return Err(Error::UnsupportedType(t));
+        }
+    }
+    let [dk, n_q, n_head, n_seq] = q.ne;
+    let [dk2, n_kv, n_head_k, n_seq_k] = k.ne;
+    let [dv, n_kv_v, n_head_v, n_seq_v] = v.ne;
+    if dk2 != dk {
+        return Err(bad(format!("K head size {dk2} != Q head size {dk}")));
+    }
+    if n_kv_v != n_kv {
+        return Err(bad(format!("V has {n_kv_v} rows, K has {n_kv}")));
+    }
+    if dk == 0 || dv == 0 {
+        return Err(bad("head size 0"));
+    }
+    if n_head_k == 0 || n_head_v == 0 || n_head % n_head_k != 0 || n_head % n_head_v != 0 {
+        return Err(bad(format!(
+            "query heads {n_head} must be a multiple of K heads {n_head_k} and V heads {n_head_v}"
+        )));
+    }
+    if n_seq_k != n_seq || n_seq_v != n_seq {
+        return Err(bad(format!(
+            "sequences differ: q {n_seq}, k {n_seq_k}, v {n_seq_v}"
+        )));
+    }
+    if !p.scale.is_finite()
+        || !p.max_bias.is_finite()
+        || !p.logit_softcap.is_finite()
+        || p.max_bias < 0.0
+    {
+        return Err(Error::BadParam(format!(
+            "scale {}, max_bias {}, logit_softcap {}",
+            p.scale, p.max_bias, p.logit_softcap
+        )));
+    }
+    if p.max_bias > 0.0 && mask.is_none() {
+        return Err(Error::BadParam("max_bias > 0 needs a mask".into()));
+    }
+    check_tensor("q", q, q.ne, q.nb, GgmlType::F32, q.data.len())?;
+    check_tensor("k", k, k.ne, k.nb, k.ty, k.data.len())?;
+    check_tensor("v", v, v.ne, v.nb, v.ty, v.data.len())?;
+    if let Some(m) = mask {
+        if m.ty != GgmlType::F16 {
+            return Err(Error::UnsupportedType(m.ty));
+        }
+        if m.ne[0] < n_kv {
+            return Err(bad(format!("mask has {} columns, n_kv is {n_kv}", m.ne[0])));
+        }
+        if m.ne[1] < n_q {
+            return Err(bad(format!("mask has {} rows, n_q is {n_q}", m.ne[1])));
+        }
+        if m.ne[2] == 0 || m.ne[3] == 0 || n_head % m.ne[2] != 0 || n_seq % m.ne[3] != 0 {
+            return Err(bad(format!(
+                "mask dims 2,3 ({}, {}) must divide ({n_head}, {n_seq})",
+                m.ne[2], m.ne[3]
+            )));
+        }
+        check_tensor("mask", m, m.ne, m.nb, GgmlType::F16, m.data.len())?;
+    }
+    if let Some(s) = sinks {
+        if s.len() < n_head {
+            return Err(bad(format!(
+                "sinks has {} values, need one per head ({n_head})",
+                s.len()
+            )));
+        }
+    }
+    if dst_ne != [dv, n_head, n_q, n_seq] {
+        return Err(bad(format!(
+            "dst shape {dst_ne:?}, expected {:?}",
+            [dv, n_head, n_q, n_seq]
+        )));
+    }
+    // dst rows must not overlap: concurrent workers write disjoint rows.
+    if dst_nb[0] != 4
+        || dst_nb[1] < dv * 4
+        || dst_nb[2] < n_head.saturating_mul(dst_nb[1])
+        || dst_nb[3] < n_q.saturating_mul(dst_nb[2])
+    {
+        return Err(bad(format!(
+            "dst strides {dst_nb:?} overlap or are not f32 rows"
+        )));
+    }
+    let dtmp = Tensor {
+        data: &[],
+        ty: GgmlType::F32,
+        ne: dst_ne,
+        nb: dst_nb,
+    };
+    check_tensor("dst", &dtmp, dst_ne, dst_nb, GgmlType::F32, dst_len)?;
+
+    let (g, n_groups) = if n_head_k == n_head_v {
+        (n_head / n_head_k, n_head_k)
+    } else {
+        (1, n_head)
+    };
+    let r = (TILE_M / g).max(1).min(n_q.max(1));
+    let n_qblocks = n_q.div_ceil(r);
+    let (n_chunks, chunk) = if n_qblocks == 1 && n_kv >= 2 * SPLIT_CHUNK {
+        (n_kv.div_ceil(SPLIT_CHUNK), SPLIT_CHUNK)
+    } else {
+        (1, n_kv.max(1))
+    };
+
+    let mut scale = p.scale;
+    if p.logit_softcap != 0.0 {
+        scale /= p.logit_softcap;
+    }
+    let n_head_log2 = if n_head == 0 {
+        1
+    } else {
+        1u32 << (n_head as f64).log2().floor() as u32
+    };
+    let m0 = 2f32.powf(-(p.max_bias) / n_head_log2 as f32);
+    let m1 = 2f32.powf(-(p.max_bias / 2.0) / n_head_log2 as f32);
+    Ok(Plan {
+        q: *q,
+        k: *k,
+        v: *v,
+        mask: mask.copied(),
+        sinks,
+        dk,
+        dv,
+        dvp: dv.div_ceil(16) * 16,
+        n_kv,
+        n_q,
+        n_head,
+        n_seq,
+        g,
+        r,
+        n_groups,
+        n_qblocks,
+        n_chunks,
+        chunk,
+        scale,
+        softcap: p.logit_softcap,
+        max_bias: p.max_bias,
+        m0,
+        m1,
+        n_head_log2,
+        dst_nb,
+    })
+}
+
+impl Plan<'_> {
+    /// ALiBi slope of head `h` (as `ggml_compute_forward_flash_attn_ext_f16_one_chunk`).
+    fn slope(&self, h: usize) -> f32 {
+        if self.max_bias > 0.0 {
+            let h = h as u32;
+            if h < self.n_head_log2 {
+                self.m0.powf((h + 1) as f32)
+            } else {
+                self.m1.powf((2 * (h - self.n_head_log2) + 1) as f32)
+            }
+        } else {
+            1.0
+        }
+    }
+
+    /// Query heads of group `gi`.
+    fn heads(&self, gi: usize) -> std::ops::Range<usize> {
+        gi * self.g..(gi + 1) * self.g
+    }
+}
+
+/// One virtual row of a work item.
+#[derive(Clone, Copy)]
+struct VRow {
+    head: usize,
+    iq1: usize,
+    slope: f32,
+    /// Byte offset of this row's mask row, if masked.
+    mask_off: Option<usize>,
+}
+
+/// Per-worker scratch.
+struct Scratch {
+    q: Vec<f32>,
+    kt: Vec<f32>,
+    s: Vec<f32>,
+    vt: Vec<f32>,
+    o: Vec<f32>,
+    mv: Vec<f32>,
+    mrow: Vec<f32>,
+    srow: Vec<f32>,
+    tmp: Vec<f32>,
+    rows: Vec<VRow>,
+}
+
+/// The (M, S, O) state of one work item after a KV range.
+struct Partial {
+    m: Vec<f32>,
+    s: Vec<f32>,
+    o: Vec<f32>,
+}
+
+struct Item {
+    iq3: usize,
+    gi: usize,
+    qb: usize,
+    chunk: usize,
+}
+
+#[derive(Clone, Copy)]
+struct DstPtr(*mut u8);
+// SAFETY: workers write disjoint rows (validated non-overlapping strides; each (head, row,
+// seq) is finalized by exactly one item).
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+
+fn read_f32(b: &[u8], off: usize) -> f32 {
+    f32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn read_f16(b: &[u8], off: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[off], b[off + 1]]))
+}
+
+impl Plan<'_> {
+    fn vrows(&self, it: &Item, out: &mut Vec<VRow>) {
+        out.clear();
+        let q0 = it.qb * self.r;
+        let q1 = (q0 + self.r).min(self.n_q);
+        for iq1 in q0..q1 {
+            for head in self.heads(it.gi) {
+                let mask_off = self.mask.as_ref().map(|m| {
+                    iq1 * m.nb[1] + (head % m.ne[2]) * m.nb[2] + (it.iq3 % m.ne[3]) * m.nb[3]
+                });
+                out.push(VRow {
+                    head,
+                    iq1,
+                    slope: self.slope(head),
+                    mask_off,
+                });
+            }
+        }
+    }
+
+    fn scratch(&self) -> Scratch {
+        let mmax = (self.r * self.g).div_ceil(4) * 4;
+        Scratch {
+            q: vec![0.0; mmax * self.dk],
+            kt: vec![0.0; self.dk * TILE_KV],
+            s: vec![0.0; mmax * TILE_KV],
+            vt: vec![0.0; TILE_KV * self.dvp],
+            o: vec![0.0; mmax * self.dvp],
+            mv: vec![0.0; mmax * TILE_KV],
+            mrow: vec![0.0; mmax],
+            srow: vec![0.0; mmax],
+            tmp: vec![0.0; self.dk.max(self.dv)],
+            rows: Vec::with_capacity(mmax),
+        }
+    }
+
+    /// Runs one work item over its KV range; leaves (M, S, O) in the scratch.
+    fn run_item(
+        &self,
+        kn: &Kernels,
+        deq_k: deq::DeqFn,
+        deq_v: deq::DeqFn,
+        it: &Item,
+        sc: &mut Scratch,
+    ) -> usize {
+        let mut rows = std::mem::take(&mut sc.rows);
+        self.vrows(it, &mut rows);
+        let m_real = rows.len();
+        let mp = m_real.div_ceil(4) * 4;
+        let (dk, dvp) = (self.dk, self.dvp);
+        // Q rows (f32, contiguous within a row), padded rows zero.
+        for (m, vr) in rows.iter().enumerate() {
+            let off = vr.iq1 * self.q.nb[1] + vr.head * self.q.nb[2] + it.iq3 * self.q.nb[3];
+            for d in 0..dk {
+                sc.q[m * dk + d] = read_f32(self.q.data, off + 4 * d);
+            }
+        }
+        sc.q[m_real * dk..mp * dk].fill(0.0);
+        sc.o[..mp * dvp].fill(0.0);
+        sc.mrow[..mp].fill(f32::NEG_INFINITY);
+        sc.srow[..mp].fill(0.0);
+        sc.s[..mp * TILE_KV].fill(0.0);
+        // K/V heads of this group (all heads of a group share them).
+        let h0 = rows.first().map(|r| r.head).unwrap_or(0);
+        let ik2 = h0 / (self.n_head / self.k.ne[2]);
+        let iv2 = h0 / (self.n_head / self.v.ne[2]);
+        let kbase = ik2 * self.k.nb[2] + it.iq3 * self.k.nb[3];
+        let vbase = iv2 * self.v.nb[2] + it.iq3 * self.v.nb[3];
+        let krow_bytes = self.k.ty.row_bytes(dk).unwrap_or(0);
+        let vrow_bytes = self.v.ty.row_bytes(self.dv).unwrap_or(0);
+
+        let c0 = it.chunk * self.chunk;
+        let c1 = (c0 + self.chunk).min(self.n_kv);
+        let mut active: Vec<u8> = Vec::with_capacity(TILE_KV);
+        let mut t0 = c0;
+        while t0 < c1 {
+            let tl = (c1 - t0).min(TILE_KV);
+            // mask values (slope·mask), -inf for masked and for columns past the tile
+            active.clear();
+            let mut col_live = [false; TILE_KV];
+            for (m, vr) in rows.iter().enumerate() {
+                let mv = &mut sc.mv[m * TILE_KV..(m + 1) * TILE_KV];
+                match (vr.mask_off, self.mask.as_ref()) {
+                    (Some(off), Some(mk)) => {
+                        for t in 0..tl {
+                            let v = vr.slope * read_f16(mk.data, off + 2 * (t0 + t));
+                            mv[t] = v;
+                            col_live[t] |= v != f32::NEG_INFINITY;
+                        }
+                    }
+                    _ => {
+                        mv[..tl].fill(0.0);
+                        col_live[..tl].fill(true);
+                    }
+                }
+                mv[tl..].fill(f32::NEG_INFINITY);
+            }
+            for (t, &l) in col_live.iter().enumerate() {
+                if l {
+                    active.push(t as u8);
+                }
+            }
+            if active.is_empty() {
+                t0 += TILE_KV;
+                continue;
+            }
+            // K tile, transposed
+            for &t in &active {
+                let t = t as usize;
+                let off = kbase + (t0 + t) * self.k.nb[1];
+                let tmp = &mut sc.tmp[..dk];
+                deq_k(&self.k.data[off..off + krow_bytes], tmp);
+                for (d, &x) in tmp.iter().enumerate() {
+                    sc.kt[d * TILE_KV + t] = x;
+                }
+            }
+            kn.qk(&sc.q, &sc.kt, &mut sc.s, mp, dk);
+            // online softmax
+            for m in 0..m_real {
+                let srow = &mut sc.s[m * TILE_KV..(m + 1) * TILE_KV];
+                let mv = &sc.mv[m * TILE_KV..(m + 1) * TILE_KV];
+                let tmax = kn.scores(srow, mv, self.scale, self.softcap);
+                if tmax == f32::NEG_INFINITY {
+                    srow.fill(0.0);
+                    continue;
+                }
+                let mold = sc.mrow[m];
+                let mnew = mold.max(tmax);
+                if mnew > mold {
+                    let ms = (mold - mnew).exp();
+                    for x in &mut sc.o[m * dvp..(m + 1) * dvp] {
+                        *x *= ms;
+                    }
+                    sc.srow[m] *= ms;
+                }
+                sc.mrow[m] = mnew;
+                sc.srow[m] += kn.exp_sum(srow, mnew);
+            }
+            // V tile
+            for &t in &active {
+                let t = t as usize;
+                let off = vbase + (t0 + t) * self.v.nb[1];
+                deq_v(
+                    &self.v.data[off..off + vrow_bytes],
+                    &mut sc.vt[t * dvp..t * dvp + self.dv],
+                );
+            }
+            kn.pv(&sc.s, &sc.vt, &mut sc.o, mp, dvp, &active);
+            t0 += TILE_KV;
+        }
+        sc.rows = rows;
+        m_real
+    }
+
+    /// Sinks, normalisation and the store of one item's rows.
+    fn finish(&self, it: &Item, rows: &[VRow], mrow: &[f32], srow: &[f32], o: &[f32], dst: DstPtr) {
+        let dvp = self.dvp;
+        let mut buf = vec![0f32; self.dv];
+        for (m, vr) in rows.iter().enumerate() {
+            let mut mx = mrow[m];
+            let mut s = srow[m];
+            buf.copy_from_slice(&o[m * dvp..m * dvp + self.dv]);
+            if let Some(sk) = self.sinks {
+                let x = sk[vr.head];
+                if x > mx {
+                    let ms = (mx - x).exp();
+                    for b in buf.iter_mut() {
+                        *b *= ms;
+                    }
+                    s = s * ms + 1.0;
+                    mx = x;
+                } else {
+                    s += (x - mx).exp();
+                }
+            }
+            let _ = mx;
+            let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+            let off = vr.head * self.dst_nb[1] + vr.iq1 * self.dst_nb[2] + it.iq3 * self.dst_nb[3];
+            for (d, b) in buf.iter().enumerate() {
+                let bytes = (b * inv).to_le_bytes();
+                // SAFETY: bounds validated in `plan`; rows of distinct (head, iq1, iq3) are
+                // disjoint and each is written by exactly one item.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.0.add(off + 4 * d), 4) };
+            }
+        }
+    }
+}
+
+/// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_ext(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    sinks: Option<&[f32]>,
+    params: &Params,
+    dst: &mut TensorMut,
+    n_threads: usize,
+) -> Result<()> {
+    if n_threads == 0 {
+        return Err(Error::BadParam("n_threads must be at least 1".into()));
+    }
+    let pl = plan(q, k, v, mask, sinks, params, dst.ne, dst.nb, dst.data.len())?;
+    let isa = simd::isa();
+    let kn = Kernels::new(isa);
+    let deq_k = deq::select(k.ty).ok_or(Error::UnsupportedType(k.ty))?;
+    let deq_v = deq::select(v.ty).ok_or(Error::UnsupportedType(v.ty))?;
+    if pl.n_q == 0 || pl.n_head == 0 || pl.n_seq == 0 {
+        return Ok(());
+    }
+    let mut items = Vec::new();
+    for iq3 in 0..pl.n_seq {
+        for gi in 0..pl.n_groups {
+            for qb in 0..pl.n_qblocks {
+                for chunk in 0..pl.n_chunks {
+                    items.push(Item { iq3, gi, qb, chunk });
+                }
+            }
+        }
+    }
+    let dptr = DstPtr(dst.data.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    let split = pl.n_chunks > 1;
+    let n_items = items.len();
+    // Partials of split items, by item index (only used when split).
+    let worker = || -> Vec<(usize, Partial)> {
+        let mut sc = pl.scratch();
+        let mut parts = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n_items {
+                break;
+            }
+            let it = &items[i];
+            let m = pl.run_item(&kn, deq_k, deq_v, it, &mut sc);
+            if split {
+                let dvp = pl.dvp;
+                parts.push((
+                    i,
+                    Partial {
+                        m: sc.mrow[..m].to_vec(),
+                        s: sc.srow[..m].to_vec(),
+                        o: sc.o[..m * dvp].to_vec(),
+                    },
+                ));
+            } else {
+                pl.finish(it, &sc.rows, &sc.mrow, &sc.srow, &sc.o, dptr);
+            }
+        }
+        parts
+    };
+    let nt = n_threads.min(n_items).max(1);
+    let mut parts: Vec<Option<Partial>> =
+        (0..if split { n_items } else { 0 }).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..nt)
+            .map(|_| s.spawn(|| simd::with_isa(isa, &worker).unwrap_or_default()))
+            .collect();
+        for (i, p) in worker() {
+            parts[i] = Some(p);
+        }
+        for h in handles {
+            match h.join() {
+                Ok(v) => {
+                    for (i, p) in v {
+                        parts[i] = Some(p);
+                    }
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+    });
+    if split {
+        // Combine the chunks of each item group in chunk order (deterministic).
+        let dvp = pl.dvp;
+        let mut rows = Vec::new();
+        for base in (0..n_items).step_by(pl.n_chunks) {
+            let it = &items[base];
+            pl.vrows(it, &mut rows);
+            let m_real = rows.len();
+            let mut mf = vec![f32::NEG_INFINITY; m_real];
+            let mut sf = vec![0f32; m_real];
+            let mut of = vec![0f32; m_real * dvp];
+            for c in 0..pl.n_chunks {
+                let p = parts[base + c].as_ref().expect("every chunk computed");
+                for m in 0..m_real {
+                    if p.s[m] == 0.0 {
+                        continue;
+                    }
+                    let mnew = mf[m].max(p.m[m]);
+                    let so = (mf[m] - mnew).exp();
+                    let sn = (p.m[m] - mnew).exp();
+                    for d in 0..dvp {
+                        of[m * dvp + d] = of[m * dvp + d] * so + p.o[m * dvp + d] * sn;
+                    }
+                    sf[m] = sf[m] * so + p.s[m] * sn;
+                    mf[m] = mnew;
+                }
+            }
+            pl.finish(it, &rows, &mf, &sf, &of, dptr);
+        }
+    }
+    let _ = (pl.n_kv, pl.dk);
+    Ok(())
+}
+
+/// Convenience: contiguous Q `[DK, n_q, n_head, n_seq]` f32, K/V contiguous in their types,
+/// optional contiguous f16 mask `[mask_cols, mask_rows, 1, 1]`-style tensor; returns the output
+/// `[DV, n_head, n_q, n_seq]` as a Vec.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    sinks: Option<&[f32]>,
+    params: &Params,
+    n_threads: usize,
+) -> Result<Vec<f32>> {
+    let ne = [v.ne[0], q.ne[2], q.ne[1], q.ne[3]];
+    let n = ne
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .ok_or(Error::Overflow)?;
+    let mut out = vec![0f32; n];
+    let mut dst = TensorMut::from_f32(&mut out, ne)?;
+    flash_attn_ext(q, k, v, mask, sinks, params, &mut dst, n_threads)?;
+    Ok(out)
+}

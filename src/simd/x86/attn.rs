@@ -1,1 +1,489 @@
-//! x86 kernels (attn). Owned by the attn work; see the safe wrappers for contracts.
+//! x86 kernels (attn): row dequantizers and the tile micro-kernels of `crate::attn`.
+//! Contracts (sizes, layouts) are documented and checked in the safe wrappers
+//! (`attn::kernel`, `attn::deq`).
+use core::arch::x86_64::*;
+
+// ---------------------------------------------------------------- dequantizers
+
+/// f16 row -> f32 (exact, like `ggml_fp16_to_fp32_row`). `x` holds `2*y.len()` bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_row_avx2(x: *const u8, y: &mut [f32]) {
+    let n = y.len();
+    let yp = y.as_mut_ptr();
+    let mut i = 0;
+    unsafe {
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(x.add(2 * i) as *const __m128i);
+            _mm256_storeu_ps(yp.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            *yp.add(i) = crate::quant::fp16::f16_to_f32(u16::from_le_bytes([
+                *x.add(2 * i),
+                *x.add(2 * i + 1),
+            ]));
+            i += 1;
+        }
+    }
+}
+
+/// f16 row -> f32, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn f16_row_avx512(x: *const u8, y: &mut [f32]) {
+    let n = y.len();
+    let yp = y.as_mut_ptr();
+    let mut i = 0;
+    unsafe {
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(x.add(2 * i) as *const __m256i);
+            _mm512_storeu_ps(yp.add(i), _mm512_cvtph_ps(h));
+            i += 16;
+        }
+        if i < n {
+            let k: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let h = _mm256_maskz_loadu_epi16(k, x.add(2 * i) as *const i16);
+            _mm512_mask_storeu_ps(yp.add(i), k, _mm512_cvtph_ps(h));
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    crate::quant::fp16::f16_to_f32(u16::from_le_bytes(unsafe { [*p, *p.add(1)] }))
+}
+
+/// q8_0 row -> f32 (like `dequantize_row_q8_0`: `q * d`). `y.len() % 32 == 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_row_avx2(x: *const u8, y: &mut [f32]) {
+    let yp = y.as_mut_ptr();
+    unsafe {
+        for b in 0..y.len() / 32 {
+            let blk = x.add(b * 34);
+            let d = _mm256_set1_ps(f16_at(blk));
+            for j in 0..4 {
+                let q = _mm_loadl_epi64(blk.add(2 + 8 * j) as *const __m128i);
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(yp.add(b * 32 + 8 * j), _mm256_mul_ps(f, d));
+            }
+        }
+    }
+}
+
+/// q8_0 row -> f32, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn q8_0_row_avx512(x: *const u8, y: &mut [f32]) {
+    let yp = y.as_mut_ptr();
+    unsafe {
+        for b in 0..y.len() / 32 {
+            let blk = x.add(b * 34);
+            let d = _mm512_set1_ps(f16_at(blk));
+            for j in 0..2 {
+                let q = _mm_loadu_si128(blk.add(2 + 16 * j) as *const __m128i);
+                let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                _mm512_storeu_ps(yp.add(b * 32 + 16 * j), _mm512_mul_ps(f, d));
+            }
+        }
+    }
+}
+
+/// q4_0 row -> f32 (like `dequantize_row_q4_0`: `(q - 8) * d`, low nibbles first).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_row_avx2(x: *const u8, y: &mut [f32]) {
+    let yp = y.as_mut_ptr();
+    unsafe {
+        let m4 = _mm256_set1_epi32(0x0f);
+        let eight = _mm256_set1_epi32(8);
+        for b in 0..y.len() / 32 {
+            let blk = x.add(b * 18);
+            let d = _mm256_set1_ps(f16_at(blk));
+            for j in 0..2 {
+                let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * j) as *const __m128i));
+                let lo = _mm256_sub_epi32(_mm256_and_si256(q, m4), eight);
+                let hi = _mm256_sub_epi32(_mm256_srli_epi32::<4>(q), eight);
+                _mm256_storeu_ps(
+                    yp.add(b * 32 + 8 * j),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(lo), d),
+                );
+                _mm256_storeu_ps(
+                    yp.add(b * 32 + 16 + 8 * j),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(hi), d),
+                );
+            }
+        }
+    }
+}
+
+/// q4_0 row -> f32, AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn q4_0_row_avx512(x: *const u8, y: &mut [f32]) {
+    let yp = y.as_mut_ptr();
+    unsafe {
+        let m4 = _mm512_set1_epi32(0x0f);
+        let eight = _mm512_set1_epi32(8);
+        for b in 0..y.len() / 32 {
+            let blk = x.add(b * 18);
+            let d = _mm512_set1_ps(f16_at(blk));
+            let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(2) as *const __m128i));
+            let lo = _mm512_sub_epi32(_mm512_and_si512(q, m4), eight);
+            let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(q), eight);
+            _mm512_storeu_ps(yp.add(b * 32), _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+            _mm512_storeu_ps(
+                yp.add(b * 32 + 16),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tile GEMMs
+
+const T: usize = 64;
+
+/// `s[m][0..64] = Σ_d q[m][d] kt[d][0..64]`, `mp % 4 == 0`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn qk_tile_avx512(q: *const f32, kt: *const f32, s: *mut f32, mp: usize, dk: usize) {
+    unsafe {
+        let mut m = 0;
+        while m < mp {
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            let q0 = q.add(m * dk);
+            for d in 0..dk {
+                let kp = kt.add(d * T);
+                let k = [
+                    _mm512_loadu_ps(kp),
+                    _mm512_loadu_ps(kp.add(16)),
+                    _mm512_loadu_ps(kp.add(32)),
+                    _mm512_loadu_ps(kp.add(48)),
+                ];
+                for r in 0..4 {
+                    let b = _mm512_set1_ps(*q0.add(r * dk + d));
+                    for c in 0..4 {
+                        acc[r][c] = _mm512_fmadd_ps(b, k[c], acc[r][c]);
+                    }
+                }
+            }
+            for r in 0..4 {
+                for c in 0..4 {
+                    _mm512_storeu_ps(s.add((m + r) * T + 16 * c), acc[r][c]);
+                }
+            }
+            m += 4;
+        }
+    }
+}
+
+/// AVX2 variant of [`qk_tile_avx512`]: 4 rows × 32 columns per pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn qk_tile_avx2(q: *const f32, kt: *const f32, s: *mut f32, mp: usize, dk: usize) {
+    unsafe {
+        let mut m = 0;
+        while m < mp {
+            let q0 = q.add(m * dk);
+            for half in 0..2 {
+                let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+                let mut acc3 = [_mm256_setzero_ps(); 4];
+                for d in 0..dk {
+                    let kp = kt.add(d * T + 32 * half);
+                    let k = [
+                        _mm256_loadu_ps(kp),
+                        _mm256_loadu_ps(kp.add(8)),
+                        _mm256_loadu_ps(kp.add(16)),
+                        _mm256_loadu_ps(kp.add(24)),
+                    ];
+                    for r in 0..3 {
+                        let b = _mm256_set1_ps(*q0.add(r * dk + d));
+                        for c in 0..4 {
+                            acc[r][c] = _mm256_fmadd_ps(b, k[c], acc[r][c]);
+                        }
+                    }
+                    let b = _mm256_set1_ps(*q0.add(3 * dk + d));
+                    for c in 0..4 {
+                        acc3[c] = _mm256_fmadd_ps(b, k[c], acc3[c]);
+                    }
+                }
+                for r in 0..3 {
+                    for c in 0..4 {
+                        _mm256_storeu_ps(s.add((m + r) * T + 32 * half + 8 * c), acc[r][c]);
+                    }
+                }
+                for c in 0..4 {
+                    _mm256_storeu_ps(s.add((m + 3) * T + 32 * half + 8 * c), acc3[c]);
+                }
+            }
+            m += 4;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn pv_block512<const NC: usize>(
+    p: *const f32,
+    vt: *const f32,
+    o: *mut f32,
+    m: usize,
+    c0: usize,
+    dvp: usize,
+    active: &[u8],
+) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NC]; 4];
+        for r in 0..4 {
+            for c in 0..NC {
+                acc[r][c] = _mm512_loadu_ps(o.add((m + r) * dvp + c0 + 16 * c));
+            }
+        }
+        for &t in active {
+            let t = t as usize;
+            let vp = vt.add(t * dvp + c0);
+            let mut v = [_mm512_setzero_ps(); NC];
+            for c in 0..NC {
+                v[c] = _mm512_loadu_ps(vp.add(16 * c));
+            }
+            for r in 0..4 {
+                let b = _mm512_set1_ps(*p.add((m + r) * T + t));
+                for c in 0..NC {
+                    acc[r][c] = _mm512_fmadd_ps(b, v[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..4 {
+            for c in 0..NC {
+                _mm512_storeu_ps(o.add((m + r) * dvp + c0 + 16 * c), acc[r][c]);
+            }
+        }
+    }
+}
+
+/// `o[m][:] += Σ_{t∈active} p[m][t] vt[t][:]`, `mp % 4 == 0`, `dvp % 16 == 0`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn pv_tile_avx512(
+    p: *const f32,
+    vt: *const f32,
+    o: *mut f32,
+    mp: usize,
+    dvp: usize,
+    active: &[u8],
+) {
+    unsafe {
+        let mut m = 0;
+        while m < mp {
+            let mut c0 = 0;
+            while c0 + 64 <= dvp {
+                pv_block512::<4>(p, vt, o, m, c0, dvp, active);
+                c0 += 64;
+            }
+            match (dvp - c0) / 16 {
+                3 => pv_block512::<3>(p, vt, o, m, c0, dvp, active),
+                2 => pv_block512::<2>(p, vt, o, m, c0, dvp, active),
+                1 => pv_block512::<1>(p, vt, o, m, c0, dvp, active),
+                _ => {}
+            }
+            m += 4;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn pv_block256<const NC: usize>(
+    p: *const f32,
+    vt: *const f32,
+    o: *mut f32,
+    m: usize,
+    c0: usize,
+    dvp: usize,
+    active: &[u8],
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); NC]; 4];
+        for r in 0..4 {
+            for c in 0..NC {
+                acc[r][c] = _mm256_loadu_ps(o.add((m + r) * dvp + c0 + 8 * c));
+            }
+        }
+        for &t in active {
+            let t = t as usize;
+            let vp = vt.add(t * dvp + c0);
+            let mut v = [_mm256_setzero_ps(); NC];
+            for c in 0..NC {
+                v[c] = _mm256_loadu_ps(vp.add(8 * c));
+            }
+            for r in 0..4 {
+                let b = _mm256_set1_ps(*p.add((m + r) * T + t));
+                for c in 0..NC {
+                    acc[r][c] = _mm256_fmadd_ps(b, v[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..4 {
+            for c in 0..NC {
+                _mm256_storeu_ps(o.add((m + r) * dvp + c0 + 8 * c), acc[r][c]);
+            }
+        }
+    }
+}
+
+/// AVX2 variant of [`pv_tile_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pv_tile_avx2(
+    p: *const f32,
+    vt: *const f32,
+    o: *mut f32,
+    mp: usize,
+    dvp: usize,
+    active: &[u8],
+) {
+    unsafe {
+        let mut m = 0;
+        while m < mp {
+            let mut c0 = 0;
+            while c0 + 24 <= dvp {
+                pv_block256::<3>(p, vt, o, m, c0, dvp, active);
+                c0 += 24;
+            }
+            match (dvp - c0) / 8 {
+                2 => pv_block256::<2>(p, vt, o, m, c0, dvp, active),
+                1 => pv_block256::<1>(p, vt, o, m, c0, dvp, active),
+                _ => {}
+            }
+            m += 4;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- softmax pieces
+
+/// `s = mv == -inf ? -inf : s*scale + mv` over 64 lanes; returns the max.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn scores_avx512(s: *mut f32, mv: *const f32, scale: f32) -> f32 {
+    unsafe {
+        let sc = _mm512_set1_ps(scale);
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut mx = ninf;
+        for c in 0..4 {
+            let m = _mm512_loadu_ps(mv.add(16 * c));
+            let x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(s.add(16 * c)), sc), m);
+            let live = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(m, ninf);
+            let x = _mm512_mask_blend_ps(live, ninf, x);
+            _mm512_storeu_ps(s.add(16 * c), x);
+            mx = _mm512_max_ps(mx, x);
+        }
+        _mm512_reduce_max_ps(mx)
+    }
+}
+
+/// AVX2 variant of [`scores_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores_avx2(s: *mut f32, mv: *const f32, scale: f32) -> f32 {
+    unsafe {
+        let sc = _mm256_set1_ps(scale);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut mx = ninf;
+        for c in 0..8 {
+            let m = _mm256_loadu_ps(mv.add(8 * c));
+            let x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(s.add(8 * c)), sc), m);
+            let live = _mm256_cmp_ps::<_CMP_NEQ_OQ>(m, ninf);
+            let x = _mm256_blendv_ps(ninf, x, live);
+            _mm256_storeu_ps(s.add(8 * c), x);
+            mx = _mm256_max_ps(mx, x);
+        }
+        let mut buf = [0f32; 8];
+        _mm256_storeu_ps(buf.as_mut_ptr(), mx);
+        buf.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+}
+
+// expf: x = n·ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial (Cephes `expf`
+// coefficients), 2^n by scalef / exponent bits. Max error ~1.5 ulp; inputs below -103
+// give exactly 0 (so masked scores contribute nothing).
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
+#[inline(always)]
+unsafe fn exp512(x: __m512) -> __m512 {
+    unsafe {
+        let dead = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-103.0));
+        let x = _mm512_min_ps(x, _mm512_set1_ps(88.72));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-103.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut y = _mm512_set1_ps(P[0]);
+        for c in &P[1..] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(*c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        let y = _mm512_fmadd_ps(y, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let y = _mm512_scalef_ps(y, n);
+        _mm512_mask_blend_ps(dead, y, _mm512_setzero_ps())
+    }
+}
+
+#[inline(always)]
+unsafe fn exp256(x: __m256) -> __m256 {
+    unsafe {
+        let dead = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
+        let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut y = _mm256_set1_ps(P[0]);
+        for c in &P[1..] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(*c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let y = _mm256_fmadd_ps(y, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        // 2^n for n in [-126, 127]
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        _mm256_blendv_ps(y, _mm256_setzero_ps(), dead)
+    }
+}
+
+/// `s = exp(s - mx)` over 64 lanes; returns the sum.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn exp_sum_avx512(s: *mut f32, mx: f32) -> f32 {
+    unsafe {
+        let m = _mm512_set1_ps(mx);
+        let mut sum = _mm512_setzero_ps();
+        for c in 0..4 {
+            let e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s.add(16 * c)), m));
+            _mm512_storeu_ps(s.add(16 * c), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+/// AVX2 variant of [`exp_sum_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn exp_sum_avx2(s: *mut f32, mx: f32) -> f32 {
+    unsafe {
+        let m = _mm256_set1_ps(mx);
+        let mut sum = _mm256_setzero_ps();
+        for c in 0..8 {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s.add(8 * c)), m));
+            _mm256_storeu_ps(s.add(8 * c), e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        let mut buf = [0f32; 8];
+        _mm256_storeu_ps(buf.as_mut_ptr(), sum);
+        buf.iter().sum()
+    }
+}
