@@ -26,6 +26,38 @@ fn h2f(h: [u8; 2]) -> f32 {
     ))
 }
 
+/// `f16(a[i]) * f16(b[i])` for 8 pairs of f16 (F16C; exact conversions, one rounding each).
+/// Converting per block with `vcvtph2ps` on a 16-bit insert made LLVM put the insert into
+/// the accumulator register (a false dependency that serialised the whole dot loop), so
+/// the vec_dots convert their scales eight blocks at a time.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn mul_f16x8(a: &[u16; 8], b: &[u16; 8]) -> [f32; 8] {
+    // SAFETY: 16 readable bytes each, 32 writable bytes.
+    unsafe {
+        let x = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr() as *const __m128i));
+        let y = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr() as *const __m128i));
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(x, y));
+        out
+    }
+}
+
+/// f16 -> f32 for 8 values (F16C).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x8(a: &[u16; 8]) -> [f32; 8] {
+    // SAFETY: 16 readable bytes, 32 writable bytes.
+    unsafe {
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(
+            out.as_mut_ptr(),
+            _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr() as *const __m128i)),
+        );
+        out
+    }
+}
+
 /// ggml's `hsum_float_8`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -309,12 +341,19 @@ pub unsafe fn dequantize_q4_0_avx512(x: &[BlockQ4_0], y: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = _mm256_sub_epi8(nibbles_32(bx.qs.as_ptr()), _mm256_set1_epi8(8));
-        // SAFETY: 32 readable bytes.
-        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
+        let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
+        for i in 0..cx.len() {
+            hx[i] = u16::from_le_bytes(cx[i].d);
+            hy[i] = u16::from_le_bytes(cy[i].d);
+        }
+        let d = mul_f16x8(&hx, &hy);
+        for i in 0..cx.len() {
+            let qx = _mm256_sub_epi8(nibbles_32(cx[i].qs.as_ptr()), _mm256_set1_epi8(8));
+            // SAFETY: 32 readable bytes.
+            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_i8(qx, qy), acc);
+        }
     }
     hsum8(acc)
 }
@@ -396,12 +435,19 @@ pub unsafe fn dequantize_q5_0_avx512(x: &[BlockQ5_0], y: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q5_0_avx2(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = q5_0_values(bx);
-        // SAFETY: 32 readable bytes.
-        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-        acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
+        let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
+        for i in 0..cx.len() {
+            hx[i] = u16::from_le_bytes(cx[i].d);
+            hy[i] = u16::from_le_bytes(cy[i].d);
+        }
+        let d = mul_f16x8(&hx, &hy);
+        for i in 0..cx.len() {
+            let qx = q5_0_values(&cx[i]);
+            // SAFETY: 32 readable bytes.
+            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_i8(qx, qy), acc);
+        }
     }
     hsum8(acc)
 }
@@ -525,13 +571,23 @@ pub unsafe fn dequantize_q5_1_avx512(x: &[BlockQ5_1], y: &mut [f32]) {
 pub unsafe fn vec_dot_q4_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
-    for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        summs = h2f(bx.m).mul_add(h2f(by.s), summs);
-        let qx = nibbles_32(bx.qs.as_ptr());
-        // SAFETY: 32 readable bytes.
-        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-        acc = _mm256_fmadd_ps(d, mul_sum_u8(qx, qy), acc);
+    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
+        let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
+        for i in 0..cx.len() {
+            hx[i] = u16::from_le_bytes(cx[i].d);
+            hy[i] = u16::from_le_bytes(cy[i].d);
+            hm[i] = u16::from_le_bytes(cx[i].m);
+            hs[i] = u16::from_le_bytes(cy[i].s);
+        }
+        let d = mul_f16x8(&hx, &hy);
+        let (m, s) = (f16x8(&hm), f16x8(&hs));
+        for i in 0..cx.len() {
+            summs = m[i].mul_add(s[i], summs);
+            let qx = nibbles_32(cx[i].qs.as_ptr());
+            // SAFETY: 32 readable bytes.
+            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_u8(qx, qy), acc);
+        }
     }
     hsum8(acc) + summs
 }
@@ -541,13 +597,23 @@ pub unsafe fn vec_dot_q4_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 pub unsafe fn vec_dot_q5_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
-    for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        summs = h2f(bx.m).mul_add(h2f(by.s), summs);
-        let qx = q5_1_values(&bx.qs, bx.qh);
-        // SAFETY: 32 readable bytes.
-        let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-        acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), d, acc);
+    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
+        let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
+        for i in 0..cx.len() {
+            hx[i] = u16::from_le_bytes(cx[i].d);
+            hy[i] = u16::from_le_bytes(cy[i].d);
+            hm[i] = u16::from_le_bytes(cx[i].m);
+            hs[i] = u16::from_le_bytes(cy[i].s);
+        }
+        let d = mul_f16x8(&hx, &hy);
+        let (m, s) = (f16x8(&hm), f16x8(&hs));
+        for i in 0..cx.len() {
+            summs = m[i].mul_add(s[i], summs);
+            let qx = q5_1_values(&cx[i].qs, cx[i].qh);
+            // SAFETY: 32 readable bytes.
+            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), _mm256_set1_ps(d[i]), acc);
+        }
     }
     hsum8(acc) + summs
 }
@@ -612,16 +678,22 @@ pub unsafe fn vec_dot_iq4_nl_avx2(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
     let mut acc1 = _mm256_setzero_ps();
     let mut acc2 = _mm256_setzero_ps();
     let pairs = x.len() / 2;
-    for (bx, by) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-        let q1 = iq4_nl_values(&bx[0].qs);
-        let q2 = iq4_nl_values(&bx[1].qs);
-        // SAFETY: 32 readable bytes each.
-        let y1 = unsafe { _mm256_loadu_si256(by[0].qs.as_ptr() as *const __m256i) };
-        let y2 = unsafe { _mm256_loadu_si256(by[1].qs.as_ptr() as *const __m256i) };
-        let d1 = _mm256_set1_ps(h2f(by[0].d) * h2f(bx[0].d));
-        let d2 = _mm256_set1_ps(h2f(by[1].d) * h2f(bx[1].d));
-        acc1 = _mm256_fmadd_ps(d1, mul_sum_i8(q1, y1), acc1);
-        acc2 = _mm256_fmadd_ps(d2, mul_sum_i8(q2, y2), acc2);
+    for (cx, cy) in x[..2 * pairs].chunks(8).zip(y[..2 * pairs].chunks(8)) {
+        let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
+        for i in 0..cx.len() {
+            hx[i] = u16::from_le_bytes(cx[i].d);
+            hy[i] = u16::from_le_bytes(cy[i].d);
+        }
+        let d = mul_f16x8(&hy, &hx);
+        for i in (0..cx.len()).step_by(2) {
+            let q1 = iq4_nl_values(&cx[i].qs);
+            let q2 = iq4_nl_values(&cx[i + 1].qs);
+            // SAFETY: 32 readable bytes each.
+            let y1 = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
+            let y2 = unsafe { _mm256_loadu_si256(cy[i + 1].qs.as_ptr() as *const __m256i) };
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_i8(q1, y1), acc1);
+            acc2 = _mm256_fmadd_ps(_mm256_set1_ps(d[i + 1]), mul_sum_i8(q2, y2), acc2);
+        }
     }
     let mut sumf = hsum8(_mm256_add_ps(acc1, acc2));
     for (bx, by) in x.iter().zip(y).skip(2 * pairs) {
