@@ -112,6 +112,11 @@ pub fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> f32 {
     s
 }
 
+/// Whether upstream has a `to_float` for `ty` (q8_1 has none).
+pub fn has_to_float(ty: GgmlType) -> bool {
+    traits(ty).to_float.is_some()
+}
+
 /// Whether upstream's CPU backend has a `vec_dot` for `ty` (q8_1 has none).
 pub fn has_vec_dot(ty: GgmlType) -> bool {
     cpu_traits(ty).vec_dot.is_some()
