@@ -416,7 +416,8 @@ fn head_sizes() {
     // odd head sizes for f16/bf16 (no block constraint)
     for d in [40, 72, 8, 1] {
         for ty in [GgmlType::F16, GgmlType::BF16] {
-            cases.push(Case::base(d, 33, 3, 2, ty));
+            cases.push(Case::base(d, 33, 3, 2, ty)); // few rows: row-major K tiles
+            cases.push(Case::base(d, 100, 20, 2, ty)); // many rows: transposed K tiles
         }
     }
     family("head sizes", cases, 2);

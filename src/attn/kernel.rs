@@ -71,6 +71,50 @@ impl Kernels {
         }
     }
 
+    /// `s[m][t] = Σ_d q[m][d] · k[t][d]` with K row-major `[T][dk]` (the decode path: few
+    /// rows, no transposed packing). `mp` a multiple of 4.
+    pub fn qk_rows(&self, q: &[f32], k: &[f32], s: &mut [f32], mp: usize, dk: usize) {
+        assert!(
+            mp % 4 == 0 && q.len() >= mp * dk && k.len() >= dk * TILE_KV && s.len() >= mp * TILE_KV
+        );
+        #[cfg(target_arch = "x86_64")]
+        match self.isa {
+            // SAFETY: sizes asserted above; the ISA was checked by `simd` when chosen.
+            Isa::Avx512 => {
+                return unsafe {
+                    crate::simd::x86::attn::qk_rows_avx512(
+                        q.as_ptr(),
+                        k.as_ptr(),
+                        s.as_mut_ptr(),
+                        mp,
+                        dk,
+                    )
+                }
+            }
+            Isa::Avx2 => {
+                return unsafe {
+                    crate::simd::x86::attn::qk_rows_avx2(
+                        q.as_ptr(),
+                        k.as_ptr(),
+                        s.as_mut_ptr(),
+                        mp,
+                        dk,
+                    )
+                }
+            }
+            Isa::Scalar => {}
+        }
+        for m in 0..mp {
+            for t in 0..TILE_KV {
+                let mut acc = 0.0f32;
+                for d in 0..dk {
+                    acc = q[m * dk + d].mul_add(k[t * dk + d], acc);
+                }
+                s[m * TILE_KV + t] = acc;
+            }
+        }
+    }
+
     /// `o[m][:] += Σ_{t in active} p[m][t] · vt[t][:]` for `m < mp` (`mp` a multiple of 4,
     /// `dvp` a multiple of 16).
     pub fn pv(&self, p: &[f32], vt: &[f32], o: &mut [f32], mp: usize, dvp: usize, active: &[u8]) {

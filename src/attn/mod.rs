@@ -41,6 +41,9 @@ use kernel::{Kernels, TILE_KV};
 pub const SPLIT_CHUNK: usize = 512;
 /// Target number of virtual rows (query rows × heads of a GQA group) per work item.
 const TILE_M: usize = 64;
+/// Work items with fewer (padded) virtual rows than this use row-major K tiles and dot
+/// products (decode); others transpose K tiles for an outer-product GEMM (prefill).
+const ROWMAJOR_BELOW: usize = 16;
 
 /// `GGML_PREC_DEFAULT` / `GGML_PREC_F32` (`ggml_flash_attn_ext_set_prec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -577,17 +580,30 @@ impl Plan<'_> {
                 t0 += TILE_KV;
                 continue;
             }
-            // K tile, transposed
-            for &t in &active {
-                let t = t as usize;
-                let off = kbase + (t0 + t) * self.k.nb[1];
-                let tmp = &mut sc.tmp[..dk];
-                deq_k(&self.k.data[off..off + krow_bytes], tmp);
-                for (d, &x) in tmp.iter().enumerate() {
-                    sc.kt[d * TILE_KV + t] = x;
+            if mp < ROWMAJOR_BELOW {
+                // few rows (decode): K tile row-major, dot products
+                for &t in &active {
+                    let t = t as usize;
+                    let off = kbase + (t0 + t) * self.k.nb[1];
+                    deq_k(
+                        &self.k.data[off..off + krow_bytes],
+                        &mut sc.kt[t * dk..(t + 1) * dk],
+                    );
                 }
+                kn.qk_rows(&sc.q, &sc.kt, &mut sc.s, mp, dk);
+            } else {
+                // K tile, transposed, for the outer-product tile GEMM
+                for &t in &active {
+                    let t = t as usize;
+                    let off = kbase + (t0 + t) * self.k.nb[1];
+                    let tmp = &mut sc.tmp[..dk];
+                    deq_k(&self.k.data[off..off + krow_bytes], tmp);
+                    for (d, &x) in tmp.iter().enumerate() {
+                        sc.kt[d * TILE_KV + t] = x;
+                    }
+                }
+                kn.qk(&sc.q, &sc.kt, &mut sc.s, mp, dk);
             }
-            kn.qk(&sc.q, &sc.kt, &mut sc.s, mp, dk);
             // online softmax
             for m in 0..m_real {
                 let srow = &mut sc.s[m * TILE_KV..(m + 1) * TILE_KV];

@@ -487,3 +487,122 @@ pub unsafe fn exp_sum_avx2(s: *mut f32, mx: f32) -> f32 {
         buf.iter().sum()
     }
 }
+
+// ---------------------------------------------------------------- decode (few rows)
+
+/// Lane `i` of the result = horizontal sum of `v[i]`.
+#[inline(always)]
+unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+    unsafe {
+        let mut w = [_mm512_setzero_ps(); 4];
+        for (g, wg) in w.iter_mut().enumerate() {
+            let b = 4 * g;
+            let s01 = _mm512_add_ps(
+                _mm512_unpacklo_ps(v[b], v[b + 1]),
+                _mm512_unpackhi_ps(v[b], v[b + 1]),
+            );
+            let s23 = _mm512_add_ps(
+                _mm512_unpacklo_ps(v[b + 2], v[b + 3]),
+                _mm512_unpackhi_ps(v[b + 2], v[b + 3]),
+            );
+            // per 128-bit lane: [v_b, v_b+1, v_b+2, v_b+3] partial sums
+            *wg = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(s01, s23),
+                _mm512_shuffle_ps::<0b11_10_11_10>(s01, s23),
+            );
+        }
+        let p01 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(w[0], w[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(w[0], w[1]),
+        );
+        let p23 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(w[2], w[3]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(w[2], w[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(p01, p23),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(p01, p23),
+        )
+    }
+}
+
+/// `s[m][t] = Σ_d q[m][d] k[t][d]` for `t < 64`, K row-major `[64][dk]`, `mp % 4 == 0`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn qk_rows_avx512(q: *const f32, k: *const f32, s: *mut f32, mp: usize, dk: usize) {
+    unsafe {
+        let full = dk / 16;
+        let tail = dk % 16;
+        let tm: __mmask16 = ((1u32 << tail) - 1) as u16;
+        let mut buf = [0f32; 16];
+        let mut m = 0;
+        while m < mp {
+            let mut t0 = 0;
+            while t0 < T {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for c in 0..full {
+                    let mut kv = [_mm512_setzero_ps(); 4];
+                    for j in 0..4 {
+                        kv[j] = _mm512_loadu_ps(k.add((t0 + j) * dk + 16 * c));
+                    }
+                    for r in 0..4 {
+                        let qv = _mm512_loadu_ps(q.add((m + r) * dk + 16 * c));
+                        for j in 0..4 {
+                            acc[4 * r + j] = _mm512_fmadd_ps(qv, kv[j], acc[4 * r + j]);
+                        }
+                    }
+                }
+                if tail != 0 {
+                    let c = full;
+                    let mut kv = [_mm512_setzero_ps(); 4];
+                    for j in 0..4 {
+                        kv[j] = _mm512_maskz_loadu_ps(tm, k.add((t0 + j) * dk + 16 * c));
+                    }
+                    for r in 0..4 {
+                        let qv = _mm512_maskz_loadu_ps(tm, q.add((m + r) * dk + 16 * c));
+                        for j in 0..4 {
+                            acc[4 * r + j] = _mm512_fmadd_ps(qv, kv[j], acc[4 * r + j]);
+                        }
+                    }
+                }
+                _mm512_storeu_ps(buf.as_mut_ptr(), hsum16(&acc));
+                for r in 0..4 {
+                    for j in 0..4 {
+                        *s.add((m + r) * T + t0 + j) = buf[4 * r + j];
+                    }
+                }
+                t0 += 4;
+            }
+            m += 4;
+        }
+    }
+}
+
+/// AVX2 variant of [`qk_rows_avx512`] (one (m, t) pair at a time, 8-wide).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn qk_rows_avx2(q: *const f32, k: *const f32, s: *mut f32, mp: usize, dk: usize) {
+    unsafe {
+        let full = dk / 8;
+        for m in 0..mp {
+            let qr = q.add(m * dk);
+            for t in 0..T {
+                let kr = k.add(t * dk);
+                let mut acc = _mm256_setzero_ps();
+                for c in 0..full {
+                    acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(qr.add(8 * c)),
+                        _mm256_loadu_ps(kr.add(8 * c)),
+                        acc,
+                    );
+                }
+                let mut buf = [0f32; 8];
+                _mm256_storeu_ps(buf.as_mut_ptr(), acc);
+                let mut sum = ((buf[0] + buf[4]) + (buf[1] + buf[5]))
+                    + ((buf[2] + buf[6]) + (buf[3] + buf[7]));
+                for d in 8 * full..dk {
+                    sum = (*qr.add(d)).mul_add(*kr.add(d), sum);
+                }
+                *s.add(m * T + t) = sum;
+            }
+        }
+    }
+}
