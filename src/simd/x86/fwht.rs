@@ -10,10 +10,11 @@
 //! small strides inside a vector, the next ones across registers, the large ones in radix-4
 //! passes over memory), which reorders work but not the value any element goes through.
 //!
-//! Inside a vector a stage is one shuffle `p` (the partner lanes), `x + p` and a masked or
-//! blended `p - x` on the upper lane of each pair: lower lane `u + v`, upper lane `u - v`.
-//! Across registers and in memory passes `u - v` is written as upstream writes its SIMD
-//! stages, `fma(v, -1, u)` (exact product, one rounding: the same value as `u - v`).
+//! Inside a vector a stage is one shuffle `p` (the partner lanes) and one FMA
+//! `x * sign + p`, `sign = +1` on the lower lane of a pair and `-1` on the upper one: lower
+//! `u*1 + v = u + v`, upper `v*(-1) + u = u - v`, exact products and one rounding each, so
+//! the same values as the plain add/sub. Across registers and in the memory passes `u - v`
+//! is written as upstream's SIMD stages write it, `fma(v, -1, u)` (LLVM may emit a `vsubps`).
 //!
 //! NaN payloads: when two *different* NaNs meet in one add/sub, x86 returns one of them by
 //! operand position, and which register holds which operand is the compiler's choice (GCC
@@ -47,17 +48,18 @@ impl Load512 for u16 {
 
 /// Stages len = 1, 2, 4, 8 inside one vector of 16.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn inreg16(x: __m512) -> __m512 {
-    // lower lane of a pair: x = u, p = v -> u + v; upper lane: x = v, p = u -> u - v
-    let p = _mm512_permute_ps::<0b10_11_00_01>(x);
-    let x = _mm512_mask_sub_ps(_mm512_add_ps(x, p), 0b1010_1010_1010_1010, p, x);
-    let p = _mm512_permute_ps::<0b01_00_11_10>(x);
-    let x = _mm512_mask_sub_ps(_mm512_add_ps(x, p), 0b1100_1100_1100_1100, p, x);
-    let p = _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x);
-    let x = _mm512_mask_sub_ps(_mm512_add_ps(x, p), 0b1111_0000_1111_0000, p, x);
-    let p = _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x);
-    _mm512_mask_sub_ps(_mm512_add_ps(x, p), 0b1111_1111_0000_0000, p, x)
+    // x * sign + partner: lower lane of a pair u*1 + v = u + v, upper lane v*(-1) + u = u - v
+    let (p, m) = (1.0f32, -1.0f32);
+    let s1 = _mm512_setr_ps(p, m, p, m, p, m, p, m, p, m, p, m, p, m, p, m);
+    let s2 = _mm512_setr_ps(p, p, m, m, p, p, m, m, p, p, m, m, p, p, m, m);
+    let s4 = _mm512_setr_ps(p, p, p, p, m, m, m, m, p, p, p, p, m, m, m, m);
+    let s8 = _mm512_setr_ps(p, p, p, p, p, p, p, p, m, m, m, m, m, m, m, m);
+    let x = _mm512_fmadd_ps(x, s1, _mm512_permute_ps::<0b10_11_00_01>(x));
+    let x = _mm512_fmadd_ps(x, s2, _mm512_permute_ps::<0b01_00_11_10>(x));
+    let x = _mm512_fmadd_ps(x, s4, _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x));
+    _mm512_fmadd_ps(x, s8, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x))
 }
 
 /// One chunk of `16*K` elements entirely in registers: load+scale, stages 1 .. 8*K, store.
@@ -218,12 +220,13 @@ impl Load256 for u16 {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn inreg8(x: __m256) -> __m256 {
-    let p = _mm256_permute_ps::<0b10_11_00_01>(x);
-    let x = _mm256_blend_ps::<0b1010_1010>(_mm256_add_ps(x, p), _mm256_sub_ps(p, x));
-    let p = _mm256_permute_ps::<0b01_00_11_10>(x);
-    let x = _mm256_blend_ps::<0b1100_1100>(_mm256_add_ps(x, p), _mm256_sub_ps(p, x));
-    let p = _mm256_permute2f128_ps::<0x01>(x, x);
-    _mm256_blend_ps::<0b1111_0000>(_mm256_add_ps(x, p), _mm256_sub_ps(p, x))
+    let (p, m) = (1.0f32, -1.0f32);
+    let s1 = _mm256_setr_ps(p, m, p, m, p, m, p, m);
+    let s2 = _mm256_setr_ps(p, p, m, m, p, p, m, m);
+    let s4 = _mm256_setr_ps(p, p, p, p, m, m, m, m);
+    let x = _mm256_fmadd_ps(x, s1, _mm256_permute_ps::<0b10_11_00_01>(x));
+    let x = _mm256_fmadd_ps(x, s2, _mm256_permute_ps::<0b01_00_11_10>(x));
+    _mm256_fmadd_ps(x, s4, _mm256_permute2f128_ps::<0x01>(x, x))
 }
 
 #[inline]
