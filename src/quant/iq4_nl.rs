@@ -176,7 +176,10 @@ unsafe impl BlockFormat for BlockIq4Nl {
         match simd::isa() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: isa() never reports more than the CPU has.
-            Isa::Avx512 | Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_iq4_nl_avx2(x, y) },
+            Isa::Avx512 => unsafe { crate::simd::x86::q4::vec_dot_iq4_nl_avx512(x, y) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_iq4_nl_avx2(x, y) },
             _ => vec_dot_scalar(x, y),
         }
     }

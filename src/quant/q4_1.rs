@@ -99,7 +99,10 @@ unsafe impl BlockFormat for BlockQ4_1 {
         match simd::isa() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: isa() never reports more than the CPU has.
-            Isa::Avx512 | Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q4_1_avx2(x, y) },
+            Isa::Avx512 => unsafe { crate::simd::x86::q4::vec_dot_q4_1_avx512(x, y) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q4_1_avx2(x, y) },
             _ => vec_dot_scalar(x, y),
         }
     }

@@ -26,36 +26,40 @@ fn h2f(h: [u8; 2]) -> f32 {
     ))
 }
 
+/// Eight f16 bit patterns as one vector, assembled in general-purpose registers.
+/// (Inserting them one by one let LLVM pick the dot accumulator as the untouched source of
+/// `vpinsrw`, a false dependency that serialised the whole dot loop; `vmovq` writes the
+/// full register.)
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pack_u16x8(h: &[u16; 8]) -> __m128i {
+    let lo = h[0] as u64 | (h[1] as u64) << 16 | (h[2] as u64) << 32 | (h[3] as u64) << 48;
+    let hi = h[4] as u64 | (h[5] as u64) << 16 | (h[6] as u64) << 32 | (h[7] as u64) << 48;
+    // black_box keeps LLVM from turning this back into a chain of `vpinsrw` on an undef reg.
+    let (lo, hi) = (core::hint::black_box(lo), core::hint::black_box(hi));
+    _mm_unpacklo_epi64(_mm_cvtsi64_si128(lo as i64), _mm_cvtsi64_si128(hi as i64))
+}
+
 /// `f16(a[i]) * f16(b[i])` for 8 pairs of f16 (F16C; exact conversions, one rounding each).
-/// Converting per block with `vcvtph2ps` on a 16-bit insert made LLVM put the insert into
-/// the accumulator register (a false dependency that serialised the whole dot loop), so
-/// the vec_dots convert their scales eight blocks at a time.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn mul_f16x8(a: &[u16; 8], b: &[u16; 8]) -> [f32; 8] {
-    // SAFETY: 16 readable bytes each, 32 writable bytes.
-    unsafe {
-        let x = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr() as *const __m128i));
-        let y = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr() as *const __m128i));
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(x, y));
-        out
-    }
+    let x = _mm256_cvtph_ps(pack_u16x8(a));
+    let y = _mm256_cvtph_ps(pack_u16x8(b));
+    let mut out = [0f32; 8];
+    // SAFETY: 32 writable bytes.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(x, y)) };
+    out
 }
 
 /// f16 -> f32 for 8 values (F16C).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn f16x8(a: &[u16; 8]) -> [f32; 8] {
-    // SAFETY: 16 readable bytes, 32 writable bytes.
-    unsafe {
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(
-            out.as_mut_ptr(),
-            _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr() as *const __m128i)),
-        );
-        out
-    }
+    let mut out = [0f32; 8];
+    // SAFETY: 32 writable bytes.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(pack_u16x8(a))) };
+    out
 }
 
 /// ggml's `hsum_float_8`.
@@ -233,21 +237,155 @@ fn bytes_from_bits(qh: [u8; 4]) -> __m256i {
     _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
 }
 
+/// Runs `$step` for every block pair with `$d = f16(x.$xd) * f16(y.$yd)` (and optionally
+/// `$m = f16(x.$xm)`, `$s = f16(y.$ys)`), converting the scales eight blocks at a time.
+macro_rules! for_blocks {
+    ($x:expr, $y:expr, $xd:ident, $yd:ident, |$i:ident, $bx:ident, $by:ident, $d:ident| $step:block) => {{
+        let (xs, ys) = ($x, $y);
+        let n = xs.len().min(ys.len());
+        let full = n / 8 * 8;
+        let mut c = 0;
+        while c < full {
+            let cx: &[_; 8] = xs[c..c + 8].try_into().unwrap();
+            let cy: &[_; 8] = ys[c..c + 8].try_into().unwrap();
+            let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
+            for k in 0..8 {
+                hx[k] = u16::from_le_bytes(cx[k].$xd);
+                hy[k] = u16::from_le_bytes(cy[k].$yd);
+            }
+            let dd = mul_f16x8(&hx, &hy);
+            for k in 0..8 {
+                #[allow(unused_variables)]
+                let ($i, $bx, $by, $d) = (c + k, &cx[k], &cy[k], dd[k]);
+                $step
+            }
+            c += 8;
+        }
+        if full < n {
+            let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
+            for k in 0..n - full {
+                hx[k] = u16::from_le_bytes(xs[full + k].$xd);
+                hy[k] = u16::from_le_bytes(ys[full + k].$yd);
+            }
+            let dd = mul_f16x8(&hx, &hy);
+            for k in 0..n - full {
+                #[allow(unused_variables)]
+                let ($i, $bx, $by, $d) = (full + k, &xs[full + k], &ys[full + k], dd[k]);
+                $step
+            }
+        }
+    }};
+    ($x:expr, $y:expr, $xd:ident, $yd:ident, $xm:ident, $ys:ident,
+     |$i:ident, $bx:ident, $by:ident, $d:ident, $m:ident, $s:ident| $step:block) => {{
+        let (xs, ys) = ($x, $y);
+        let n = xs.len().min(ys.len());
+        let full = n / 8 * 8;
+        let mut c = 0;
+        while c < full {
+            let cx: &[_; 8] = xs[c..c + 8].try_into().unwrap();
+            let cy: &[_; 8] = ys[c..c + 8].try_into().unwrap();
+            let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
+            for k in 0..8 {
+                hx[k] = u16::from_le_bytes(cx[k].$xd);
+                hy[k] = u16::from_le_bytes(cy[k].$yd);
+                hm[k] = u16::from_le_bytes(cx[k].$xm);
+                hs[k] = u16::from_le_bytes(cy[k].$ys);
+            }
+            let (dd, mm, ss) = (mul_f16x8(&hx, &hy), f16x8(&hm), f16x8(&hs));
+            for k in 0..8 {
+                #[allow(unused_variables)]
+                let ($i, $bx, $by, $d, $m, $s) = (c + k, &cx[k], &cy[k], dd[k], mm[k], ss[k]);
+                $step
+            }
+            c += 8;
+        }
+        if full < n {
+            let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
+            for k in 0..n - full {
+                hx[k] = u16::from_le_bytes(xs[full + k].$xd);
+                hy[k] = u16::from_le_bytes(ys[full + k].$yd);
+                hm[k] = u16::from_le_bytes(xs[full + k].$xm);
+                hs[k] = u16::from_le_bytes(ys[full + k].$ys);
+            }
+            let (dd, mm, ss) = (mul_f16x8(&hx, &hy), f16x8(&hm), f16x8(&hs));
+            for k in 0..n - full {
+                #[allow(unused_variables)]
+                let ($i, $bx, $by, $d, $m, $s) =
+                    (full + k, &xs[full + k], &ys[full + k], dd[k], mm[k], ss[k]);
+                $step
+            }
+        }
+    }};
+}
+
+/// Stamps out one vec_dot body three times: AVX2 (`vpmaddubsw` + `vpmaddwd`), AVX-512 VNNI
+/// (`vpdpbusd`, what the reference uses where its helpers do) and the `Isa::Avx512` entry
+/// that picks VNNI when the CPU has it. The integer lane sums are exact either way (no
+/// saturation is possible for these operands), so all three give the same bits.
+macro_rules! dot_kernels {
+    ($avx2:ident, $vnni:ident, $avx512:ident, $tx:ty, $ty:ty, |$x:ident, $y:ident| $body:block) => {
+        #[doc = concat!("`", stringify!($avx2), "`: AVX2 + FMA + F16C.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $avx2($x: &[$tx], $y: &[$ty]) -> f32 {
+            #[allow(unused_imports)]
+            use self::{mul_sum_i8_avx2 as mul_sum_i8, mul_sum_u8_avx2 as mul_sum_u8};
+            $body
+        }
+
+        #[doc = concat!("`", stringify!($vnni), "`: AVX-512 VNNI/VL.")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub unsafe fn $vnni($x: &[$tx], $y: &[$ty]) -> f32 {
+            #[allow(unused_imports)]
+            use self::{mul_sum_i8_vnni as mul_sum_i8, mul_sum_u8_vnni as mul_sum_u8};
+            $body
+        }
+
+        #[doc = concat!("`", stringify!($avx512), "`: the `Isa::Avx512` entry (VNNI if present).")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        pub unsafe fn $avx512($x: &[$tx], $y: &[$ty]) -> f32 {
+            // SAFETY: the caller guarantees AVX-512 F/BW/VL; VNNI is checked here.
+            unsafe {
+                if std::arch::is_x86_feature_detected!("avx512vnni") {
+                    $vnni($x, $y)
+                } else {
+                    $avx2($x, $y)
+                }
+            }
+        }
+    };
+}
+
 /// signed x signed bytes -> 8 float lanes of 4-product sums (`mul_sum_i8_pairs_float`).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256 {
+fn mul_sum_i8_avx2(x: __m256i, y: __m256i) -> __m256 {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
-    mul_sum_u8(ax, sy)
+    mul_sum_u8_avx2(ax, sy)
 }
 
 /// unsigned x signed bytes -> 8 float lanes of 4-product sums (`mul_sum_us8_pairs_float`).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn mul_sum_u8(ax: __m256i, sy: __m256i) -> __m256 {
+fn mul_sum_u8_avx2(ax: __m256i, sy: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(ax, sy);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+}
+
+/// [`mul_sum_i8_avx2`] with `vpdpbusd` (ggml's `__AVX512VNNI__ && __AVX512VL__` helper).
+#[inline]
+#[target_feature(enable = "avx512vnni,avx512vl,avx2")]
+fn mul_sum_i8_vnni(x: __m256i, y: __m256i) -> __m256 {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    mul_sum_u8_vnni(ax, sy)
+}
+
+/// [`mul_sum_u8_avx2`] with `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx512vnni,avx512vl,avx2")]
+fn mul_sum_u8_vnni(ax: __m256i, sy: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
 }
 
 #[inline]
@@ -337,33 +475,24 @@ pub unsafe fn dequantize_q4_0_avx512(x: &[BlockQ4_0], y: &mut [f32]) {
     }
 }
 
-/// `ggml_vec_dot_q4_0_q8_0` (`__AVX2__` path), AVX2.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
-        let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
-        for i in 0..cx.len() {
-            hx[i] = u16::from_le_bytes(cx[i].d);
-            hy[i] = u16::from_le_bytes(cy[i].d);
-        }
-        let d = mul_f16x8(&hx, &hy);
-        for i in 0..cx.len() {
-            let qx = _mm256_sub_epi8(nibbles_32(cx[i].qs.as_ptr()), _mm256_set1_epi8(8));
+dot_kernels!(
+    vec_dot_q4_0_avx2,
+    vec_dot_q4_0_vnni,
+    vec_dot_q4_0_avx512,
+    BlockQ4_0,
+    BlockQ8_0,
+    |x, y| {
+        // `ggml_vec_dot_q4_0_q8_0`, `__AVX2__` path.
+        let mut acc = _mm256_setzero_ps();
+        for_blocks!(x, y, d, d, |_i, bx, by, d| {
+            let qx = _mm256_sub_epi8(nibbles_32(bx.qs.as_ptr()), _mm256_set1_epi8(8));
             // SAFETY: 32 readable bytes.
-            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_i8(qx, qy), acc);
-        }
+            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(qx, qy), acc);
+        });
+        hsum8(acc)
     }
-    hsum8(acc)
-}
-
-/// `ggml_vec_dot_q4_0_q8_0`, AVX-512 machines (same accumulation order).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_0_avx512(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    // SAFETY: same contract.
-    unsafe { vec_dot_q4_0_avx2(x, y) }
-}
+);
 
 // ---------------------------------------------------------------------------------------
 // q5_0
@@ -431,26 +560,24 @@ pub unsafe fn dequantize_q5_0_avx512(x: &[BlockQ5_0], y: &mut [f32]) {
     }
 }
 
-/// `ggml_vec_dot_q5_0_q8_0` (`__AVX2__` path).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q5_0_avx2(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
-        let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
-        for i in 0..cx.len() {
-            hx[i] = u16::from_le_bytes(cx[i].d);
-            hy[i] = u16::from_le_bytes(cy[i].d);
-        }
-        let d = mul_f16x8(&hx, &hy);
-        for i in 0..cx.len() {
-            let qx = q5_0_values(&cx[i]);
+dot_kernels!(
+    vec_dot_q5_0_avx2,
+    vec_dot_q5_0_vnni,
+    vec_dot_q5_0_avx512,
+    BlockQ5_0,
+    BlockQ8_0,
+    |x, y| {
+        // `ggml_vec_dot_q5_0_q8_0`, `__AVX2__` path.
+        let mut acc = _mm256_setzero_ps();
+        for_blocks!(x, y, d, d, |_i, bx, by, d| {
+            let qx = q5_0_values(bx);
             // SAFETY: 32 readable bytes.
-            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_i8(qx, qy), acc);
-        }
+            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(qx, qy), acc);
+        });
+        hsum8(acc)
     }
-    hsum8(acc)
-}
+);
 
 // ---------------------------------------------------------------------------------------
 // q4_1 / q5_1
@@ -566,57 +693,47 @@ pub unsafe fn dequantize_q5_1_avx512(x: &[BlockQ5_1], y: &mut [f32]) {
     }
 }
 
-/// `ggml_vec_dot_q4_1_q8_1` (AVX2 path).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
-        let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
-        for i in 0..cx.len() {
-            hx[i] = u16::from_le_bytes(cx[i].d);
-            hy[i] = u16::from_le_bytes(cy[i].d);
-            hm[i] = u16::from_le_bytes(cx[i].m);
-            hs[i] = u16::from_le_bytes(cy[i].s);
-        }
-        let d = mul_f16x8(&hx, &hy);
-        let (m, s) = (f16x8(&hm), f16x8(&hs));
-        for i in 0..cx.len() {
-            summs = m[i].mul_add(s[i], summs);
-            let qx = nibbles_32(cx[i].qs.as_ptr());
+dot_kernels!(
+    vec_dot_q4_1_avx2,
+    vec_dot_q4_1_vnni,
+    vec_dot_q4_1_avx512,
+    BlockQ4_1,
+    BlockQ8_1,
+    |x, y| {
+        // `ggml_vec_dot_q4_1_q8_1`, AVX2 path: `summs = fma(m, s, summs)` (gcc contracts it).
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0f32;
+        for_blocks!(x, y, d, d, m, s, |_i, bx, by, d, m, s| {
+            summs = m.mul_add(s, summs);
+            let qx = nibbles_32(bx.qs.as_ptr());
             // SAFETY: 32 readable bytes.
-            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_u8(qx, qy), acc);
-        }
+            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_u8(qx, qy), acc);
+        });
+        hsum8(acc) + summs
     }
-    hsum8(acc) + summs
-}
+);
 
-/// `ggml_vec_dot_q5_1_q8_1` (AVX2 path).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q5_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for (cx, cy) in x.chunks(8).zip(y.chunks(8)) {
-        let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
-        for i in 0..cx.len() {
-            hx[i] = u16::from_le_bytes(cx[i].d);
-            hy[i] = u16::from_le_bytes(cy[i].d);
-            hm[i] = u16::from_le_bytes(cx[i].m);
-            hs[i] = u16::from_le_bytes(cy[i].s);
-        }
-        let d = mul_f16x8(&hx, &hy);
-        let (m, s) = (f16x8(&hm), f16x8(&hs));
-        for i in 0..cx.len() {
-            summs = m[i].mul_add(s[i], summs);
-            let qx = q5_1_values(&cx[i].qs, cx[i].qh);
+dot_kernels!(
+    vec_dot_q5_1_avx2,
+    vec_dot_q5_1_vnni,
+    vec_dot_q5_1_avx512,
+    BlockQ5_1,
+    BlockQ8_1,
+    |x, y| {
+        // `ggml_vec_dot_q5_1_q8_1`, AVX2 path.
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0f32;
+        for_blocks!(x, y, d, d, m, s, |_i, bx, by, d, m, s| {
+            summs = m.mul_add(s, summs);
+            let qx = q5_1_values(&bx.qs, bx.qh);
             // SAFETY: 32 readable bytes.
-            let qy = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), _mm256_set1_ps(d[i]), acc);
-        }
+            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+            acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), _mm256_set1_ps(d), acc);
+        });
+        hsum8(acc) + summs
     }
-    hsum8(acc) + summs
-}
+);
 
 // ---------------------------------------------------------------------------------------
 // iq4_nl
@@ -672,32 +789,32 @@ pub unsafe fn dequantize_iq4_nl_avx512(x: &[BlockIq4Nl], y: &mut [f32]) {
     }
 }
 
-/// `ggml_vec_dot_iq4_nl_q8_0` (`__AVX2__` path: block pairs into two accumulators, scalar tail).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_iq4_nl_avx2(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
-    let mut acc1 = _mm256_setzero_ps();
-    let mut acc2 = _mm256_setzero_ps();
-    let pairs = x.len() / 2;
-    for (cx, cy) in x[..2 * pairs].chunks(8).zip(y[..2 * pairs].chunks(8)) {
-        let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
-        for i in 0..cx.len() {
-            hx[i] = u16::from_le_bytes(cx[i].d);
-            hy[i] = u16::from_le_bytes(cy[i].d);
+dot_kernels!(
+    vec_dot_iq4_nl_avx2,
+    vec_dot_iq4_nl_vnni,
+    vec_dot_iq4_nl_avx512,
+    BlockIq4Nl,
+    BlockQ8_0,
+    |x, y| {
+        // `ggml_vec_dot_iq4_nl_q8_0`, `__AVX2__` path: even blocks into acc1, odd into acc2,
+        // an odd last block in the scalar tail (`sumf += d * sumi`, not contracted).
+        let mut acc1 = _mm256_setzero_ps();
+        let mut acc2 = _mm256_setzero_ps();
+        let pairs = x.len().min(y.len()) / 2;
+        for_blocks!(&x[..2 * pairs], &y[..2 * pairs], d, d, |i, bx, by, d| {
+            let q = iq4_nl_values(&bx.qs);
+            // SAFETY: 32 readable bytes.
+            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+            if i & 1 == 0 {
+                acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(q, qy), acc1);
+            } else {
+                acc2 = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(q, qy), acc2);
+            }
+        });
+        let mut sumf = hsum8(_mm256_add_ps(acc1, acc2));
+        for (bx, by) in x.iter().zip(y).skip(2 * pairs) {
+            sumf += crate::quant::iq4_nl::tail_block(bx, by);
         }
-        let d = mul_f16x8(&hy, &hx);
-        for i in (0..cx.len()).step_by(2) {
-            let q1 = iq4_nl_values(&cx[i].qs);
-            let q2 = iq4_nl_values(&cx[i + 1].qs);
-            // SAFETY: 32 readable bytes each.
-            let y1 = unsafe { _mm256_loadu_si256(cy[i].qs.as_ptr() as *const __m256i) };
-            let y2 = unsafe { _mm256_loadu_si256(cy[i + 1].qs.as_ptr() as *const __m256i) };
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d[i]), mul_sum_i8(q1, y1), acc1);
-            acc2 = _mm256_fmadd_ps(_mm256_set1_ps(d[i + 1]), mul_sum_i8(q2, y2), acc2);
-        }
+        sumf
     }
-    let mut sumf = hsum8(_mm256_add_ps(acc1, acc2));
-    for (bx, by) in x.iter().zip(y).skip(2 * pairs) {
-        sumf += crate::quant::iq4_nl::tail_block(bx, by);
-    }
-    sumf
-}
+);
