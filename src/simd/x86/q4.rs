@@ -329,6 +329,8 @@ macro_rules! dot_kernels {
         pub unsafe fn $avx2($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
             use self::{mul_sum_i8_avx2 as mul_sum_i8, mul_sum_u8_avx2 as mul_sum_u8};
+            #[allow(unused_imports)]
+            use self::{q5_0_values_avx2 as q5_0_values, q5_1_values_avx2 as q5_1_values};
             $body
         }
 
@@ -337,6 +339,8 @@ macro_rules! dot_kernels {
         pub unsafe fn $vnni($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
             use self::{mul_sum_i8_vnni as mul_sum_i8, mul_sum_u8_vnni as mul_sum_u8};
+            #[allow(unused_imports)]
+            use self::{q5_0_values_bw as q5_0_values, q5_1_values_bw as q5_1_values};
             $body
         }
 
@@ -501,8 +505,16 @@ dot_kernels!(
 /// The 32 signed values (`q - 16`) of a q5_0 block, as ggml's AVX2 vec_dot builds them.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn q5_0_values(b: &BlockQ5_0) -> __m256i {
+fn q5_0_values_avx2(b: &BlockQ5_0) -> __m256i {
     let hi = _mm256_andnot_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0xf0u8 as i8));
+    _mm256_or_si256(nibbles_32(b.qs.as_ptr()), hi)
+}
+
+/// [`q5_0_values_avx2`] with an AVX-512BW byte mask.
+#[inline]
+#[target_feature(enable = "avx512bw,avx512vl,avx2")]
+fn q5_0_values_bw(b: &BlockQ5_0) -> __m256i {
+    let hi = _mm256_maskz_mov_epi8(!u32::from_le_bytes(b.qh), _mm256_set1_epi8(0xf0u8 as i8));
     _mm256_or_si256(nibbles_32(b.qs.as_ptr()), hi)
 }
 
@@ -528,7 +540,7 @@ pub unsafe fn quantize_q5_0_avx2(x: &[f32], y: &mut [BlockQ5_0]) {
 pub unsafe fn dequantize_q5_0_avx2(x: &[BlockQ5_0], y: &mut [f32]) {
     for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(h2f(xb.d));
-        let b = q5_0_values(xb);
+        let b = q5_0_values_avx2(xb);
         let lo = _mm256_castsi256_si128(b);
         let hi = _mm256_extracti128_si256::<1>(b);
         let o = yb.as_mut_ptr();
@@ -620,8 +632,16 @@ pub unsafe fn quantize_q5_1_avx2(x: &[f32], y: &mut [BlockQ5_1]) {
 /// The 32 unsigned 5-bit values of a q5_1 block (as ggml's AVX2 vec_dot builds them).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn q5_1_values(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+fn q5_1_values_avx2(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
     let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles_32(qs.as_ptr()), hi)
+}
+
+/// [`q5_1_values_avx2`] with an AVX-512BW byte mask.
+#[inline]
+#[target_feature(enable = "avx512bw,avx512vl,avx2")]
+fn q5_1_values_bw(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+    let hi = _mm256_maskz_mov_epi8(u32::from_le_bytes(qh), _mm256_set1_epi8(0x10));
     _mm256_or_si256(nibbles_32(qs.as_ptr()), hi)
 }
 
@@ -677,7 +697,7 @@ pub unsafe fn dequantize_q5_1_avx2(x: &[BlockQ5_1], y: &mut [f32]) {
     for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(h2f(xb.d));
         let m = _mm256_set1_ps(h2f(xb.m));
-        store_u8x32_fma(yb.as_mut_ptr(), q5_1_values(&xb.qs, xb.qh), d, m);
+        store_u8x32_fma(yb.as_mut_ptr(), q5_1_values_avx2(&xb.qs, xb.qh), d, m);
     }
 }
 
