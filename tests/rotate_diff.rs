@@ -594,6 +594,10 @@ fn plan_follows_upstream_rule_table() {
         );
     }
     for (h, nrot) in [
+        (0usize, 0usize),
+        (32, 64),
+        (96, 64),
+        (1 << 63, 1 << 63),
         (64, 64),
         (128, 128),
         (192, 64),

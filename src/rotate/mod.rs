@@ -48,7 +48,7 @@ pub fn scale(n: usize) -> f32 {
 }
 
 fn check_len(n: usize, len: usize, what: &str) -> Result<()> {
-    if len % n != 0 {
+    if !len.is_multiple_of(n) {
         return Err(Error::BadShape(format!(
             "{what} length {len} is not a multiple of the rotation size {n}"
         )));
@@ -272,17 +272,18 @@ pub fn is_quantized(ty: GgmlType) -> bool {
 }
 
 /// Upstream's K rotation size for head size `head_k` (a positive multiple of 64): the
-/// largest power of two dividing it, no upper cap. Matches `llama_kv_cache::build_input_k_rot`
+/// largest power of two dividing it, no upper cap (0 for `head_k = 0`). Matches `llama_kv_cache::build_input_k_rot`
 /// (src/llama-kv-cache.cpp): `nrot = 64; do nrot *= 2; while (head % nrot == 0); nrot /= 2`.
 pub fn upstream_n_rot_k(head_k: usize) -> usize {
-    let mut nrot = 64usize;
-    loop {
-        nrot *= 2;
-        if head_k % nrot != 0 {
-            break;
-        }
+    if head_k == 0 {
+        return 0; // upstream never asks (no rotation); its loop would not terminate
     }
-    nrot / 2
+    // same result as upstream's do-while for every head_k > 0, without overflow
+    let mut nrot = 64usize;
+    while nrot <= head_k / 2 && head_k.is_multiple_of(nrot * 2) {
+        nrot *= 2;
+    }
+    nrot
 }
 
 /// Upstream's V rotation size: always 64 (`llama_kv_cache::build_input_v_rot`; the loop that
@@ -303,9 +304,10 @@ pub fn upstream_plan(
     type_k: GgmlType,
     type_v: GgmlType,
 ) -> RotationPlan {
-    let k =
-        (head_k > 0 && is_quantized(type_k) && head_k % 64 == 0).then(|| upstream_n_rot_k(head_k));
-    let v = (head_v > 0 && is_quantized(type_v) && head_v % 64 == 0).then_some(UPSTREAM_N_ROT_V);
+    let k = (head_k > 0 && is_quantized(type_k) && head_k.is_multiple_of(64))
+        .then(|| upstream_n_rot_k(head_k));
+    let v = (head_v > 0 && is_quantized(type_v) && head_v.is_multiple_of(64))
+        .then_some(UPSTREAM_N_ROT_V);
     RotationPlan { k, v }
 }
 
