@@ -6,3 +6,12 @@
 /// ggml functions it needs at run time from the host process instead.
 #[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
 pub mod sys;
+
+/// The ggml backend (`libattnrot.so` loaded through `GGML_BACKEND_PATH`).
+pub mod backend;
+/// The host's ggml, resolved at run time; the pin check.
+pub mod host;
+/// What the backend claims and computes.
+pub mod ops;
+/// Tensor facts from the struct layout.
+pub mod tensor;
