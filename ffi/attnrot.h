@@ -115,41 +115,52 @@ attnrot_status attnrot_vec_dot(int32_t type, int64_t n, const void * x, size_t x
 /* ---- rotation ----------------------------------------------------------------------- */
 
 /* Normalized Walsh–Hadamard rotation: each of the n_rows rows of row_len floats is split into
- * row_len / n consecutive groups of n elements (n a power of two dividing row_len, else
- * ATTNROT_E_LENGTH), and each group g becomes H_n g / sqrt(n). The transform is its own
- * inverse. x == y (in place) is allowed; any other overlap is ATTNROT_E_OVERLAP. */
+ * row_len / n consecutive groups of n elements (n a power of two, at most 65536, dividing
+ * row_len, else ATTNROT_E_LENGTH), and each group g becomes H_n g / sqrt(n), bit-identical to
+ * ggml's CPU fast path for llama.cpp's Hadamard-hinted MUL_MAT (scale first, then
+ * butterflies). The transform is its own inverse (up to rounding). x == y (in place) is
+ * allowed; any other overlap is ATTNROT_E_OVERLAP. */
 attnrot_status attnrot_rotate_rows(const float * x, float * y, int64_t n_rows, int64_t row_len, int64_t n);
 
 /* ---- attention ---------------------------------------------------------------------- */
 
+/* A zeroed struct plus the shape, the two types and scale is a valid start. */
 typedef struct attnrot_attn_params {
     int64_t n_q;        /* query rows (tokens) per head */
     int64_t n_kv;       /* cached K/V rows per KV head */
     int64_t n_head;     /* query heads */
     int64_t n_head_kv;  /* K/V heads; must divide n_head (grouped-query attention) */
-    int64_t head_dim_k; /* elements of a Q row and of a K row */
-    int64_t head_dim_v; /* elements of a V row and of an output row */
+    int64_t head_dim_k; /* elements of a Q row and of a K row (> 0) */
+    int64_t head_dim_v; /* elements of a V row and of an output row (> 0) */
     int32_t k_type;     /* ATTNROT_TYPE_* of the K cache */
     int32_t v_type;     /* ATTNROT_TYPE_* of the V cache */
     float   scale;      /* multiplies Q.K, usually 1/sqrt(head_dim_k) */
-    float   max_bias;   /* ALiBi maximum bias, >= 0; 0 = no ALiBi */
+    float   max_bias;   /* ALiBi maximum bias, >= 0; 0 = no ALiBi; > 0 needs a mask */
     float   softcap;    /* logit soft-capping; 0 = off */
+    int32_t mask_type;  /* ATTNROT_TYPE_F32 (0) or ATTNROT_TYPE_F16 (uint16_t IEEE half bits) */
+    int32_t n_threads;  /* worker threads, 0..1024 (0 and 1: the calling thread only);
+                           the result does not depend on it */
     uint32_t flags;     /* must be 0 */
 } attnrot_attn_params;
 
-/* Attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics (Q converted to
- * K's vec_dot type, online softmax, grouped-query heads, ALiBi, soft-capping, sinks).
+/* Attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics (online softmax,
+ * grouped-query heads, ALiBi, soft-capping, sinks; numerics: Q stays f32, K/V rows are
+ * dequantized exactly as ggml's to_float, accumulation in f32 -- close to, not bit-identical
+ * with, ggml's CPU backend, which converts Q to K's vec_dot type).
  * Row-major, contiguous layouts:
  *   q     n_head x n_q x head_dim_k floats
  *   k     n_head_kv x n_kv rows of head_dim_k elements of k_type (k_size bytes)
  *   v     n_head_kv x n_kv rows of head_dim_v elements of v_type (v_size bytes)
- *   mask  NULL, or n_q x n_kv floats added to the scores (times the ALiBi slope), shared
- *         by all heads; -INFINITY hides a position
+ *   mask  NULL, or n_q x n_kv values of mask_type added to the scaled scores (times the ALiBi
+ *         slope), shared by all heads; -INFINITY hides a position. An f32 mask is rounded
+ *         to f16 first, as ggml's CPU backend does with the f16 mask llama.cpp passes.
  *   sinks NULL, or n_head floats (one attention-sink logit per head)
  *   out   n_q x n_head x head_dim_v floats (ggml's FLASH_ATTN_EXT result layout)
- * out must not overlap any input. A non-finite scale/max_bias/softcap, a negative max_bias,
- * n_head_kv not dividing n_head, or flags != 0 is ATTNROT_E_INVALID. */
-attnrot_status attnrot_attention(const attnrot_attn_params * params, const float * q, const void * k, size_t k_size, const void * v, size_t v_size, const float * mask, const float * sinks, float * out);
+ * out must not overlap any input. A row whose positions are all hidden (and no sink) is 0.
+ * A non-finite scale/max_bias/softcap, a negative max_bias, max_bias > 0 without a mask,
+ * n_head_kv not dividing n_head, n_threads outside 0..1024 or flags != 0 is
+ * ATTNROT_E_INVALID; a mask_type other than f32/f16 is ATTNROT_E_UNSUPPORTED. */
+attnrot_status attnrot_attention(const attnrot_attn_params * params, const float * q, const void * k, size_t k_size, const void * v, size_t v_size, const void * mask, const float * sinks, float * out);
 
 /* ---- ggml-shaped entry points -------------------------------------------------------- */
 /* Exactly ggml's ggml_to_float_t, ggml_from_float_t (ggml.h) and ggml_vec_dot_t

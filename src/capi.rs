@@ -475,8 +475,10 @@ pub unsafe extern "C" fn attnrot_vec_dot(
 
 /// Rotate each of `n_rows` rows of `row_len` floats by the normalized Walsh–Hadamard
 /// transform of size `n` applied to each consecutive group of `n` elements (`n` a power of
-/// two dividing `row_len`; `row_len/n` groups per row): `y = H_n x / sqrt(n)`. The transform
-/// is its own inverse. `x == y` (in place) is allowed; any other overlap is
+/// two, at most 65536, dividing `row_len`; `row_len/n` groups per row): `y = H_n x / sqrt(n)`,
+/// bit-identical to ggml's CPU fast path for llama.cpp's Hadamard-hinted MUL_MAT (scale
+/// first, then butterflies; `attnrot::rotate`). The transform is its own inverse (up to
+/// rounding). `x == y` (in place) is allowed; any other overlap is
 /// `ATTNROT_E_OVERLAP`. A non-power-of-two `n`, or `n` not dividing `row_len`, is
 /// `ATTNROT_E_LENGTH`.
 #[no_mangle]
@@ -489,7 +491,7 @@ pub unsafe extern "C" fn attnrot_rotate_rows(
 ) -> attnrot_status {
     guard(|| {
         let (rows, len, n) = (count(n_rows)?, count(row_len)?, count(n)?);
-        if n == 0 || !n.is_power_of_two() || len % n != 0 {
+        if n == 0 || !n.is_power_of_two() || n > crate::rotate::MAX_N || len % n != 0 {
             return Err(ATTNROT_E_LENGTH);
         }
         let total = mul(rows, len)?;
@@ -502,9 +504,16 @@ pub unsafe extern "C" fn attnrot_rotate_rows(
     })
 }
 
-/// Not wired yet: the Rust rotation API (`attnrot::rotate`) has not landed.
-fn rotate_impl(_x: *const f32, _y: *mut f32, _total: usize, _n: usize) -> R {
-    Err(ATTNROT_E_UNSUPPORTED)
+fn rotate_impl(x: *const f32, y: *mut f32, total: usize, n: usize) -> R {
+    if x == y.cast_const() {
+        // SAFETY: region checked by the caller; one exclusive slice.
+        let ys = unsafe { slice_mut(y, total) };
+        crate::rotate::rotate_inplace(n, ys).map_err(status_of)
+    } else {
+        // SAFETY: regions checked by the caller, and checked not to overlap.
+        let (xs, ys) = unsafe { (slice(x, total), slice_mut(y, total)) };
+        crate::rotate::rotate(n, xs, ys).map_err(status_of)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -512,6 +521,7 @@ fn rotate_impl(_x: *const f32, _y: *mut f32, _total: usize, _n: usize) -> R {
 // ---------------------------------------------------------------------------------------
 
 /// Shape and parameters of one `attnrot_attention` call (`attnrot_attn_params` in C).
+/// A zeroed struct plus the shape, the types and `scale` is a valid start.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct attnrot_attn_params {
@@ -533,22 +543,32 @@ pub struct attnrot_attn_params {
     pub v_type: i32,
     /// Multiplies Q·K (usually `1/sqrt(head_dim_k)`).
     pub scale: f32,
-    /// ALiBi maximum bias; 0 turns ALiBi off (ggml's `max_bias`).
+    /// ALiBi maximum bias; 0 turns ALiBi off (ggml's `max_bias`). Needs a mask.
     pub max_bias: f32,
     /// Logit soft-capping; 0 turns it off (ggml's `logit_softcap`).
     pub softcap: f32,
+    /// Type of `mask`: `ATTNROT_TYPE_F32` (0) or `ATTNROT_TYPE_F16`.
+    pub mask_type: i32,
+    /// Worker threads (0 or 1: the calling thread only; at most 1024). The result does not
+    /// depend on it.
+    pub n_threads: i32,
     /// Must be 0.
     pub flags: u32,
 }
 
-/// Attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics (Q converted to
-/// K's `vec_dot_type`, online softmax, GQA, ALiBi, soft-capping, sinks). Layouts (row-major,
-/// contiguous):
+/// Most threads `attnrot_attention` accepts.
+const MAX_THREADS: i32 = 1024;
+
+/// Attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics
+/// (`attnrot::attn::flash_attn_ext`: online softmax, grouped-query heads, ALiBi,
+/// soft-capping, sinks; Q stays f32, K/V rows are dequantized exactly, f32 accumulation).
+/// Layouts (row-major, contiguous):
 /// * `q`: `n_head × n_q × head_dim_k` floats;
 /// * `k`: `n_head_kv × n_kv` rows of `head_dim_k` elements of `k_type` (`k_size` bytes);
 /// * `v`: `n_head_kv × n_kv` rows of `head_dim_v` elements of `v_type` (`v_size` bytes);
-/// * `mask`: NULL, or `n_q × n_kv` floats added to the scaled scores (times the ALiBi slope),
-///   shared by all heads; `-INFINITY` hides a position;
+/// * `mask`: NULL, or `n_q × n_kv` values of `mask_type` (f32, rounded to f16 as ggml's CPU
+///   backend does for the f16 mask llama.cpp passes; or f16 bits) added to the scaled scores
+///   (times the ALiBi slope), shared by all heads; `-INFINITY` hides a position;
 /// * `sinks`: NULL, or `n_head` floats (one attention-sink logit per head);
 /// * `out`: `n_q × n_head × head_dim_v` floats (ggml's FLASH_ATTN_EXT result layout).
 #[no_mangle]
@@ -559,21 +579,23 @@ pub unsafe extern "C" fn attnrot_attention(
     k_size: usize,
     v: *const c_void,
     v_size: usize,
-    mask: *const f32,
+    mask: *const c_void,
     sinks: *const f32,
     out: *mut f32,
 ) -> attnrot_status {
     guard(|| {
-        let p = {
-            let r = region(params.cast(), std::mem::size_of::<attnrot_attn_params>(), 1)?;
-            let _ = r;
-            // SAFETY: non-null; read unaligned so a packed C copy is fine too.
-            unsafe { params.read_unaligned() }
-        };
-        if p.flags != 0 {
+        region(params.cast(), std::mem::size_of::<attnrot_attn_params>(), 1)?;
+        // SAFETY: non-null; read unaligned so that any address works.
+        let p = unsafe { params.read_unaligned() };
+        if p.flags != 0 || !(0..=MAX_THREADS).contains(&p.n_threads) {
             return Err(ATTNROT_E_INVALID);
         }
         let (kt, vt) = (ty_of(p.k_type)?, ty_of(p.v_type)?);
+        let mask_bytes = match ty_of(p.mask_type)? {
+            GgmlType::F32 => 4,
+            GgmlType::F16 => 2,
+            _ => return Err(ATTNROT_E_UNSUPPORTED),
+        };
         let (nq, nkv, nh, nhkv, dk, dv) = (
             count(p.n_q)?,
             count(p.n_kv)?,
@@ -589,8 +611,12 @@ pub unsafe extern "C" fn attnrot_attention(
             || !p.max_bias.is_finite()
             || !p.softcap.is_finite()
             || p.max_bias < 0.0
+            || (p.max_bias > 0.0 && mask.is_null())
         {
             return Err(ATTNROT_E_INVALID);
+        }
+        if dk == 0 || dv == 0 {
+            return Err(ATTNROT_E_LENGTH);
         }
         let k_row = kt.row_bytes(dk).map_err(status_of)?;
         let v_row = vt.row_bytes(dv).map_err(status_of)?;
@@ -602,14 +628,17 @@ pub unsafe extern "C" fn attnrot_attention(
         if k_size < k_need || v_size < v_need {
             return Err(ATTNROT_E_LENGTH);
         }
-        let qr = region(q.cast(), mul(mul(mul(nh, nq)?, dk)?, 4)?, 4)?;
+        let n_qf = mul(mul(nh, nq)?, dk)?;
+        let n_out = mul(mul(nq, nh)?, dv)?;
+        let n_mask = mul(nq, nkv)?;
+        let qr = region(q.cast(), mul(n_qf, 4)?, 4)?;
         let kr = region(k.cast(), k_need, 1)?;
         let vr = region(v.cast(), v_need, 1)?;
-        let or = region(out.cast_const().cast(), mul(mul(mul(nq, nh)?, dv)?, 4)?, 4)?;
+        let or = region(out.cast_const().cast(), mul(n_out, 4)?, 4)?;
         let mr = if mask.is_null() {
             None
         } else {
-            Some(region(mask.cast(), mul(mul(nq, nkv)?, 4)?, 4)?)
+            Some(region(mask.cast(), mul(n_mask, mask_bytes)?, mask_bytes)?)
         };
         let sr = if sinks.is_null() {
             None
@@ -619,13 +648,52 @@ pub unsafe extern "C" fn attnrot_attention(
         for r in [Some(qr), Some(kr), Some(vr), mr, sr].into_iter().flatten() {
             no_overlap(or, r)?;
         }
-        attention_impl(&p, kt, vt)
+        use crate::attn::{self, Params, Precision, Tensor, TensorMut};
+        // SAFETY: every region was checked above (non-null, aligned, sized, `out` disjoint
+        // from the inputs); the caller vouches that the memory is there.
+        let (qs, ks, vs, os) = unsafe {
+            (
+                slice(q, n_qf),
+                slice(k.cast::<u8>(), k_need),
+                slice(v.cast::<u8>(), v_need),
+                slice_mut(out, n_out),
+            )
+        };
+        let e = status_of;
+        let qt = Tensor::from_f32(qs, [dk, nq, nh, 1]).map_err(e)?;
+        let ktn = Tensor::contiguous(ks, kt, [dk, nkv, nhkv, 1]).map_err(e)?;
+        let vtn = Tensor::contiguous(vs, vt, [dv, nkv, nhkv, 1]).map_err(e)?;
+        let mut m16: Vec<u16> = Vec::new();
+        let mt = if mask.is_null() {
+            None
+        } else if mask_bytes == 4 {
+            // SAFETY: region checked above.
+            let mf = unsafe { slice(mask.cast::<f32>(), n_mask) };
+            m16.resize(n_mask, 0);
+            crate::quant::fp16::f32_row_to_f16(mf, &mut m16).map_err(e)?;
+            Some(Tensor::from_f16_bits(&m16, [nkv, nq, 1, 1]).map_err(e)?)
+        } else {
+            // SAFETY: region checked above.
+            let mb = unsafe { slice(mask.cast::<u8>(), n_mask * 2) };
+            Some(Tensor::contiguous(mb, GgmlType::F16, [nkv, nq, 1, 1]).map_err(e)?)
+        };
+        // SAFETY: region checked above.
+        let st = if sinks.is_null() {
+            None
+        } else {
+            Some(unsafe { slice(sinks, nh) })
+        };
+        let params = Params {
+            scale: p.scale,
+            max_bias: p.max_bias,
+            logit_softcap: p.softcap,
+            precision: Precision::Default,
+        };
+        let mut dst = TensorMut::from_f32(os, [dv, nh, nq, 1]).map_err(e)?;
+        let threads = p.n_threads.max(1) as usize;
+        attn::flash_attn_ext(&qt, &ktn, &vtn, mt.as_ref(), st, &params, &mut dst, threads)
+            .map_err(e)
     })
-}
-
-/// Not wired yet: the Rust attention API (`attnrot::attn`) has not landed.
-fn attention_impl(_p: &attnrot_attn_params, _k: GgmlType, _v: GgmlType) -> R {
-    Err(ATTNROT_E_UNSUPPORTED)
 }
 
 // ---------------------------------------------------------------------------------------

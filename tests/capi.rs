@@ -691,6 +691,8 @@ fn attn_params() -> attnrot_attn_params {
         scale: 0.125,
         max_bias: 0.0,
         softcap: 0.0,
+        mask_type: GgmlType::F32 as i32,
+        n_threads: 0,
         flags: 0,
     }
 }
@@ -717,7 +719,7 @@ fn attention_arguments() {
             ks,
             v.as_ptr().cast(),
             vs,
-            m,
+            m.cast(),
             sinks.as_ptr(),
             o,
         )
@@ -838,6 +840,29 @@ fn attention_arguments() {
             ATTNROT_E_INVALID,
         ),
         (attnrot_attn_params { flags: 2, ..p }, ATTNROT_E_INVALID),
+        (
+            attnrot_attn_params { n_threads: -1, ..p },
+            ATTNROT_E_INVALID,
+        ),
+        (
+            attnrot_attn_params {
+                n_threads: 100_000,
+                ..p
+            },
+            ATTNROT_E_INVALID,
+        ),
+        (
+            attnrot_attn_params {
+                mask_type: GgmlType::Q8_0 as i32,
+                ..p
+            },
+            ATTNROT_E_UNSUPPORTED,
+        ),
+        (
+            attnrot_attn_params { mask_type: 77, ..p },
+            ATTNROT_E_UNSUPPORTED,
+        ),
+        (attnrot_attn_params { head_dim_k: 0, ..p }, ATTNROT_E_LENGTH),
     ];
     for (bp, want) in bad {
         assert_eq!(
@@ -870,17 +895,371 @@ fn attention_arguments() {
         },
         ATTNROT_E_INVALID
     );
-    let st = call(&p, q.as_ptr(), k.len(), v.len(), mask.as_ptr(), op);
-    assert!(
-        st == ATTNROT_OK || st == ATTNROT_E_UNSUPPORTED || st == ATTNROT_E_INTERNAL,
-        "{st}"
+    // ALiBi needs a mask
+    let alibi = attnrot_attn_params { max_bias: 8.0, ..p };
+    assert_eq!(
+        call(&alibi, q.as_ptr(), k.len(), v.len(), null(), op),
+        ATTNROT_E_INVALID
     );
-    if st != ATTNROT_OK {
-        eprintln!(
-            "attnrot_attention: {} in this build",
-            unsafe { CStr::from_ptr(attnrot_status_string(st)) }
-                .to_str()
-                .unwrap()
+    assert!(out.iter().all(|&v| v == 5.0), "written on error");
+    assert_eq!(
+        call(&p, q.as_ptr(), k.len(), v.len(), mask.as_ptr(), op),
+        ATTNROT_OK
+    );
+    // zero V: zero output
+    assert!(out.iter().all(|&v| v == 0.0));
+}
+
+/// Rotation through the C API is the Rust API's, bit for bit, out of place and in place.
+#[test]
+fn rotate_matches_rust_api() {
+    let seed = diff::seed("capi rotate");
+    let mut r = diff::rng(seed);
+    for (rows, len, n) in [
+        (3usize, 128usize, 64usize),
+        (2, 256, 256),
+        (5, 96, 32),
+        (1, 64, 1),
+        (0, 64, 64),
+    ] {
+        let x: Vec<f32> = (0..rows)
+            .flat_map(|_| diff::random_row(&mut r, len))
+            .collect();
+        let mut want = vec![0f32; rows * len];
+        attnrot::rotate::rotate(n, &x, &mut want).unwrap();
+        let mut got = vec![f32::NAN; rows * len];
+        let st = unsafe {
+            attnrot_rotate_rows(
+                x.as_ptr(),
+                got.as_mut_ptr(),
+                rows as i64,
+                len as i64,
+                n as i64,
+            )
+        };
+        assert_eq!(st, ATTNROT_OK);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "rows {rows} len {len} n {n}");
+        let mut inplace = x.clone();
+        let p = inplace.as_mut_ptr();
+        assert_eq!(
+            unsafe { attnrot_rotate_rows(p, p, rows as i64, len as i64, n as i64) },
+            ATTNROT_OK
         );
+        assert_eq!(bits(&inplace), bits(&want));
+    }
+    let x = vec![1f32; 1 << 17];
+    let mut y = vec![0f32; 1 << 17];
+    assert_eq!(
+        unsafe { attnrot_rotate_rows(x.as_ptr(), y.as_mut_ptr(), 1, 1 << 17, 1 << 17) },
+        ATTNROT_E_LENGTH
+    );
+}
+
+/// Naive attention in f64 over dequantized K/V, for checking the C API independently.
+fn naive_attention(
+    p: &attnrot_attn_params,
+    q: &[f32],
+    kf: &[f32],
+    vf: &[f32],
+    mask: Option<&[f32]>,
+    sinks: Option<&[f32]>,
+) -> Vec<f32> {
+    let (nq, nkv, nh, nhkv, dk, dv) = (
+        p.n_q as usize,
+        p.n_kv as usize,
+        p.n_head as usize,
+        p.n_head_kv as usize,
+        p.head_dim_k as usize,
+        p.head_dim_v as usize,
+    );
+    let mut out = vec![0f32; nq * nh * dv];
+    let n_head_log2 = 1usize << (usize::BITS - 1 - nh.leading_zeros());
+    let m0 = 2f64.powf(-(p.max_bias as f64) / n_head_log2 as f64);
+    let m1 = 2f64.powf(-(p.max_bias as f64) / 2.0 / n_head_log2 as f64);
+    for h in 0..nh {
+        let hk = h / (nh / nhkv);
+        let slope = if p.max_bias > 0.0 {
+            if h < n_head_log2 {
+                m0.powi(h as i32 + 1)
+            } else {
+                m1.powi(2 * (h - n_head_log2) as i32 + 1)
+            }
+        } else {
+            1.0
+        };
+        for i in 0..nq {
+            let qrow = &q[(h * nq + i) * dk..][..dk];
+            let mut s = vec![f64::NEG_INFINITY; nkv];
+            for (j, sj) in s.iter_mut().enumerate() {
+                let mv = mask.map(|m| slope * m[i * nkv + j] as f64).unwrap_or(0.0);
+                if mv == f64::NEG_INFINITY {
+                    continue;
+                }
+                let krow = &kf[(hk * nkv + j) * dk..][..dk];
+                let mut d: f64 = qrow
+                    .iter()
+                    .zip(krow)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                d *= p.scale as f64;
+                if p.softcap != 0.0 {
+                    d = p.softcap as f64 * (d / p.softcap as f64).tanh();
+                }
+                *sj = d + mv;
+            }
+            let mut mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            if let Some(sk) = sinks {
+                mx = mx.max(sk[h] as f64);
+            }
+            let mut den = 0.0;
+            let mut acc = vec![0f64; dv];
+            for (j, sj) in s.iter().enumerate() {
+                if *sj == f64::NEG_INFINITY {
+                    continue;
+                }
+                let w = (sj - mx).exp();
+                den += w;
+                for (a, b) in acc.iter_mut().zip(&vf[(hk * nkv + j) * dv..][..dv]) {
+                    *a += w * *b as f64;
+                }
+            }
+            if let Some(sk) = sinks {
+                den += (sk[h] as f64 - mx).exp();
+            }
+            for d in 0..dv {
+                out[(i * nh + h) * dv + d] = if den == 0.0 {
+                    0.0
+                } else {
+                    (acc[d] / den) as f32
+                };
+            }
+        }
+    }
+    out
+}
+
+struct AttnCase {
+    kt: GgmlType,
+    vt: GgmlType,
+    nq: usize,
+    nkv: usize,
+    nh: usize,
+    nhkv: usize,
+    dk: usize,
+    dv: usize,
+    max_bias: f32,
+    softcap: f32,
+    mask: bool,
+    sinks: bool,
+}
+
+/// Attention through the C API: equal to the Rust API bit for bit, and close to naive f64
+/// attention over the dequantized cache (f16-rounded mask), for several shapes and options.
+#[test]
+fn attention_matches_rust_api_and_naive() {
+    use attnrot::attn::{self, Params, Tensor};
+    use rand::Rng;
+    let seed = diff::seed("capi attention");
+    let mut r = diff::rng(seed);
+    let c = |kt, vt, nq, nkv, nh, nhkv, dk, dv| AttnCase {
+        kt,
+        vt,
+        nq,
+        nkv,
+        nh,
+        nhkv,
+        dk,
+        dv,
+        max_bias: 0.0,
+        softcap: 0.0,
+        mask: true,
+        sinks: false,
+    };
+    let cases = [
+        c(GgmlType::Q8_0, GgmlType::Q8_0, 1, 37, 4, 2, 64, 64),
+        AttnCase {
+            sinks: true,
+            ..c(GgmlType::Q4_0, GgmlType::Q4_0, 5, 100, 6, 3, 128, 64)
+        },
+        AttnCase {
+            max_bias: 8.0,
+            ..c(GgmlType::F16, GgmlType::Q5_1, 3, 64, 2, 2, 64, 32)
+        },
+        AttnCase {
+            softcap: 30.0,
+            mask: false,
+            sinks: true,
+            ..c(GgmlType::IQ4_NL, GgmlType::BF16, 2, 600, 4, 1, 64, 64)
+        },
+        c(GgmlType::Q5_0, GgmlType::Q4_1, 4, 70, 8, 2, 64, 64),
+    ];
+    for AttnCase {
+        kt,
+        vt,
+        nq,
+        nkv,
+        nh,
+        nhkv,
+        dk,
+        dv,
+        max_bias,
+        softcap,
+        mask: with_mask,
+        sinks: with_sinks,
+    } in cases
+    {
+        let p = attnrot_attn_params {
+            n_q: nq as i64,
+            n_kv: nkv as i64,
+            n_head: nh as i64,
+            n_head_kv: nhkv as i64,
+            head_dim_k: dk as i64,
+            head_dim_v: dv as i64,
+            k_type: kt as i32,
+            v_type: vt as i32,
+            scale: 1.0 / (dk as f32).sqrt(),
+            max_bias,
+            softcap,
+            mask_type: GgmlType::F32 as i32,
+            n_threads: 2,
+            flags: 0,
+        };
+        let mut rnd =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect() };
+        let q = rnd(nh * nq * dk);
+        let kf0 = rnd(nhkv * nkv * dk);
+        let vf0 = rnd(nhkv * nkv * dv);
+        let sinks = rnd(nh);
+        let (kb, vb) = (kt.row_bytes(dk).unwrap(), vt.row_bytes(dv).unwrap());
+        let mut k = vec![0u8; nhkv * nkv * kb];
+        let mut v = vec![0u8; nhkv * nkv * vb];
+        let mut kf = vec![0f32; kf0.len()];
+        let mut vf = vec![0f32; vf0.len()];
+        // Skip formats whose kernels are not in this build yet.
+        let ok = rust(|| {
+            for j in 0..nhkv * nkv {
+                format(kt)
+                    .unwrap()
+                    .quantize_row(&kf0[j * dk..][..dk], &mut k[j * kb..][..kb])
+                    .unwrap();
+                format(vt)
+                    .unwrap()
+                    .quantize_row(&vf0[j * dv..][..dv], &mut v[j * vb..][..vb])
+                    .unwrap();
+            }
+            format(kt).unwrap().dequantize_row(&k, &mut kf).unwrap();
+            format(vt).unwrap().dequantize_row(&v, &mut vf).unwrap();
+        });
+        if ok.is_none() {
+            eprintln!("skip {kt}/{vt}: format not implemented in this build");
+            continue;
+        }
+        // causal mask with a hidden prefix for row 0, values that are not f16-exact
+        let mask: Vec<f32> = (0..nq * nkv)
+            .map(|ij| {
+                let (i, j) = (ij / nkv, ij % nkv);
+                if j > nkv - nq + i || (i == 0 && j < 3) {
+                    f32::NEG_INFINITY
+                } else {
+                    -0.1 * (j % 5) as f32 - 0.0123
+                }
+            })
+            .collect();
+        let mp: *const c_void = if with_mask {
+            mask.as_ptr().cast()
+        } else {
+            null()
+        };
+        let sp = if with_sinks { sinks.as_ptr() } else { null() };
+        let mut out = vec![f32::NAN; nq * nh * dv];
+        let (kp, vp) = (k.as_ptr().cast(), v.as_ptr().cast());
+        let st = unsafe {
+            attnrot_attention(
+                &p,
+                q.as_ptr(),
+                kp,
+                k.len(),
+                vp,
+                v.len(),
+                mp,
+                sp,
+                out.as_mut_ptr(),
+            )
+        };
+        assert_eq!(st, ATTNROT_OK, "{kt}/{vt}");
+        // Rust API
+        let mut m16 = vec![0u16; mask.len()];
+        attnrot::quant::fp16::f32_row_to_f16(&mask, &mut m16).unwrap();
+        let mt = Tensor::from_f16_bits(&m16, [nkv, nq, 1, 1]).unwrap();
+        let want = attn::attend(
+            &Tensor::from_f32(&q, [dk, nq, nh, 1]).unwrap(),
+            &Tensor::contiguous(&k, kt, [dk, nkv, nhkv, 1]).unwrap(),
+            &Tensor::contiguous(&v, vt, [dv, nkv, nhkv, 1]).unwrap(),
+            if with_mask { Some(&mt) } else { None },
+            if with_sinks { Some(&sinks[..]) } else { None },
+            &Params {
+                scale: p.scale,
+                max_bias,
+                logit_softcap: softcap,
+                precision: Default::default(),
+            },
+            1,
+        )
+        .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&out),
+            bits(&want),
+            "{kt}/{vt}: C API differs from the Rust API"
+        );
+        // an f16 mask gives the same
+        let p16 = attnrot_attn_params {
+            mask_type: GgmlType::F16 as i32,
+            ..p
+        };
+        let mut out16 = vec![f32::NAN; out.len()];
+        let mp16: *const c_void = if with_mask {
+            m16.as_ptr().cast()
+        } else {
+            null()
+        };
+        let st = unsafe {
+            attnrot_attention(
+                &p16,
+                q.as_ptr(),
+                kp,
+                k.len(),
+                vp,
+                v.len(),
+                mp16,
+                sp,
+                out16.as_mut_ptr(),
+            )
+        };
+        assert_eq!(st, ATTNROT_OK);
+        assert_eq!(bits(&out16), bits(&out));
+        // naive f64
+        let mr: Vec<f32> = m16
+            .iter()
+            .map(|&h| attnrot::quant::fp16::f16_to_f32(h))
+            .collect();
+        let naive = naive_attention(
+            &p,
+            &q,
+            &kf,
+            &vf,
+            if with_mask { Some(&mr) } else { None },
+            if with_sinks { Some(&sinks) } else { None },
+        );
+        let worst = out
+            .iter()
+            .zip(&naive)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{kt}/{vt} nq {nq} nkv {nkv} heads {nh}/{nhkv} dk {dk} dv {dv} bias {max_bias} softcap {softcap}: max |C - naive| = {worst:.2e}"
+        );
+        assert!(worst < 1e-4, "{kt}/{vt}: {worst}");
     }
 }

@@ -396,18 +396,20 @@ fn version_macros_match_the_crate() {
 // Compiled checks
 // ---------------------------------------------------------------------------------------
 
-/// `target/<profile>` (where cargo puts libattnrot.so/.a next to the test's `deps/`).
-fn lib_dir() -> PathBuf {
+/// Where the library this test was built with lies: `cargo test` compiles the crate's
+/// cdylib and staticlib into `target/<profile>/deps/` next to the test executable (it only
+/// copies them up to `target/<profile>/` on `cargo build`, so those may be stale).
+pub fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let deps = exe.parent().unwrap().to_path_buf();
     for f in ["libattnrot.so", "libattnrot.a"] {
         assert!(
-            dir.join(f).exists(),
-            "{} missing: build the library first (`cargo build --release --lib`; `cargo test` builds it)",
-            dir.join(f).display()
+            deps.join(f).exists(),
+            "{} missing (cargo test builds it with the integration tests)",
+            deps.join(f).display()
         );
     }
-    dir
+    deps
 }
 
 fn out_dir() -> PathBuf {
@@ -488,6 +490,8 @@ fn check_layout(output: &str) {
         ("attnrot_attn_params.scale", offset_of!(P, scale)),
         ("attnrot_attn_params.max_bias", offset_of!(P, max_bias)),
         ("attnrot_attn_params.softcap", offset_of!(P, softcap)),
+        ("attnrot_attn_params.mask_type", offset_of!(P, mask_type)),
+        ("attnrot_attn_params.n_threads", offset_of!(P, n_threads)),
         ("attnrot_attn_params.flags", offset_of!(P, flags)),
         ("sizeof attnrot_ggml_traits", size_of::<T>()),
         ("attnrot_ggml_traits.to_float", offset_of!(T, to_float)),
@@ -518,7 +522,9 @@ fn check_layout(output: &str) {
 }
 
 fn run_check(exe: &Path) {
-    let out = run(&mut Command::new(exe));
+    // cargo puts target/<profile> (with a possibly stale libattnrot.so) on LD_LIBRARY_PATH,
+    // which would win over the executable's RUNPATH.
+    let out = run(Command::new(exe).env_remove("LD_LIBRARY_PATH"));
     eprintln!(
         "{}: {}",
         exe.display(),

@@ -89,7 +89,7 @@ typedef attnrot_status (*fn_dequantize)(int32_t, const void *, size_t, int64_t, 
 typedef attnrot_status (*fn_vec_dot)(int32_t, int64_t, const void *, size_t, const void *, size_t, float *);
 typedef attnrot_status (*fn_rotate)(const float *, float *, int64_t, int64_t, int64_t);
 typedef attnrot_status (*fn_attention)(const attnrot_attn_params *, const float *, const void *, size_t, const void *, size_t,
-                                       const float *, const float *, float *);
+                                       const void *, const float *, float *);
 typedef attnrot_status (*fn_get_traits)(int32_t, attnrot_ggml_traits *);
 /* ggml's own typedefs, spelled as in ggml.h / ggml-cpu.h (minus GGML_RESTRICT). */
 typedef void (*ggml_to_float_like)(const void * x, float * y, int64_t k);
@@ -166,6 +166,8 @@ static void print_layout(void) {
     OFF(attnrot_attn_params, scale);
     OFF(attnrot_attn_params, max_bias);
     OFF(attnrot_attn_params, softcap);
+    OFF(attnrot_attn_params, mask_type);
+    OFF(attnrot_attn_params, n_threads);
     OFF(attnrot_attn_params, flags);
     printf("layout sizeof attnrot_ggml_traits %zu\n", sizeof(attnrot_ggml_traits));
     OFF(attnrot_ggml_traits, to_float);
