@@ -100,29 +100,6 @@ pub fn parse_kld(log: &str) -> Result<KldStats> {
     Ok(s)
 }
 
-/// Parse `Final estimate: PPL = X +/- Y` (a plain perplexity run, used for the f16 base).
-pub fn parse_final_ppl(log: &str) -> Result<(f64, f64)> {
-    let line = log
-        .lines()
-        .find(|l| l.contains("Final estimate: PPL ="))
-        .context("llama-perplexity output has no 'Final estimate: PPL = … +/- …' line")?;
-    let rest = line.split("PPL =").nth(1).unwrap();
-    let mut it = rest.split("+/-");
-    let v: f64 = it
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .with_context(|| format!("cannot parse: {line}"))?;
-    let e: f64 = it
-        .next()
-        .context("no +/-")?
-        .trim()
-        .parse()
-        .with_context(|| format!("cannot parse: {line}"))?;
-    Ok((v, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,11 +142,5 @@ llama_perf_context_print: prompt eval time =    1234.56 ms /  2048 tokens (    0
         assert!(e.contains("Mean    KLD"), "{e}");
         assert!(parse_kld("nothing here").is_err());
         assert!(parse_prompt_tps("no perf line").is_err());
-    }
-
-    #[test]
-    fn parses_final_estimate() {
-        let (v, e) = parse_final_ppl("Final estimate: PPL = 12.3456 +/- 0.12345\n").unwrap();
-        assert_eq!((v, e), (12.3456, 0.12345));
     }
 }

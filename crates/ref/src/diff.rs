@@ -117,7 +117,7 @@ fn first_diff_bytes(a: &[u8], b: &[u8]) -> String {
 /// first regular block of a row upstream writes stack garbage (two upstream calls on the
 /// same row differ). Later such blocks repeat the previous block's indices (deterministic,
 /// still compared). `d` is compared everywhere.
-fn mask_undefined(ty: GgmlType, x: &[f32], mut q: Vec<u8>) -> Vec<u8> {
+pub fn mask_undefined(ty: GgmlType, x: &[f32], mut q: Vec<u8>) -> Vec<u8> {
     if ty == GgmlType::IQ4_NL {
         for (b, xb) in x.chunks_exact(32).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
