@@ -4,8 +4,10 @@
 //!   `ATTNROT_LLAMA_CPP_DIR` for offline builds.
 //! * ISA: what a default upstream CPU build (`GGML_NATIVE=ON`) uses on the build machine,
 //!   `-march=native`, minus AMX (upstream's AMX path crashes here, see DESIGN.md).
-//! * Cached in `vendor/.build/<key>/` (key = pin, flags, compiler), so `cargo test`,
-//!   `cargo bench`, release and debug builds and fresh target dirs all share one compile.
+//! * Cached in `~/.cache/attnrot/ref-build/<key>/` (`ATTNROT_CACHE` moves it; key = pinned
+//!   sdist checksum or tree path, sources, flags, compiler), so `cargo test`, `cargo bench`,
+//!   release and debug builds, fresh target dirs and fresh clones all share one compile.
+//!   Built into a temporary directory and renamed into place, so concurrent builds are safe.
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,15 +60,19 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
 
+    // The pinned tree is identified by its sdist checksum (vendor/fetch.sh writes it), a
+    // user-provided tree by its path.
+    let ident = std::fs::read_to_string(tree.join(".attnrot-pin")).unwrap_or_else(|_| tree.display().to_string());
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (tree.display().to_string(), C_SOURCES, CXX_SOURCES, ARCH_FLAGS, &version, cc_version, 3u32).hash(&mut h);
+    (ident.trim(), C_SOURCES, CXX_SOURCES, ARCH_FLAGS, &version, cc_version, 4u32).hash(&mut h);
     let key = format!("{:016x}", h.finish());
-    let cache = root.join("vendor/.build").join(&key);
-    let gen = cache.join("include");
+    let cache = cache_root().join("ref-build").join(&key);
     let done = cache.join(".complete");
 
     if !done.exists() {
-        let _ = std::fs::remove_dir_all(&cache);
+        let stage = cache.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&stage);
+        let gen = stage.join("include");
         std::fs::create_dir_all(&gen).unwrap();
         std::fs::write(
             gen.join("ggml-version.h"),
@@ -89,7 +95,7 @@ fn main() {
                 .pic(true)
                 .warnings(false)
                 .cargo_metadata(false)
-                .out_dir(&cache);
+                .out_dir(&stage);
             for f in ARCH_FLAGS {
                 b.flag(f);
             }
@@ -108,7 +114,12 @@ fn main() {
             cxx.file(tree.join(s));
         }
         cxx.compile("ggml_ref_cxx");
-        std::fs::write(&done, key.as_bytes()).unwrap();
+        std::fs::write(stage.join(".complete"), key.as_bytes()).unwrap();
+        if std::fs::rename(&stage, &cache).is_err() {
+            // another build finished the same key first: use theirs
+            let _ = std::fs::remove_dir_all(&stage);
+            assert!(done.exists(), "attnrot-ref: could not move {} to {}", stage.display(), cache.display());
+        }
     }
 
     println!("cargo:rustc-link-search=native={}", cache.display());
@@ -119,7 +130,20 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=pthread");
     println!("cargo:rustc-env=ATTNROT_REF_ARCH_FLAGS={}", ARCH_FLAGS.join(" "));
     println!("cargo:rustc-env=ATTNROT_REF_TREE={}", tree.display());
+    println!("cargo:rustc-env=ATTNROT_REF_LIB_DIR={}", cache.display());
     println!("cargo:tree={}", tree.display());
+}
+
+fn cache_root() -> PathBuf {
+    println!("cargo:rerun-if-env-changed=ATTNROT_CACHE");
+    if let Some(p) = std::env::var_os("ATTNROT_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("attnrot")
 }
 
 fn fetch_tree(root: &Path) -> PathBuf {
