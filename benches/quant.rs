@@ -1,1 +1,299 @@
-fn main() {}
+//! KV block formats: ours vs upstream, same data, same run, one thread.
+//!
+//! For each of the eight KV formats (f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl), on
+//! 4096 rows x 128 floats, row by row (as SET_ROWS and attention call them):
+//! * quantize: `attnrot::quant::format(ty).quantize_row` vs the CPU backend's `from_float`;
+//! * dequantize: `dequantize_row` vs upstream's `to_float` (both on upstream's bytes);
+//! * vec_dot: `vec_dot` vs the CPU backend's `vec_dot` (row i of the format against row i of
+//!   other data in `vec_dot_type`, both quantized by upstream).
+//!
+//! Criterion groups give the detailed statistics; a ratio table (upstream time / ours, > 1
+//! means we are faster) follows from a separate timing loop (median of interleaved
+//! repetitions). A format whose kernels are not implemented yet (they panic) is skipped with
+//! a note. `ATTNROT_BENCH_FORMATS=f16,q8_0` restricts the formats; criterion's own filter
+//! argument restricts the criterion groups.
+use attnrot::quant::{format, FormatOps};
+use attnrot::GgmlType;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const ROWS: usize = 4096;
+const N: usize = 128;
+
+struct Fmt {
+    ty: GgmlType,
+    ops: &'static FormatOps,
+    /// ROWS x N input floats
+    x: Vec<f32>,
+    /// upstream's CPU quantization of `x` (input of dequantize and left side of vec_dot)
+    q_up: Vec<u8>,
+    /// right side of vec_dot: other data in `vec_dot_type`, quantized by upstream
+    y_dot: Vec<u8>,
+    out_q: Vec<u8>,
+    out_f: Vec<f32>,
+    rb: usize,
+    rb_dot: usize,
+    /// whether ours matched upstream bit for bit on this data (quantize, dequantize, vec_dot)
+    exact: [bool; 3],
+}
+
+fn data(seed: u64) -> Vec<f32> {
+    let mut r = attnrot_ref::diff::rng(seed);
+    (0..ROWS)
+        .flat_map(|_| attnrot_ref::diff::random_row(&mut r, N))
+        .collect()
+}
+
+impl Fmt {
+    fn new(ty: GgmlType) -> Result<Fmt, String> {
+        let ops = format(ty).map_err(|e| e.to_string())?;
+        let x = data(0x5eed_0000 + ty as u64);
+        let yf = data(0x5eed_1000 + ty as u64);
+        let rb = ty.row_bytes(N).unwrap();
+        let dt = ty.vec_dot_type();
+        let rb_dot = dt.row_bytes(N).unwrap();
+        let mut q_up = vec![0u8; ROWS * rb];
+        let mut y_dot = vec![0u8; ROWS * rb_dot];
+        for r in 0..ROWS {
+            attnrot_ref::quantize_row_cpu_into(ty, &x[r * N..][..N], &mut q_up[r * rb..][..rb]);
+            attnrot_ref::quantize_row_cpu_into(
+                dt,
+                &yf[r * N..][..N],
+                &mut y_dot[r * rb_dot..][..rb_dot],
+            );
+        }
+        let mut f = Fmt {
+            ty,
+            ops,
+            x,
+            q_up,
+            y_dot,
+            out_q: vec![0u8; ROWS * rb],
+            out_f: vec![0f32; ROWS * N],
+            rb,
+            rb_dot,
+            exact: [false; 3],
+        };
+        // Probe ours (a format still being written panics with todo!()), quietly.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f.quant_ours();
+            f.deq_ours();
+            f.dot_ours()
+        }));
+        std::panic::set_hook(hook);
+        if let Err(e) = probe {
+            let msg = e
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| e.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            return Err(format!("ours panics ({msg})"));
+        }
+        f.exact[0] = f.out_q == f.q_up;
+        let mut up_f = vec![0f32; ROWS * N];
+        for r in 0..ROWS {
+            attnrot_ref::dequantize_row_into(ty, &f.q_up[r * rb..][..rb], &mut up_f[r * N..][..N]);
+        }
+        f.deq_ours();
+        f.exact[1] = f
+            .out_f
+            .iter()
+            .zip(&up_f)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        f.exact[2] = (0..ROWS).all(|r| {
+            let (a, b) = (self_dot(&f, r, true), self_dot(&f, r, false));
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+        });
+        Ok(f)
+    }
+
+    fn quant_ours(&mut self) {
+        for r in 0..ROWS {
+            self.ops
+                .quantize_row(
+                    &self.x[r * N..][..N],
+                    &mut self.out_q[r * self.rb..][..self.rb],
+                )
+                .unwrap();
+        }
+    }
+    fn quant_up(&mut self) {
+        for r in 0..ROWS {
+            attnrot_ref::quantize_row_cpu_into(
+                self.ty,
+                &self.x[r * N..][..N],
+                &mut self.out_q[r * self.rb..][..self.rb],
+            );
+        }
+    }
+    fn deq_ours(&mut self) {
+        for r in 0..ROWS {
+            self.ops
+                .dequantize_row(
+                    &self.q_up[r * self.rb..][..self.rb],
+                    &mut self.out_f[r * N..][..N],
+                )
+                .unwrap();
+        }
+    }
+    fn deq_up(&mut self) {
+        for r in 0..ROWS {
+            attnrot_ref::dequantize_row_into(
+                self.ty,
+                &self.q_up[r * self.rb..][..self.rb],
+                &mut self.out_f[r * N..][..N],
+            );
+        }
+    }
+    fn dot_ours(&self) -> f32 {
+        (0..ROWS).map(|r| self_dot(self, r, true)).sum()
+    }
+    fn dot_up(&self) -> f32 {
+        (0..ROWS).map(|r| self_dot(self, r, false)).sum()
+    }
+}
+
+#[inline(always)]
+fn self_dot(f: &Fmt, r: usize, ours: bool) -> f32 {
+    let x = &f.q_up[r * f.rb..][..f.rb];
+    let y = &f.y_dot[r * f.rb_dot..][..f.rb_dot];
+    if ours {
+        f.ops.vec_dot(N, x, y).unwrap()
+    } else {
+        attnrot_ref::vec_dot(f.ty, N, x, y)
+    }
+}
+
+const OPS: [&str; 3] = ["quantize", "dequantize", "vec_dot"];
+
+fn run_op(f: &mut Fmt, op: usize, ours: bool) {
+    match (op, ours) {
+        (0, true) => f.quant_ours(),
+        (0, false) => f.quant_up(),
+        (1, true) => f.deq_ours(),
+        (1, false) => f.deq_up(),
+        (2, true) => {
+            black_box(f.dot_ours());
+        }
+        _ => {
+            black_box(f.dot_up());
+        }
+    }
+}
+
+fn criterion_groups(c: &mut Criterion, fmts: &mut [Fmt]) {
+    for (op, name) in OPS.iter().enumerate() {
+        let mut g = c.benchmark_group(*name);
+        g.throughput(Throughput::Elements((ROWS * N) as u64));
+        for f in fmts.iter_mut() {
+            let ty = f.ty;
+            g.bench_function(BenchmarkId::new("ours", ty), |b| {
+                b.iter(|| run_op(f, op, true))
+            });
+            g.bench_function(BenchmarkId::new("upstream", ty), |b| {
+                b.iter(|| run_op(f, op, false))
+            });
+        }
+        g.finish();
+    }
+}
+
+/// Median time of one pass (ROWS rows), ours and upstream interleaved.
+fn time_pair(f: &mut Fmt, op: usize) -> (Duration, Duration) {
+    for _ in 0..3 {
+        run_op(f, op, true);
+        run_op(f, op, false);
+    }
+    let reps = 31;
+    let (mut a, mut b) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        let t = Instant::now();
+        run_op(f, op, true);
+        a.push(t.elapsed());
+        let t = Instant::now();
+        run_op(f, op, false);
+        b.push(t.elapsed());
+    }
+    a.sort();
+    b.sort();
+    (a[reps / 2], b[reps / 2])
+}
+
+fn main() {
+    attnrot_ref::init();
+    let only: Option<Vec<String>> = std::env::var("ATTNROT_BENCH_FORMATS").ok().map(|s| {
+        s.split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    });
+    let mut fmts = Vec::new();
+    let mut skipped = Vec::new();
+    for ty in GgmlType::KV {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == ty.name()))
+        {
+            continue;
+        }
+        match Fmt::new(ty) {
+            Ok(f) => fmts.push(f),
+            Err(e) => {
+                eprintln!("quant bench: skipping {ty}: {e}");
+                skipped.push((ty, e));
+            }
+        }
+    }
+    eprintln!(
+        "quant bench: {ROWS} rows x {N} floats, ISA {}, upstream CPU features {:?}",
+        attnrot::simd::isa().name(),
+        attnrot_ref::cpu_features()
+    );
+
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+    criterion_groups(&mut c, &mut fmts);
+    c.final_summary();
+
+    println!();
+    println!("ratio = upstream time / our time (> 1: ours faster); median of 31 interleaved passes of {ROWS} rows x {N}");
+    println!(
+        "{:<8} {:>10} {:>10} {:>7}   {:>10} {:>10} {:>7}   {:>10} {:>10} {:>7}",
+        "format",
+        "quant us",
+        "up us",
+        "ratio",
+        "deq us",
+        "up us",
+        "ratio",
+        "dot us",
+        "up us",
+        "ratio"
+    );
+    for f in fmts.iter_mut() {
+        let mut line = format!("{:<8}", f.ty.name());
+        for op in 0..3 {
+            let (ours, up) = time_pair(f, op);
+            let ratio = up.as_secs_f64() / ours.as_secs_f64();
+            let mark = if f.exact[op] { " " } else { "*" };
+            line += &format!(
+                " {:>10.1} {:>10.1} {:>6.2}{mark}  ",
+                ours.as_secs_f64() * 1e6,
+                up.as_secs_f64() * 1e6,
+                ratio
+            );
+        }
+        println!("{line}");
+    }
+    if fmts.iter().any(|f| f.exact.iter().any(|e| !e)) {
+        println!("* = ours differed from upstream bitwise on this data (see tests/quant_diff.rs)");
+    }
+    for (ty, e) in skipped {
+        println!("{:<8} skipped: {e}", ty.name());
+    }
+}

@@ -83,6 +83,21 @@ pub fn quantize_row_cpu(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     y
 }
 
+/// [`quantize_row_cpu`] into a caller's buffer (no allocation; for benches).
+/// `y` must hold at least the row's bytes.
+pub fn quantize_row_cpu_into(ty: GgmlType, x: &[f32], y: &mut [u8]) {
+    assert!(y.len() >= row_bytes(ty, x.len()), "{ty}: output buffer too small");
+    let f = cpu_traits(ty).from_float.unwrap_or_else(|| panic!("{ty}: no CPU from_float"));
+    unsafe { f(x.as_ptr(), y.as_mut_ptr().cast(), x.len() as i64) };
+}
+
+/// [`dequantize_row`] into a caller's buffer (no allocation; for benches): `y.len()` elements.
+pub fn dequantize_row_into(ty: GgmlType, x: &[u8], y: &mut [f32]) {
+    assert!(x.len() >= row_bytes(ty, y.len()), "{ty}: input row too short");
+    let f = traits(ty).to_float.unwrap_or_else(|| panic!("{ty}: no to_float"));
+    unsafe { f(x.as_ptr().cast(), y.as_mut_ptr(), y.len() as i64) };
+}
+
 /// Upstream's `quantize_row_*_ref` (`from_float_ref`).
 pub fn quantize_row_ref(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut y = vec![0u8; row_bytes(ty, x.len())];
