@@ -195,6 +195,15 @@ pub unsafe fn bf16_to_f32_avx2(src: *const u16, dst: *mut f32, n: usize) {
 pub unsafe fn bf16_to_f32_avx512(src: *const u16, dst: *mut f32, n: usize) {
     let mut i = 0;
     unsafe {
+        while i + 32 <= n {
+            let a = _mm512_loadu_si512(src.add(i) as *const __m512i);
+            let lo = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)));
+            let hi =
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(a)));
+            _mm512_storeu_si512(dst.add(i) as *mut __m512i, lo);
+            _mm512_storeu_si512(dst.add(i + 16) as *mut __m512i, hi);
+            i += 32;
+        }
         while i + 16 <= n {
             let a = _mm256_loadu_si256(src.add(i) as *const __m256i);
             _mm512_storeu_si512(
