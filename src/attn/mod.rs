@@ -255,7 +255,7 @@ fn plan<'a>(
         return Err(Error::UnsupportedType(q.ty));
     }
     for t in [k.ty, v.ty] {
-        if deq::scalar(t).is_none() {
+        if deq::select(t).is_none() {
             return Err(Error::UnsupportedType(t));
         }
     }
