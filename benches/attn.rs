@@ -9,7 +9,8 @@
 //!
 //! Before the criterion groups, a summary pass times each case (median of a few runs) and
 //! prints `ours`, `upstream`, the ratio and the bandwidth figures. `ATTNROT_BENCH_SUMMARY_ONLY=1`
-//! skips the criterion groups.
+//! skips the criterion groups; `ATTNROT_BENCH_FILTER=sub1,sub2` keeps only the cases whose
+//! label contains one of the substrings (e.g. `kv=32768`).
 use attnrot::attn::{self, Params, Tensor};
 use attnrot::quant::fp16::f32_to_f16;
 use attnrot::GgmlType;
@@ -99,7 +100,7 @@ impl Case {
             }
             m
         });
-        let label = format!("{} {} kv={} q={}", sh.name, ty, n_kv, n_q);
+        let label = label(sh, ty, n_kv, n_q);
         Case {
             label,
             ty,
@@ -203,18 +204,37 @@ fn bandwidth_probe(nt: usize) -> f64 {
 }
 
 fn cases() -> Vec<(Case, bool)> {
-    let mut v = Vec::new();
+    let mut specs: Vec<(&Shape, GgmlType, usize, usize)> = Vec::new();
     for sh in [&SMOL, &BIG] {
         for n_kv in [4096, 32768] {
             for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
-                v.push((Case::new(sh, ty, n_kv, 1), true));
+                specs.push((sh, ty, n_kv, 1));
             }
         }
     }
     for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
-        v.push((Case::new(&SMOL, ty, 4096, 512), false));
+        specs.push((&SMOL, ty, 4096, 512));
     }
-    v
+    // `ATTNROT_BENCH_FILTER=a,b`: only cases whose label contains one of the substrings
+    if let Ok(f) = std::env::var("ATTNROT_BENCH_FILTER") {
+        let pats: Vec<&str> = f.split(',').filter(|p| !p.is_empty()).collect();
+        specs.retain(|&(sh, ty, n_kv, n_q)| {
+            let l = label(sh, ty, n_kv, n_q);
+            pats.iter().any(|p| l.contains(p))
+        });
+    }
+    specs
+        .into_iter()
+        .map(|(sh, ty, n_kv, n_q)| (Case::new(sh, ty, n_kv, n_q), n_q == 1))
+        .collect()
+}
+
+fn label(sh: &Shape, ty: GgmlType, n_kv: usize, n_q: usize) -> String {
+    format!("{} {} kv={} q={}", sh.name, ty, n_kv, n_q)
+}
+
+fn ours_only() -> bool {
+    std::env::var("ATTNROT_BENCH_OURS_ONLY").is_ok_and(|v| v == "1")
 }
 
 fn summary() {
@@ -241,14 +261,19 @@ fn summary() {
             3,
             budget,
         );
-        let mut up = RefAttn::new(&q, &k, &v, m.as_ref(), None, &c.params, nt);
-        let upt = median_time(
-            || {
-                black_box(up.compute());
-            },
-            3,
-            budget,
-        );
+        // `ATTNROT_BENCH_OURS_ONLY=1`: skip upstream (quick iterations; ratio shows as NaN)
+        let upt = if ours_only() {
+            Duration::ZERO
+        } else {
+            let mut up = RefAttn::new(&q, &k, &v, m.as_ref(), None, &c.params, nt);
+            median_time(
+                || {
+                    black_box(up.compute());
+                },
+                3,
+                budget,
+            )
+        };
         let gbs = c.kv_bytes() as f64 / ours.as_secs_f64() / 1e9;
         let (g, pct) = if decode {
             (format!("{gbs:.1}"), format!("{:.0}%", 100.0 * gbs / bw))
