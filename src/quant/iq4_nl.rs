@@ -110,6 +110,7 @@ fn dequantize_scalar(x: &[BlockIq4Nl], y: &mut [f32]) {
 /// Matches the `__AVX2__` path of `ggml_vec_dot_iq4_nl_q8_0` (arch/x86/quants.c): blocks in
 /// pairs into two accumulators (`fma(dy*dx, lane, acc)`), `hsum_float_8(acc1 + acc2)`, then
 /// an odd last block as `sumf += d * (float)sumi` (not contracted by gcc there).
+#[inline(never)] // keeps the SIMD dispatch in `vec_dot` free of its frame
 fn vec_dot_scalar(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
     let mut acc = [[0f32; 8]; 2];
     let pairs = x.len() / 2;
@@ -157,7 +158,12 @@ unsafe impl BlockFormat for BlockIq4Nl {
     }
     fn quantize_row_ref(x: &[f32], y: &mut [Self]) {
         debug_assert_eq!(x.len(), y.len() * 32);
-        quantize_scalar(x, y)
+        match simd::isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: isa() never reports more than the CPU has.
+            Isa::Avx512 | Isa::Avx2 => unsafe { crate::simd::x86::q4::quantize_iq4_nl_avx2(x, y) },
+            _ => quantize_scalar(x, y),
+        }
     }
     fn dequantize_row(x: &[Self], y: &mut [f32]) {
         debug_assert_eq!(x.len() * 32, y.len());
@@ -171,6 +177,7 @@ unsafe impl BlockFormat for BlockIq4Nl {
             _ => dequantize_scalar(x, y),
         }
     }
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
         match simd::isa() {

@@ -156,6 +156,7 @@ fn dequantize_scalar(x: &[BlockQ4_0], y: &mut [f32]) {
 /// which is the one built with -march=native on AVX-512 machines: per block, 8 int32 lanes
 /// (4 products each) converted to float and accumulated with `fma(dx*dy, lane, acc)`, then
 /// `hsum_float_8`.
+#[inline(never)] // keeps the SIMD dispatch in `vec_dot` free of its frame
 fn vec_dot_scalar(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = [0f32; 8];
     for (bx, by) in x.iter().zip(y) {
@@ -203,6 +204,7 @@ unsafe impl BlockFormat for BlockQ4_0 {
             _ => dequantize_scalar(x, y),
         }
     }
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
         match simd::isa() {

@@ -49,6 +49,7 @@ fn dequantize_scalar(x: &[BlockQ4_1], y: &mut [f32]) {
 /// Matches the AVX2 path of `ggml_vec_dot_q4_1_q8_1` (arch/x86/quants.c): lanes as for
 /// q4_0 (unsigned x signed), `fma(dx*dy, lane, acc)`, and `summs = fma(m, s, summs)` per
 /// block (gcc contracts it), result `hsum_float_8(acc) + summs`.
+#[inline(never)] // keeps the SIMD dispatch in `vec_dot` free of its frame
 fn vec_dot_scalar(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
@@ -94,6 +95,7 @@ unsafe impl BlockFormat for BlockQ4_1 {
             _ => dequantize_scalar(x, y),
         }
     }
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
         match simd::isa() {

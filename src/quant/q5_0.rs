@@ -59,6 +59,7 @@ fn dequantize_scalar(x: &[BlockQ5_0], y: &mut [f32]) {
 }
 
 /// Matches the `__AVX2__` path of `ggml_vec_dot_q5_0_q8_0` (see `q4_0`'s vec_dot).
+#[inline(never)] // keeps the SIMD dispatch in `vec_dot` free of its frame
 fn vec_dot_scalar(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = [0f32; 8];
     for (bx, by) in x.iter().zip(y) {
@@ -103,6 +104,7 @@ unsafe impl BlockFormat for BlockQ5_0 {
             _ => dequantize_scalar(x, y),
         }
     }
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
         match simd::isa() {

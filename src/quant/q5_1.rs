@@ -54,6 +54,7 @@ fn dequantize_scalar(x: &[BlockQ5_1], y: &mut [f32]) {
 
 /// Matches the AVX2 path of `ggml_vec_dot_q5_1_q8_1`: `fma(lane, dx*dy, acc)`,
 /// `summs = fma(m, s, summs)`, result `hsum_float_8(acc) + summs`.
+#[inline(never)] // keeps the SIMD dispatch in `vec_dot` free of its frame
 fn vec_dot_scalar(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
@@ -99,6 +100,7 @@ unsafe impl BlockFormat for BlockQ5_1 {
             _ => dequantize_scalar(x, y),
         }
     }
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
         match simd::isa() {

@@ -5,7 +5,7 @@
 //! runs once and is cached in an atomic; tests force each variant with [`with_isa`] (per
 //! thread) or the whole process with `ATTNROT_ISA=scalar|avx2|avx512` (read once).
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -51,6 +51,10 @@ static GLOBAL: AtomicU8 = AtomicU8::new(0);
 thread_local! {
     static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
 }
+
+/// How many [`with_isa`] scopes are active on any thread. While it is 0, [`isa()`] skips the
+/// thread-local lookup (one relaxed load of this and one of `GLOBAL` per call).
+static FORCING: AtomicUsize = AtomicUsize::new(0);
 
 /// The best ISA this CPU supports (detected once).
 pub fn detected() -> Isa {
@@ -105,8 +109,19 @@ pub fn global() -> Isa {
 }
 
 /// The ISA kernels on this thread should use right now.
+///
+/// A thread inside [`with_isa`] incremented `FORCING` before setting its override, so it
+/// always sees its own override; other threads may look at their (empty) override for a
+/// while, which gives the same answer.
 #[inline]
 pub fn isa() -> Isa {
+    if FORCING.load(Ordering::Relaxed) == 0 {
+        let v = GLOBAL.load(Ordering::Relaxed);
+        if v != 0 {
+            return Isa::from_u8(v);
+        }
+        return global();
+    }
     match FORCED.with(|f| f.get()) {
         Some(i) => i,
         None => global(),
@@ -119,11 +134,13 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> Option<R> {
     if isa > detected() {
         return None;
     }
+    FORCING.fetch_add(1, Ordering::Relaxed);
     let prev = FORCED.with(|c| c.replace(Some(isa)));
     struct Restore(Option<Isa>);
     impl Drop for Restore {
         fn drop(&mut self) {
             FORCED.with(|c| c.set(self.0));
+            FORCING.fetch_sub(1, Ordering::Relaxed);
         }
     }
     let _r = Restore(prev);

@@ -26,40 +26,83 @@ fn h2f(h: [u8; 2]) -> f32 {
     ))
 }
 
-/// Eight f16 bit patterns as one vector, assembled in general-purpose registers.
-/// (Inserting them one by one let LLVM pick the dot accumulator as the untouched source of
-/// `vpinsrw`, a false dependency that serialised the whole dot loop; `vmovq` writes the
-/// full register.)
-#[inline]
-#[target_feature(enable = "avx2")]
-fn pack_u16x8(h: &[u16; 8]) -> __m128i {
-    let lo = h[0] as u64 | (h[1] as u64) << 16 | (h[2] as u64) << 32 | (h[3] as u64) << 48;
-    let hi = h[4] as u64 | (h[5] as u64) << 16 | (h[6] as u64) << 32 | (h[7] as u64) << 48;
-    // black_box keeps LLVM from turning this back into a chain of `vpinsrw` on an undef reg.
-    let (lo, hi) = (core::hint::black_box(lo), core::hint::black_box(hi));
-    _mm_unpacklo_epi64(_mm_cvtsi64_si128(lo as i64), _mm_cvtsi64_si128(hi as i64))
+/// Word `w` of each of 4 blocks `stride` bytes apart (`w` = 0: the first f16 of the block).
+#[inline(always)]
+unsafe fn word4(p: *const u8, stride: usize, w: usize) -> u64 {
+    // SAFETY: the caller passes 4 whole blocks at p.
+    let r = |k: usize| unsafe { (p.add(k * stride + 2 * w) as *const u16).read_unaligned() as u64 };
+    r(0) | r(1) << 16 | r(2) << 32 | r(3) << 48
 }
 
-/// `f16(a[i]) * f16(b[i])` for 8 pairs of f16 (F16C; exact conversions, one rounding each).
+/// `f16(x_k.d) * f16(y_k.d)` for 4 consecutive block pairs (`d` the first f16 of each block,
+/// blocks `SX` / `SY` bytes long), AVX2 + F16C: the 8 halves assembled in two GPRs, one
+/// `vcvtph2ps`, one `vmulps`. Same bits as ggml's table lookup + `vmulss`.
+///
+/// # Safety
+/// 4 whole blocks at `px` and at `py`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn mul_f16x8(a: &[u16; 8], b: &[u16; 8]) -> [f32; 8] {
-    let x = _mm256_cvtph_ps(pack_u16x8(a));
-    let y = _mm256_cvtph_ps(pack_u16x8(b));
-    let mut out = [0f32; 8];
-    // SAFETY: 32 writable bytes.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(x, y)) };
-    out
+unsafe fn d4_avx2<const SX: usize, const SY: usize>(px: *const u8, py: *const u8) -> __m128 {
+    // SAFETY: forwarded.
+    let (hx, hy) = unsafe { (word4(px, SX, 0), word4(py, SY, 0)) };
+    let v = _mm256_cvtph_ps(_mm_set_epi64x(hy as i64, hx as i64));
+    _mm_mul_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))
 }
 
-/// f16 -> f32 for 8 values (F16C).
+/// [`d4_avx2`] plus the second f16 of each block: `(d_k, m_k = f16(x_k.m), s_k = f16(y_k.s))`.
+///
+/// # Safety
+/// 4 whole blocks at `px` and at `py`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16x8(a: &[u16; 8]) -> [f32; 8] {
-    let mut out = [0f32; 8];
-    // SAFETY: 32 writable bytes.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(pack_u16x8(a))) };
-    out
+unsafe fn d4m_avx2<const SX: usize, const SY: usize>(
+    px: *const u8,
+    py: *const u8,
+) -> (__m128, __m128, __m128) {
+    // SAFETY: forwarded.
+    let (hx, hm, hy, hs) = unsafe {
+        (
+            word4(px, SX, 0),
+            word4(px, SX, 1),
+            word4(py, SY, 0),
+            word4(py, SY, 1),
+        )
+    };
+    let x = _mm256_cvtph_ps(_mm_set_epi64x(hm as i64, hx as i64));
+    let y = _mm256_cvtph_ps(_mm_set_epi64x(hs as i64, hy as i64));
+    let d = _mm_mul_ps(_mm256_castps256_ps128(x), _mm256_castps256_ps128(y));
+    (
+        d,
+        _mm256_extractf128_ps::<1>(x),
+        _mm256_extractf128_ps::<1>(y),
+    )
+}
+
+// (An AVX-512BW variant gathering the halves with masked 64-byte loads + `vpermw`/`vpermt2w`
+// measured slower than the GPR assembly above; unmasked wide loads let LLVM reuse them for
+// the quant bytes through GPRs and `vpinsrb`, far slower still.)
+
+/// `f16(a) * f16(b)` for one block pair (the row's tail).
+#[inline]
+#[target_feature(enable = "f16c")]
+fn d1(a: [u8; 2], b: [u8; 2]) -> f32 {
+    let h = u16::from_le_bytes(a) as i32 | (u16::from_le_bytes(b) as i32) << 16;
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(h));
+    _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+}
+
+/// Lane `K` of `v` broadcast to 8 lanes.
+#[inline(always)]
+fn splat<const K: i32>(v: __m128) -> __m256 {
+    // SAFETY: AVX2 is enabled in every caller (all are `#[target_feature(enable = "avx2")]`).
+    unsafe { _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_set1_epi32(K)) }
+}
+
+/// Lane `K` of `v` as a scalar.
+#[inline(always)]
+fn lane<const K: i32>(v: __m128) -> f32 {
+    // SAFETY: SSE is baseline on x86-64.
+    unsafe { _mm_cvtss_f32(_mm_permute_ps::<K>(v)) }
 }
 
 /// ggml's `hsum_float_8`.
@@ -237,84 +280,95 @@ fn bytes_from_bits(qh: [u8; 4]) -> __m256i {
     _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1))
 }
 
-/// Runs `$step` for every block pair with `$d = f16(x.$xd) * f16(y.$yd)` (and optionally
-/// `$m = f16(x.$xm)`, `$s = f16(y.$ys)`), converting the scales eight blocks at a time.
-macro_rules! for_blocks {
-    ($x:expr, $y:expr, $xd:ident, $yd:ident, |$i:ident, $bx:ident, $by:ident, $d:ident| $step:block) => {{
-        let (xs, ys) = ($x, $y);
+/// Runs `$step` for every block pair of `$x: &[$tx]`, `$y: &[$ty]` with `$d` = the broadcast
+/// `f16(x.d) * f16(y.d)` (`$d4` computes 4 of them at once), 4 blocks per iteration: the
+/// 4 integer parts do not depend on the accumulator, so the only serial dependency left is
+/// the caller's FMA chain. `$k` is the block index modulo 4 (a constant in the unrolled body).
+/// With `$m, $s` (the `_1` formats), `$d4` also returns the mins `f16(x.m)` and the sums
+/// `f16(y.s)`, handed to `$step` as scalars.
+macro_rules! blocks_d {
+    ($x:expr, $y:expr, $tx:ty, $ty:ty, $d4:ident, |$k:ident, $bx:ident, $by:ident, $d:ident| $step:block) => {{
+        let (xs, ys): (&[$tx], &[$ty]) = ($x, $y);
         let n = xs.len().min(ys.len());
-        let full = n / 8 * 8;
-        let mut c = 0;
-        while c < full {
-            let cx: &[_; 8] = xs[c..c + 8].try_into().unwrap();
-            let cy: &[_; 8] = ys[c..c + 8].try_into().unwrap();
-            let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
-            for k in 0..8 {
-                hx[k] = u16::from_le_bytes(cx[k].$xd);
-                hy[k] = u16::from_le_bytes(cy[k].$yd);
-            }
-            let dd = mul_f16x8(&hx, &hy);
-            for k in 0..8 {
-                #[allow(unused_variables)]
-                let ($i, $bx, $by, $d) = (c + k, &cx[k], &cy[k], dd[k]);
-                $step
-            }
-            c += 8;
+        let (px, py) = (xs.as_ptr(), ys.as_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            // SAFETY: blocks i..i+4 exist in both rows.
+            let (dd, x4, y4) = unsafe {
+                (
+                    $d4::<{ size_of::<$tx>() }, { size_of::<$ty>() }>(
+                        px.add(i) as *const u8,
+                        py.add(i) as *const u8,
+                    ),
+                    &*(px.add(i) as *const [$tx; 4]),
+                    &*(py.add(i) as *const [$ty; 4]),
+                )
+            };
+            blocks_d!(@one 0, x4, y4, splat::<0>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 1, x4, y4, splat::<1>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 2, x4, y4, splat::<2>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 3, x4, y4, splat::<3>(dd), $k, $bx, $by, $d, $step);
+            i += 4;
         }
-        if full < n {
-            let (mut hx, mut hy) = ([0u16; 8], [0u16; 8]);
-            for k in 0..n - full {
-                hx[k] = u16::from_le_bytes(xs[full + k].$xd);
-                hy[k] = u16::from_le_bytes(ys[full + k].$yd);
-            }
-            let dd = mul_f16x8(&hx, &hy);
-            for k in 0..n - full {
-                #[allow(unused_variables)]
-                let ($i, $bx, $by, $d) = (full + k, &xs[full + k], &ys[full + k], dd[k]);
-                $step
-            }
+        while i < n {
+            // SAFETY: i < n.
+            let ($bx, $by) = unsafe { (&*px.add(i), &*py.add(i)) };
+            #[allow(unused_variables)]
+            let $k: usize = i & 3;
+            let $d = _mm256_set1_ps(d1($bx.d, $by.d));
+            $step
+            i += 1;
         }
     }};
-    ($x:expr, $y:expr, $xd:ident, $yd:ident, $xm:ident, $ys:ident,
-     |$i:ident, $bx:ident, $by:ident, $d:ident, $m:ident, $s:ident| $step:block) => {{
-        let (xs, ys) = ($x, $y);
+    ($x:expr, $y:expr, $tx:ty, $ty:ty, $d4:ident,
+     |$k:ident, $bx:ident, $by:ident, $d:ident, $m:ident, $s:ident| $step:block) => {{
+        let (xs, ys): (&[$tx], &[$ty]) = ($x, $y);
         let n = xs.len().min(ys.len());
-        let full = n / 8 * 8;
-        let mut c = 0;
-        while c < full {
-            let cx: &[_; 8] = xs[c..c + 8].try_into().unwrap();
-            let cy: &[_; 8] = ys[c..c + 8].try_into().unwrap();
-            let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
-            for k in 0..8 {
-                hx[k] = u16::from_le_bytes(cx[k].$xd);
-                hy[k] = u16::from_le_bytes(cy[k].$yd);
-                hm[k] = u16::from_le_bytes(cx[k].$xm);
-                hs[k] = u16::from_le_bytes(cy[k].$ys);
-            }
-            let (dd, mm, ss) = (mul_f16x8(&hx, &hy), f16x8(&hm), f16x8(&hs));
-            for k in 0..8 {
-                #[allow(unused_variables)]
-                let ($i, $bx, $by, $d, $m, $s) = (c + k, &cx[k], &cy[k], dd[k], mm[k], ss[k]);
-                $step
-            }
-            c += 8;
+        let (px, py) = (xs.as_ptr(), ys.as_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            // SAFETY: blocks i..i+4 exist in both rows.
+            let ((dd, mm, ss), x4, y4) = unsafe {
+                (
+                    $d4::<{ size_of::<$tx>() }, { size_of::<$ty>() }>(
+                        px.add(i) as *const u8,
+                        py.add(i) as *const u8,
+                    ),
+                    &*(px.add(i) as *const [$tx; 4]),
+                    &*(py.add(i) as *const [$ty; 4]),
+                )
+            };
+            blocks_d!(@onem 0, x4, y4, dd, mm, ss, $k, $bx, $by, $d, $m, $s, $step);
+            blocks_d!(@onem 1, x4, y4, dd, mm, ss, $k, $bx, $by, $d, $m, $s, $step);
+            blocks_d!(@onem 2, x4, y4, dd, mm, ss, $k, $bx, $by, $d, $m, $s, $step);
+            blocks_d!(@onem 3, x4, y4, dd, mm, ss, $k, $bx, $by, $d, $m, $s, $step);
+            i += 4;
         }
-        if full < n {
-            let (mut hx, mut hy, mut hm, mut hs) = ([0u16; 8], [0u16; 8], [0u16; 8], [0u16; 8]);
-            for k in 0..n - full {
-                hx[k] = u16::from_le_bytes(xs[full + k].$xd);
-                hy[k] = u16::from_le_bytes(ys[full + k].$yd);
-                hm[k] = u16::from_le_bytes(xs[full + k].$xm);
-                hs[k] = u16::from_le_bytes(ys[full + k].$ys);
-            }
-            let (dd, mm, ss) = (mul_f16x8(&hx, &hy), f16x8(&hm), f16x8(&hs));
-            for k in 0..n - full {
-                #[allow(unused_variables)]
-                let ($i, $bx, $by, $d, $m, $s) =
-                    (full + k, &xs[full + k], &ys[full + k], dd[k], mm[k], ss[k]);
-                $step
-            }
+        while i < n {
+            // SAFETY: i < n.
+            let ($bx, $by) = unsafe { (&*px.add(i), &*py.add(i)) };
+            #[allow(unused_variables)]
+            let $k: usize = i & 3;
+            let $d = _mm256_set1_ps(d1($bx.d, $by.d));
+            let ($m, $s) = (h2f($bx.m), h2f($by.s));
+            $step
+            i += 1;
         }
+    }};
+    (@one $kk:literal, $x4:ident, $y4:ident, $dv:expr, $k:ident, $bx:ident, $by:ident, $d:ident, $step:block) => {{
+        #[allow(unused_variables)]
+        let $k: usize = $kk;
+        let ($bx, $by) = (&$x4[$kk], &$y4[$kk]);
+        let $d = $dv;
+        $step
+    }};
+    (@onem $kk:literal, $x4:ident, $y4:ident, $dd:ident, $mm:ident, $ss:ident,
+     $k:ident, $bx:ident, $by:ident, $d:ident, $m:ident, $s:ident, $step:block) => {{
+        #[allow(unused_variables)]
+        let $k: usize = $kk;
+        let ($bx, $by) = (&$x4[$kk], &$y4[$kk]);
+        let ($d, $m, $s) = (splat::<$kk>($dd), lane::<$kk>($mm), lane::<$kk>($ss));
+        $step
     }};
 }
 
@@ -328,6 +382,8 @@ macro_rules! dot_kernels {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $avx2($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
+            use self::{d4_avx2 as d4, d4m_avx2 as d4m};
+            #[allow(unused_imports)]
             use self::{mul_sum_i8_avx2 as mul_sum_i8, mul_sum_u8_avx2 as mul_sum_u8};
             #[allow(unused_imports)]
             use self::{q5_0_values_avx2 as q5_0_values, q5_1_values_avx2 as q5_1_values};
@@ -338,6 +394,8 @@ macro_rules! dot_kernels {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn $vnni($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
+            use self::{d4_avx2 as d4, d4m_avx2 as d4m};
+            #[allow(unused_imports)]
             use self::{mul_sum_i8_vnni as mul_sum_i8, mul_sum_u8_vnni as mul_sum_u8};
             #[allow(unused_imports)]
             use self::{q5_0_values_bw as q5_0_values, q5_1_values_bw as q5_1_values};
@@ -345,9 +403,14 @@ macro_rules! dot_kernels {
         }
 
         #[doc = concat!("`", stringify!($avx512), "`: the `Isa::Avx512` entry (VNNI if present).")]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        #[doc = ""]
+        #[doc = "# Safety"]
+        #[doc = "The CPU has AVX-512 F/BW/VL (`Isa::Avx512`)."]
+        #[inline(always)]
         pub unsafe fn $avx512($x: &[$tx], $y: &[$ty]) -> f32 {
-            // SAFETY: the caller guarantees AVX-512 F/BW/VL; VNNI is checked here.
+            // SAFETY: the caller guarantees AVX-512 F/BW/VL; VNNI is checked here. Not a
+            // target_feature function itself, so it inlines into the safe wrapper and the
+            // kernel is the only call.
             unsafe {
                 if std::arch::is_x86_feature_detected!("avx512vnni") {
                     $vnni($x, $y)
@@ -488,11 +551,11 @@ dot_kernels!(
     |x, y| {
         // `ggml_vec_dot_q4_0_q8_0`, `__AVX2__` path.
         let mut acc = _mm256_setzero_ps();
-        for_blocks!(x, y, d, d, |_i, bx, by, d| {
+        blocks_d!(x, y, BlockQ4_0, BlockQ8_0, d4, |_k, bx, by, d| {
             let qx = _mm256_sub_epi8(nibbles_32(bx.qs.as_ptr()), _mm256_set1_epi8(8));
             // SAFETY: 32 readable bytes.
             let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(qx, qy), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
         });
         hsum8(acc)
     }
@@ -581,11 +644,11 @@ dot_kernels!(
     |x, y| {
         // `ggml_vec_dot_q5_0_q8_0`, `__AVX2__` path.
         let mut acc = _mm256_setzero_ps();
-        for_blocks!(x, y, d, d, |_i, bx, by, d| {
+        blocks_d!(x, y, BlockQ5_0, BlockQ8_0, d4, |_k, bx, by, d| {
             let qx = q5_0_values(bx);
             // SAFETY: 32 readable bytes.
             let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(qx, qy), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
         });
         hsum8(acc)
     }
@@ -723,12 +786,12 @@ dot_kernels!(
         // `ggml_vec_dot_q4_1_q8_1`, AVX2 path: `summs = fma(m, s, summs)` (gcc contracts it).
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
-        for_blocks!(x, y, d, d, m, s, |_i, bx, by, d, m, s| {
+        blocks_d!(x, y, BlockQ4_1, BlockQ8_1, d4m, |_k, bx, by, d, m, s| {
             summs = m.mul_add(s, summs);
             let qx = nibbles_32(bx.qs.as_ptr());
             // SAFETY: 32 readable bytes.
             let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_u8(qx, qy), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_u8(qx, qy), acc);
         });
         hsum8(acc) + summs
     }
@@ -744,12 +807,12 @@ dot_kernels!(
         // `ggml_vec_dot_q5_1_q8_1`, AVX2 path.
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
-        for_blocks!(x, y, d, d, m, s, |_i, bx, by, d, m, s| {
+        blocks_d!(x, y, BlockQ5_1, BlockQ8_1, d4m, |_k, bx, by, d, m, s| {
             summs = m.mul_add(s, summs);
             let qx = q5_1_values(&bx.qs, bx.qh);
             // SAFETY: 32 readable bytes.
             let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), _mm256_set1_ps(d), acc);
+            acc = _mm256_fmadd_ps(mul_sum_u8(qx, qy), d, acc);
         });
         hsum8(acc) + summs
     }
@@ -821,16 +884,23 @@ dot_kernels!(
         let mut acc1 = _mm256_setzero_ps();
         let mut acc2 = _mm256_setzero_ps();
         let pairs = x.len().min(y.len()) / 2;
-        for_blocks!(&x[..2 * pairs], &y[..2 * pairs], d, d, |i, bx, by, d| {
-            let q = iq4_nl_values(&bx.qs);
-            // SAFETY: 32 readable bytes.
-            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            if i & 1 == 0 {
-                acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(q, qy), acc1);
-            } else {
-                acc2 = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(q, qy), acc2);
+        blocks_d!(
+            &x[..2 * pairs],
+            &y[..2 * pairs],
+            BlockIq4Nl,
+            BlockQ8_0,
+            d4,
+            |k, bx, by, d| {
+                let q = iq4_nl_values(&bx.qs);
+                // SAFETY: 32 readable bytes.
+                let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+                if k & 1 == 0 {
+                    acc1 = _mm256_fmadd_ps(d, mul_sum_i8(q, qy), acc1);
+                } else {
+                    acc2 = _mm256_fmadd_ps(d, mul_sum_i8(q, qy), acc2);
+                }
             }
-        });
+        );
         let mut sumf = hsum8(_mm256_add_ps(acc1, acc2));
         for (bx, by) in x.iter().zip(y).skip(2 * pairs) {
             sumf += crate::quant::iq4_nl::tail_block(bx, by);
@@ -838,3 +908,150 @@ dot_kernels!(
         sumf
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// iq4_nl quantize
+// ---------------------------------------------------------------------------------------
+
+/// `best_index_int8(16, kvalues_iq4nl, al)` for 8 lanes, branch-free: `mu` = 1 + the number
+/// of table values `v[1..15]` that `al` is not below (what the binary search converges to;
+/// NaN counts as "not below" everywhere, giving 15 as upstream), then `mu - 1` if
+/// `al - v[mu-1] < v[mu] - al` (same float expressions as upstream). Returns the index and
+/// the table value `(float)v[index]`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_nl_best_index(al: __m256, lo_tab: __m256, hi_tab: __m256) -> (__m256i, __m256) {
+    let kv = &crate::quant::iq4_nl::KVALUES;
+    let mut cnt = _mm256_set1_epi32(1);
+    for &v in &kv[1..15] {
+        let ge = _mm256_cmp_ps::<_CMP_NLT_UQ>(al, _mm256_set1_ps(v as f32));
+        cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(ge));
+    }
+    let lookup = |i: __m256i| {
+        let a = _mm256_permutevar8x32_ps(lo_tab, i);
+        let b = _mm256_permutevar8x32_ps(hi_tab, i);
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(i)))
+    };
+    let mu1 = _mm256_sub_epi32(cnt, _mm256_set1_epi32(1));
+    let (lo, hi) = (lookup(mu1), lookup(cnt));
+    let take_lo = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(al, lo), _mm256_sub_ps(hi, al));
+    // take_lo is all-ones (-1) where the lower value wins
+    let idx = _mm256_add_epi32(cnt, _mm256_castps_si256(take_lo));
+    (idx, _mm256_blendv_ps(hi, lo, take_lo))
+}
+
+/// The vector part of one regular iq4_nl block (see `iq4_nl::quantize_block`): indices as
+/// 32 bytes, and per element `q` and `q * (x*x)` for the serial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_nl_prep(v: &[__m256; 4], id: f32, q: &mut [f32; 32], qw: &mut [f32; 32]) -> __m256i {
+    let kv = &crate::quant::iq4_nl::KVALUES;
+    let lo_tab = _mm256_setr_ps(
+        kv[0] as f32,
+        kv[1] as f32,
+        kv[2] as f32,
+        kv[3] as f32,
+        kv[4] as f32,
+        kv[5] as f32,
+        kv[6] as f32,
+        kv[7] as f32,
+    );
+    let hi_tab = _mm256_setr_ps(
+        kv[8] as f32,
+        kv[9] as f32,
+        kv[10] as f32,
+        kv[11] as f32,
+        kv[12] as f32,
+        kv[13] as f32,
+        kv[14] as f32,
+        kv[15] as f32,
+    );
+    let idv = _mm256_set1_ps(id);
+    let mut idx = [_mm256_setzero_si256(); 4];
+    for (i, x) in v.iter().enumerate() {
+        let (ix, qv) = iq4_nl_best_index(_mm256_mul_ps(idv, *x), lo_tab, hi_tab);
+        idx[i] = ix;
+        // SAFETY: 8 floats at 8*i < 32.
+        unsafe {
+            _mm256_storeu_ps(q.as_mut_ptr().add(8 * i), qv);
+            _mm256_storeu_ps(
+                qw.as_mut_ptr().add(8 * i),
+                _mm256_mul_ps(qv, _mm256_mul_ps(*x, *x)),
+            );
+        }
+    }
+    low_bytes_32(idx[0], idx[1], idx[2], idx[3])
+}
+
+/// Upstream's in-order sums `sumqx = fma(x, qw, sumqx)`, `sumq2 = fma(q, qw, sumq2)` of two
+/// blocks at once (4 independent chains), and `d = sumqx/sumq2` (0 unless `sumq2 > 0`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_nl_sums2(
+    xa: &[f32],
+    qa: &[f32; 32],
+    wa: &[f32; 32],
+    xb: &[f32],
+    qb: &[f32; 32],
+    wb: &[f32; 32],
+) -> (f32, f32) {
+    let (xa, xb): (&[f32; 32], &[f32; 32]) = (xa.try_into().unwrap(), xb.try_into().unwrap());
+    let (mut sa, mut s2a, mut sb, mut s2b) = (0f32, 0f32, 0f32, 0f32);
+    for j in 0..32 {
+        sa = xa[j].mul_add(wa[j], sa);
+        s2a = qa[j].mul_add(wa[j], s2a);
+        sb = xb[j].mul_add(wb[j], sb);
+        s2b = qb[j].mul_add(wb[j], s2b);
+    }
+    let d = |s: f32, s2: f32| if s2 > 0.0 { s / s2 } else { 0.0 };
+    (d(sa, s2a), d(sb, s2b))
+}
+
+/// `quantize_row_iq4_nl_ref` (= the CPU backend's `quantize_row_iq4_nl`), AVX2 + FMA (also
+/// used on AVX-512 machines): index search vectorised, the weighted sums in upstream's
+/// order, two blocks at a time. A block whose largest magnitude is below `GROUP_MAX_EPS`
+/// repeats the previous indices (all zero before the first regular block), see `iq4_nl`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_iq4_nl_avx2(x: &[f32], y: &mut [BlockIq4Nl]) {
+    let n = (x.len() / 32).min(y.len());
+    let mut l = _mm256_setzero_si256();
+    let (mut q, mut qw) = ([[0f32; 32]; 2], [[0f32; 32]; 2]);
+    let mut b = 0;
+    while b < n {
+        let nb = (n - b).min(2);
+        let mut regular = [false; 2];
+        let mut ls = [l; 2];
+        for k in 0..nb {
+            let xb = &x[(b + k) * 32..][..32];
+            let v = load4(xb.as_ptr());
+            let (amax, max) = amax_max_avx2(xb.as_ptr(), &v);
+            if amax < crate::quant::iq4_nl::GROUP_MAX_EPS {
+                ls[k] = l;
+                continue;
+            }
+            let d = max / crate::quant::iq4_nl::KVALUES[0] as f32;
+            l = iq4_nl_prep(&v, 1.0 / d, &mut q[k], &mut qw[k]);
+            ls[k] = l;
+            regular[k] = true;
+        }
+        let xa = &x[b * 32..][..32];
+        let xb = if nb == 2 {
+            &x[(b + 1) * 32..][..32]
+        } else {
+            xa
+        };
+        let (da, db) = iq4_nl_sums2(xa, &q[0], &qw[0], xb, &q[1], &qw[1]);
+        for (k, dk) in [da, db].into_iter().enumerate().take(nb) {
+            let yb = &mut y[b + k];
+            yb.d = f32_to_f16le(if regular[k] { dk } else { 0.0 });
+            // SAFETY: 16 writable bytes.
+            unsafe {
+                _mm_storeu_si128(
+                    yb.qs.as_mut_ptr() as *mut __m128i,
+                    pack_nibbles(ls[k], false),
+                )
+            };
+        }
+        b += nb;
+    }
+}
