@@ -154,14 +154,38 @@ impl Case {
     }
 }
 
+/// `ATTNROT_BENCH_CPUTIME=1`: time the summary with the process CPU clock instead of the wall
+/// clock, so time slices lost to other processes on a loaded machine do not count (meaningful
+/// with `ATTNROT_BENCH_THREADS=1`, where both sides compute on the calling thread).
+fn cputime() -> bool {
+    std::env::var("ATTNROT_BENCH_CPUTIME").is_ok_and(|v| v == "1")
+}
+
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 fn median_time(mut f: impl FnMut(), min_runs: usize, budget: Duration) -> Duration {
     f(); // warm-up
     let mut ts = Vec::new();
     let start = Instant::now();
+    let cpu = cputime();
     while ts.len() < min_runs || (start.elapsed() < budget && ts.len() < 200) {
-        let t = Instant::now();
-        f();
-        ts.push(t.elapsed());
+        if cpu {
+            let t = process_cpu();
+            f();
+            ts.push(process_cpu() - t);
+        } else {
+            let t = Instant::now();
+            f();
+            ts.push(t.elapsed());
+        }
     }
     ts.sort();
     ts[ts.len() / 2]
@@ -240,11 +264,17 @@ fn ours_only() -> bool {
 fn summary() {
     let nt = threads();
     attnrot_ref::init();
-    let bw = bandwidth_probe(nt);
+    // `ATTNROT_BENCH_NO_PROBE=1`: skip the bandwidth probe (profiling the kernels)
+    let bw = if std::env::var("ATTNROT_BENCH_NO_PROBE").is_ok_and(|v| v == "1") {
+        f64::NAN
+    } else {
+        bandwidth_probe(nt)
+    };
     eprintln!(
-        "\n== attn bench: {nt} threads (ours and upstream), isa {:?}, upstream features {:?}",
+        "\n== attn bench: {nt} threads (ours and upstream), isa {:?}, upstream features {:?}, {} clock",
         attnrot::simd::isa(),
-        attnrot_ref::cpu_features()
+        attnrot_ref::cpu_features(),
+        if cputime() { "process CPU" } else { "wall" }
     );
     eprintln!("== memory-bandwidth probe (streaming read, {nt} threads): {bw:.1} GB/s");
     eprintln!(

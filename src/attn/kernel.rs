@@ -7,6 +7,34 @@
 //! * `vt` `[T][dvp]`   the V tile, dequantized, rows padded with zeros to `dvp` (multiple of 16)
 //! * `o`  `[mp][dvp]`  the output accumulator
 use crate::simd::Isa;
+use crate::types::GgmlType;
+
+/// A K/V row format the fused decode kernels read directly (no dequantized tile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fused {
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl Fused {
+    fn row_bytes(self, d: usize) -> usize {
+        match self {
+            Fused::F16 => 2 * d,
+            Fused::Q8_0 => d / 32 * 34,
+            Fused::Q4_0 => d / 32 * 18,
+        }
+    }
+}
+
+/// Checks that rows `base + t·nb1` (`t ∈ active`) of `row` bytes lie inside `len` bytes.
+fn rows_inside(len: usize, base: usize, nb1: usize, active: &[u8], row: usize) -> bool {
+    let tmax = active.iter().copied().max().unwrap_or(0) as usize;
+    tmax.checked_mul(nb1)
+        .and_then(|x| x.checked_add(base))
+        .and_then(|x| x.checked_add(row))
+        .is_some_and(|end| end <= len)
+}
 
 /// KV rows per tile.
 pub(crate) const TILE_KV: usize = 64;
@@ -16,11 +44,121 @@ pub(crate) const TILE_KV: usize = 64;
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     pub isa: Isa,
+    /// AVX-512 VNNI on top of `Isa::Avx512`: the int8 decode K kernel.
+    vnni: bool,
 }
 
 impl Kernels {
     pub fn new(isa: Isa) -> Self {
-        Kernels { isa }
+        #[cfg(target_arch = "x86_64")]
+        let vnni = isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        let vnni = false;
+        Kernels { isa, vnni }
+    }
+
+    /// Whether decode K of format `f` (`dk` elements) goes through [`Kernels::qk_i8`] (Q
+    /// quantized to q8_0 like upstream's `vec_dot_type`, integer block dots).
+    pub fn int8_k(&self, f: Option<Fused>, dk: usize) -> bool {
+        self.vnni && matches!(f, Some(Fused::Q8_0 | Fused::Q4_0)) && dk % 32 == 0
+    }
+
+    /// Quantizes `mr` Q rows (`[mr][dk]`) for [`Kernels::qk_i8`]: the quants (`q8`,
+    /// `[mr][dk]`), block scales (`qd`) and `off·Σ quants` per block (`qc`, off = 8 for q4_0 K,
+    /// 128 for q8_0 K). The quantization is the CPU backend's q8_0 `from_float` (what upstream
+    /// applies to Q before its `vec_dot`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prep_q8(
+        &self,
+        f: Fused,
+        q: &[f32],
+        mr: usize,
+        dk: usize,
+        q8: &mut [i8],
+        qd: &mut [f32],
+        qc: &mut [i32],
+    ) {
+        use crate::quant::{BlockFormat, BlockQ8_0};
+        let nb = dk / 32;
+        let off = if f == Fused::Q8_0 { 128 } else { 8 };
+        let mut blocks = [BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32],
+        }; 32];
+        for m in 0..mr {
+            let mut b0 = 0;
+            while b0 < nb {
+                let n = (nb - b0).min(blocks.len());
+                let x = &q[m * dk + 32 * b0..m * dk + 32 * (b0 + n)];
+                BlockQ8_0::quantize_row(x, &mut blocks[..n]);
+                for (j, blk) in blocks[..n].iter().enumerate() {
+                    let b = b0 + j;
+                    qd[m * nb + b] = crate::quant::fp16::f16le_to_f32(blk.d);
+                    let mut sum = 0i32;
+                    for (o, &v) in q8[m * dk + 32 * b..m * dk + 32 * b + 32]
+                        .iter_mut()
+                        .zip(&blk.qs)
+                    {
+                        *o = v;
+                        sum += v as i32;
+                    }
+                    qc[m * nb + b] = off * sum;
+                }
+                b0 += n;
+            }
+        }
+    }
+
+    /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr` (≤ 16) from [`Kernels::prep_q8`]'s
+    /// quantized Q and q8_0/q4_0 K rows at byte `base + t·nb1` of `k` (exact integer block
+    /// dots, then `fma(float(dot), dk·dq, s)` block by block).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_i8(
+        &self,
+        f: Fused,
+        q8: &[i8],
+        qd: &[f32],
+        qc: &[i32],
+        k: &[u8],
+        base: usize,
+        nb1: usize,
+        active: &[u8],
+        s: &mut [f32],
+        mr: usize,
+        dk: usize,
+        pf: usize,
+    ) {
+        let nb = dk / 32;
+        assert!(self.int8_k(Some(f), dk) && mr <= 16);
+        assert!(q8.len() >= mr * dk && qd.len() >= mr * nb && qc.len() >= mr * nb);
+        assert!(s.len() >= mr * TILE_KV && active.iter().all(|&t| (t as usize) < TILE_KV));
+        assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
+        // the kernel gathers block scales with i32 offsets
+        assert!(TILE_KV
+            .checked_mul(nb1)
+            .and_then(|x| x.checked_add(f.row_bytes(dk)))
+            .is_some_and(|x| x <= i32::MAX as usize));
+        if active.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::attn as x;
+            let kp = k[base..].as_ptr();
+            let (q8p, qdp, qcp, sp) = (q8.as_ptr(), qd.as_ptr(), qc.as_ptr(), s.as_mut_ptr());
+            // SAFETY: sizes and row bounds asserted above; `vnni` was detected at run time
+            // together with `Isa::Avx512`.
+            unsafe {
+                match f {
+                    Fused::Q8_0 => x::qk_i8_avx512::<{ x::FMT_Q8_0 }>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    ),
+                    _ => x::qk_i8_avx512::<{ x::FMT_Q4_0 }>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    ),
+                }
+            }
+        }
     }
 
     /// `s[m][t] = Σ_d q[m][d] · kt[d][t]` for `m < mp` (`mp` a multiple of 4).
@@ -66,6 +204,171 @@ impl Kernels {
                 let krow = &kt[d * TILE_KV..(d + 1) * TILE_KV];
                 for t in 0..TILE_KV {
                     srow[t] = qv.mul_add(krow[t], srow[t]);
+                }
+            }
+        }
+    }
+
+    /// The fused decode format for rows of `d` elements of type `ty`, if this ISA has kernels
+    /// for it (AVX-512: f16 with `d % 16 == 0`, q8_0, q4_0).
+    pub fn fused(&self, ty: GgmlType, d: usize) -> Option<Fused> {
+        let f = match ty {
+            GgmlType::F16 if d % 16 == 0 => Fused::F16,
+            GgmlType::Q8_0 if d % 32 == 0 => Fused::Q8_0,
+            GgmlType::Q4_0 if d % 32 == 0 => Fused::Q4_0,
+            _ => return None,
+        };
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(f),
+            _ => None,
+        }
+    }
+
+    /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (`mp % 4 == 0`), where row
+    /// `k_t` (format `f`, `dk` elements) starts at byte `base + t·nb1` of `k`. Bit-identical to
+    /// dequantizing the rows and calling [`Kernels::qk_rows`] (which also fills the other
+    /// columns). `pf`: prefetch distance in rows (0 = none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_fused(
+        &self,
+        f: Fused,
+        q: &[f32],
+        k: &[u8],
+        base: usize,
+        nb1: usize,
+        active: &[u8],
+        s: &mut [f32],
+        mp: usize,
+        dk: usize,
+        pf: usize,
+    ) {
+        assert!(mp % 4 == 0 && q.len() >= mp * dk && s.len() >= mp * TILE_KV);
+        assert!(active.iter().all(|&t| (t as usize) < TILE_KV));
+        assert!(self.fused(ty_of(f), dk) == Some(f));
+        assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
+        if active.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::attn as x;
+            let kp = k[base..].as_ptr();
+            let (qp, sp) = (q.as_ptr(), s.as_mut_ptr());
+            // SAFETY: sizes and row bounds asserted above; `fused` only answers for Avx512,
+            // which `simd` checked when the ISA was chosen.
+            unsafe {
+                match f {
+                    Fused::F16 => {
+                        x::qk_fused_avx512::<{ x::FMT_F16 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    Fused::Q8_0 => {
+                        x::qk_fused_avx512::<{ x::FMT_Q8_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    Fused::Q4_0 => {
+                        x::qk_fused_avx512::<{ x::FMT_Q4_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `o[m][:dv] += Σ_{t∈active} p[m][t] · v_t` for `m < mr`, row `v_t` (format `f`) at byte
+    /// `base + t·nb1` of `v`. Bit-identical to dequantizing the rows and calling
+    /// [`Kernels::pv`] (for the rows `m < mr`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pv_fused(
+        &self,
+        f: Fused,
+        p: &[f32],
+        v: &[u8],
+        base: usize,
+        nb1: usize,
+        active: &[u8],
+        o: &mut [f32],
+        mr: usize,
+        dvp: usize,
+        dv: usize,
+        pf: usize,
+    ) {
+        assert!(dv <= dvp && dvp % 16 == 0 && p.len() >= mr * TILE_KV && o.len() >= mr * dvp);
+        assert!(active.iter().all(|&t| (t as usize) < TILE_KV));
+        assert!(self.fused(ty_of(f), dv) == Some(f));
+        assert!(rows_inside(v.len(), base, nb1, active, f.row_bytes(dv)));
+        if active.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::attn as x;
+            let vp = v[base..].as_ptr();
+            let (pp, op) = (p.as_ptr(), o.as_mut_ptr());
+            // SAFETY: as in `qk_fused`.
+            unsafe {
+                match f {
+                    Fused::F16 => x::pv_fused_avx512::<{ x::FMT_F16 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                    Fused::Q8_0 => x::pv_fused_avx512::<{ x::FMT_Q8_0 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                    Fused::Q4_0 => x::pv_fused_avx512::<{ x::FMT_Q4_0 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                }
+            }
+        }
+    }
+
+    /// `o[m][:dv] += Σ_{t∈active} (p[m][t]·d_{t,b}) · q_t[:]` for `m < mr` (≤ 16): q8_0/q4_0
+    /// V rows at byte `base + t·nb1` of `v` with the block scales `d` folded into the weights
+    /// (formed in the scratch `w`, `[dv/32][mr][TILE_KV]`), the integer values `q` exact.
+    /// Other formats: [`Kernels::pv_fused`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn pv_q(
+        &self,
+        f: Fused,
+        p: &[f32],
+        v: &[u8],
+        base: usize,
+        nb1: usize,
+        active: &[u8],
+        w: &mut [f32],
+        o: &mut [f32],
+        mr: usize,
+        dvp: usize,
+        dv: usize,
+        pf: usize,
+    ) {
+        assert!(matches!(f, Fused::Q8_0 | Fused::Q4_0) && self.fused(ty_of(f), dv) == Some(f));
+        assert!(dv <= dvp && dvp % 16 == 0 && mr <= 16);
+        assert!(
+            p.len() >= mr * TILE_KV && o.len() >= mr * dvp && w.len() >= dv / 32 * mr * TILE_KV
+        );
+        assert!(active.len() <= TILE_KV && active.iter().all(|&t| (t as usize) < TILE_KV));
+        assert!(rows_inside(v.len(), base, nb1, active, f.row_bytes(dv)));
+        assert!(TILE_KV
+            .checked_mul(nb1)
+            .and_then(|x| x.checked_add(f.row_bytes(dv)))
+            .is_some_and(|x| x <= i32::MAX as usize));
+        if active.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::attn as x;
+            let vp = v[base..].as_ptr();
+            let (pp, wp, op) = (p.as_ptr(), w.as_mut_ptr(), o.as_mut_ptr());
+            // SAFETY: sizes, indices and row bounds asserted above; `fused` only answers for
+            // Avx512, which `simd` checked when the ISA was chosen.
+            unsafe {
+                match f {
+                    Fused::Q8_0 => x::pv_q_avx512::<{ x::FMT_Q8_0 }>(
+                        pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
+                    ),
+                    _ => x::pv_q_avx512::<{ x::FMT_Q4_0 }>(
+                        pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
+                    ),
                 }
             }
         }
@@ -221,5 +524,250 @@ impl Kernels {
             sum += *x;
         }
         sum
+    }
+}
+
+fn ty_of(f: Fused) -> GgmlType {
+    match f {
+        Fused::F16 => GgmlType::F16,
+        Fused::Q8_0 => GgmlType::Q8_0,
+        Fused::Q4_0 => GgmlType::Q4_0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attn::deq;
+    use crate::simd;
+
+    fn lcg(s: &mut u64) -> u32 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*s >> 33) as u32
+    }
+
+    /// The fused decode kernels compute bit for bit what dequantize + `qk_rows` / `pv` do.
+    #[test]
+    fn fused_equals_dequantized_tiles() {
+        let mut seed = 0x5eed_u64;
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0] {
+                for d in [32usize, 48, 64, 96, 128, 256] {
+                    let Some(f) = kn.fused(ty, d) else { continue };
+                    let rb = ty.row_bytes(d).unwrap();
+                    let nb1 = rb + 2 * (lcg(&mut seed) as usize % 40);
+                    // rows from real quantization of random floats
+                    let mut data = vec![0u8; TILE_KV * nb1];
+                    for t in 0..TILE_KV {
+                        let x: Vec<f32> = (0..d)
+                            .map(|_| (lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5) * 4.0)
+                            .collect();
+                        crate::quant::format(ty)
+                            .unwrap()
+                            .quantize_row(&x, &mut data[t * nb1..t * nb1 + rb])
+                            .unwrap();
+                    }
+                    let deq = deq::select(ty).unwrap();
+                    let mut tile = vec![0f32; TILE_KV * d];
+                    for t in 0..TILE_KV {
+                        deq(&data[t * nb1..], &mut tile[t * d..(t + 1) * d]);
+                    }
+                    let active: Vec<u8> = (0..TILE_KV as u8)
+                        .filter(|_| lcg(&mut seed) % 5 != 0)
+                        .collect();
+                    for mp in [4usize, 8, 12] {
+                        let q: Vec<f32> = (0..mp * d)
+                            .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5)
+                            .collect();
+                        let mut s0 = vec![0f32; mp * TILE_KV];
+                        let mut s1 = vec![0f32; mp * TILE_KV];
+                        simd::with_isa(isa, || kn.qk_rows(&q, &tile, &mut s0, mp, d)).unwrap();
+                        simd::with_isa(isa, || {
+                            kn.qk_fused(f, &q, &data, 0, nb1, &active, &mut s1, mp, d, 4)
+                        })
+                        .unwrap();
+                        for m in 0..mp {
+                            for &t in &active {
+                                let i = m * TILE_KV + t as usize;
+                                assert_eq!(s0[i].to_bits(), s1[i].to_bits(), "{ty} d={d} qk");
+                            }
+                        }
+                        // V: the same rows as V, dvp = d rounded up to 16
+                        let dvp = d.div_ceil(16) * 16;
+                        let mut vt = vec![0f32; TILE_KV * dvp];
+                        for t in 0..TILE_KV {
+                            vt[t * dvp..t * dvp + d].copy_from_slice(&tile[t * d..(t + 1) * d]);
+                        }
+                        let o0: Vec<f32> = (0..mp * dvp).map(|i| (i % 7) as f32 * 0.25).collect();
+                        let (mut oa, mut ob) = (o0.clone(), o0);
+                        for mr in 1..=mp {
+                            simd::with_isa(isa, || kn.pv(&s1, &vt, &mut oa, mp, dvp, &active))
+                                .unwrap();
+                            simd::with_isa(isa, || {
+                                kn.pv_fused(f, &s1, &data, 0, nb1, &active, &mut ob, mr, dvp, d, 3)
+                            })
+                            .unwrap();
+                            for i in 0..mr * dvp {
+                                assert_eq!(oa[i].to_bits(), ob[i].to_bits(), "{ty} d={d} pv");
+                            }
+                            ob[..].copy_from_slice(&oa);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The int8 K kernel computes exactly `Σ_b fma(float(Σ k_q·q_q), dk·dq, ·)` per row.
+    #[test]
+    fn int8_k_exact_integer_dots() {
+        let kn = Kernels::new(simd::detected());
+        if !kn.vnni {
+            eprintln!("int8_k_exact_integer_dots: no AVX-512 VNNI, skipped");
+            return;
+        }
+        let mut seed = 0x1e8_u64;
+        for (ty, f) in [(GgmlType::Q8_0, Fused::Q8_0), (GgmlType::Q4_0, Fused::Q4_0)] {
+            for d in [32usize, 64, 128, 256] {
+                let rb = ty.row_bytes(d).unwrap();
+                let nb1 = rb + lcg(&mut seed) as usize % 50;
+                let mut data = vec![0u8; TILE_KV * nb1];
+                let mut deqd = vec![0f32; TILE_KV * d];
+                for t in 0..TILE_KV {
+                    let x: Vec<f32> = (0..d)
+                        .map(|_| (lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5) * 4.0)
+                        .collect();
+                    crate::quant::format(ty)
+                        .unwrap()
+                        .quantize_row(&x, &mut data[t * nb1..t * nb1 + rb])
+                        .unwrap();
+                    deq::select(ty).unwrap()(&data[t * nb1..], &mut deqd[t * d..(t + 1) * d]);
+                }
+                for (na, step) in [(64usize, 1usize), (37, 1), (20, 3), (5, 7)] {
+                    let active: Vec<u8> = (0..na).map(|i| ((i * step) % TILE_KV) as u8).collect();
+                    for mr in [1usize, 3, 4, 7, 12] {
+                        let q: Vec<f32> = (0..mr * d)
+                            .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5)
+                            .collect();
+                        let nb = d / 32;
+                        let (mut q8, mut qd, mut qc) =
+                            (vec![0i8; mr * d], vec![0f32; mr * nb], vec![0i32; mr * nb]);
+                        kn.prep_q8(f, &q, mr, d, &mut q8, &mut qd, &mut qc);
+                        let mut s = vec![f32::NAN; mr * TILE_KV];
+                        kn.qk_i8(f, &q8, &qd, &qc, &data, 0, nb1, &active, &mut s, mr, d, 2);
+                        for m in 0..mr {
+                            for &t in &active {
+                                let t = t as usize;
+                                let mut acc = 0f32;
+                                for b in 0..nb {
+                                    let row = &data[t * nb1..];
+                                    let bs = rb / nb;
+                                    let dk = crate::quant::fp16::f16le_to_f32([
+                                        row[bs * b],
+                                        row[bs * b + 1],
+                                    ]);
+                                    // integer values of K: dequantized / d (exact)
+                                    let mut dot = 0i32;
+                                    for i in 0..32 {
+                                        let kv = deqd[t * d + 32 * b + i];
+                                        let ki = if dk == 0.0 {
+                                            let byte = if ty == GgmlType::Q8_0 {
+                                                row[bs * b + 2 + i] as i8 as i32
+                                            } else {
+                                                let by = row[bs * b + 2 + i % 16];
+                                                (if i < 16 { by & 15 } else { by >> 4 }) as i32 - 8
+                                            };
+                                            byte
+                                        } else {
+                                            (kv / dk) as i32
+                                        };
+                                        dot += ki * q8[m * d + 32 * b + i] as i32;
+                                    }
+                                    acc = (dot as f32).mul_add(dk * qd[m * nb + b], acc);
+                                }
+                                let got = s[m * TILE_KV + t];
+                                assert_eq!(got.to_bits(), acc.to_bits(), "{ty} d={d} m={m} t={t}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order.
+    #[test]
+    fn pv_q_scaled_weights() {
+        let kn = Kernels::new(simd::detected());
+        let mut seed = 0x7e_u64;
+        for (ty, f) in [(GgmlType::Q8_0, Fused::Q8_0), (GgmlType::Q4_0, Fused::Q4_0)] {
+            for d in [32usize, 64, 96, 128, 256] {
+                if kn.fused(ty, d) != Some(f) {
+                    continue;
+                }
+                let rb = ty.row_bytes(d).unwrap();
+                let nb1 = rb + lcg(&mut seed) as usize % 50;
+                let mut data = vec![0u8; TILE_KV * nb1];
+                let mut deqd = vec![0f32; TILE_KV * d];
+                for t in 0..TILE_KV {
+                    let x: Vec<f32> = (0..d)
+                        .map(|_| (lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5) * 4.0)
+                        .collect();
+                    crate::quant::format(ty)
+                        .unwrap()
+                        .quantize_row(&x, &mut data[t * nb1..t * nb1 + rb])
+                        .unwrap();
+                    deq::select(ty).unwrap()(&data[t * nb1..], &mut deqd[t * d..(t + 1) * d]);
+                }
+                let nb = d / 32;
+                let bs = rb / nb;
+                for (na, step) in [(64usize, 1usize), (37, 1), (20, 3), (5, 7)] {
+                    let active: Vec<u8> = (0..na).map(|i| ((i * step) % TILE_KV) as u8).collect();
+                    for mr in [1usize, 3, 4, 6, 9] {
+                        let p: Vec<f32> = (0..mr * TILE_KV)
+                            .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32)
+                            .collect();
+                        let dvp = d;
+                        let mut o: Vec<f32> = (0..mr * dvp).map(|i| (i % 5) as f32).collect();
+                        let mut want = o.clone();
+                        let mut w = vec![0f32; nb * mr * TILE_KV];
+                        kn.pv_q(f, &p, &data, 0, nb1, &active, &mut w, &mut o, mr, dvp, d, 1);
+                        for m in 0..mr {
+                            for &t in &active {
+                                let t = t as usize;
+                                let row = &data[t * nb1..];
+                                for c in 0..d {
+                                    let b = c / 32;
+                                    let dd = crate::quant::fp16::f16le_to_f32([
+                                        row[bs * b],
+                                        row[bs * b + 1],
+                                    ]);
+                                    let i = c % 32;
+                                    let qv = if ty == GgmlType::Q8_0 {
+                                        row[bs * b + 2 + i] as i8 as f32
+                                    } else {
+                                        let by = row[bs * b + 2 + i % 16];
+                                        ((if i < 16 { by & 15 } else { by >> 4 }) as i32 - 8) as f32
+                                    };
+                                    let _ = &deqd;
+                                    let wv = p[m * TILE_KV + t] * dd;
+                                    want[m * dvp + c] = wv.mul_add(qv, want[m * dvp + c]);
+                                }
+                            }
+                        }
+                        for i in 0..mr * dvp {
+                            assert_eq!(
+                                o[i].to_bits(),
+                                want[i].to_bits(),
+                                "{ty} d={d} mr={mr} i={i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub mod deq;
 mod kernel;
 
-use kernel::{Kernels, TILE_KV};
+use kernel::{Fused, Kernels, TILE_KV};
 
 /// KV rows per chunk of the split-KV (flash-decoding) path.
 pub const SPLIT_CHUNK: usize = 512;
@@ -443,6 +443,12 @@ struct Scratch {
     srow: Vec<f32>,
     tmp: Vec<f32>,
     rows: Vec<VRow>,
+    /// Q quantized for the int8 decode K kernel: quants, block scales, offset sums.
+    q8: Vec<i8>,
+    qd: Vec<f32>,
+    qc: Vec<i32>,
+    /// Weights `p·d` of the quantized decode V kernel.
+    w: Vec<f32>,
 }
 
 /// The (M, S, O) state of one work item after a KV range.
@@ -507,6 +513,10 @@ impl Plan<'_> {
             srow: vec![0.0; mmax],
             tmp: vec![0.0; self.dk.max(self.dv)],
             rows: Vec::with_capacity(mmax),
+            q8: vec![0; mmax * self.dk],
+            qd: vec![0.0; mmax * self.dk.div_ceil(32)],
+            qc: vec![0; mmax * self.dk.div_ceil(32)],
+            w: vec![0.0; mmax * self.dv.div_ceil(32) * TILE_KV],
         }
     }
 
@@ -516,6 +526,7 @@ impl Plan<'_> {
         kn: &Kernels,
         deq_k: deq::DeqFn,
         deq_v: deq::DeqFn,
+        fused: (Option<Fused>, Option<Fused>),
         it: &Item,
         sc: &mut Scratch,
     ) -> usize {
@@ -532,6 +543,11 @@ impl Plan<'_> {
             }
         }
         sc.q[m_real * dk..mp * dk].fill(0.0);
+        let decode = mp < ROWMAJOR_BELOW;
+        let int8_k = decode && kn.int8_k(fused.0, dk);
+        if let (true, Some(f)) = (int8_k, fused.0) {
+            kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
+        }
         sc.o[..mp * dvp].fill(0.0);
         sc.mrow[..mp].fill(f32::NEG_INFINITY);
         sc.srow[..mp].fill(0.0);
@@ -580,7 +596,37 @@ impl Plan<'_> {
                 t0 += TILE_KV;
                 continue;
             }
-            if mp < ROWMAJOR_BELOW {
+            if let (true, Some(f)) = (int8_k, fused.0) {
+                // decode, q8_0/q4_0 K: integer dots against the quantized Q
+                kn.qk_i8(
+                    f,
+                    &sc.q8,
+                    &sc.qd,
+                    &sc.qc,
+                    self.k.data,
+                    kbase + t0 * self.k.nb[1],
+                    self.k.nb[1],
+                    &active,
+                    &mut sc.s,
+                    m_real,
+                    dk,
+                    prefetch_rows(),
+                );
+            } else if let (true, Some(f)) = (decode, fused.0) {
+                // decode, K read straight from the cache
+                kn.qk_fused(
+                    f,
+                    &sc.q,
+                    self.k.data,
+                    kbase + t0 * self.k.nb[1],
+                    self.k.nb[1],
+                    &active,
+                    &mut sc.s,
+                    mp,
+                    dk,
+                    prefetch_rows(),
+                );
+            } else if decode {
                 // few rows (decode): K tile row-major, dot products
                 for &t in &active {
                     let t = t as usize;
@@ -625,16 +671,47 @@ impl Plan<'_> {
                 sc.mrow[m] = mnew;
                 sc.srow[m] += kn.exp_sum(srow, mnew);
             }
-            // V tile
-            for &t in &active {
-                let t = t as usize;
-                let off = vbase + (t0 + t) * self.v.nb[1];
-                deq_v(
-                    &self.v.data[off..off + vrow_bytes],
-                    &mut sc.vt[t * dvp..t * dvp + self.dv],
+            if let (true, Some(f @ (Fused::Q8_0 | Fused::Q4_0))) = (decode, fused.1) {
+                kn.pv_q(
+                    f,
+                    &sc.s,
+                    self.v.data,
+                    vbase + t0 * self.v.nb[1],
+                    self.v.nb[1],
+                    &active,
+                    &mut sc.w,
+                    &mut sc.o,
+                    m_real,
+                    dvp,
+                    self.dv,
+                    prefetch_rows(),
                 );
+            } else if let (true, Some(f)) = (decode, fused.1) {
+                kn.pv_fused(
+                    f,
+                    &sc.s,
+                    self.v.data,
+                    vbase + t0 * self.v.nb[1],
+                    self.v.nb[1],
+                    &active,
+                    &mut sc.o,
+                    m_real,
+                    dvp,
+                    self.dv,
+                    prefetch_rows(),
+                );
+            } else {
+                // V tile
+                for &t in &active {
+                    let t = t as usize;
+                    let off = vbase + (t0 + t) * self.v.nb[1];
+                    deq_v(
+                        &self.v.data[off..off + vrow_bytes],
+                        &mut sc.vt[t * dvp..t * dvp + self.dv],
+                    );
+                }
+                kn.pv(&sc.s, &sc.vt, &mut sc.o, mp, dvp, &active);
             }
-            kn.pv(&sc.s, &sc.vt, &mut sc.o, mp, dvp, &active);
             t0 += TILE_KV;
         }
         sc.rows = rows;
@@ -675,6 +752,25 @@ impl Plan<'_> {
     }
 }
 
+/// Default prefetch distance (KV rows ahead) of the fused decode kernels.
+const PREFETCH_ROWS: usize = 16;
+
+/// Prefetch distance of the fused decode kernels (0 = off): [`PREFETCH_ROWS`], or
+/// `ATTNROT_PF` when set (read once; for tuning on other machines).
+fn prefetch_rows() -> usize {
+    static PF: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let v = PF.load(Ordering::Relaxed);
+    if v != usize::MAX {
+        return v;
+    }
+    let v = std::env::var("ATTNROT_PF")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(PREFETCH_ROWS);
+    PF.store(v, Ordering::Relaxed);
+    v
+}
+
 /// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_ext(
@@ -695,14 +791,18 @@ pub fn flash_attn_ext(
     let kn = Kernels::new(isa);
     let deq_k = deq::select(k.ty).ok_or(Error::UnsupportedType(k.ty))?;
     let deq_v = deq::select(v.ty).ok_or(Error::UnsupportedType(v.ty))?;
+    let fused = (kn.fused(k.ty, pl.dk), kn.fused(v.ty, pl.dv));
     if pl.n_q == 0 || pl.n_head == 0 || pl.n_seq == 0 {
         return Ok(());
     }
+    // Work items, KV chunk before KV-head group: the items of one chunk read the same cache
+    // rows (llama.cpp's cache interleaves the KV heads of a position), so consecutive items
+    // find them in the caches. Index: `((iq3·n_qblocks + qb)·n_chunks + chunk)·n_groups + gi`.
     let mut items = Vec::new();
     for iq3 in 0..pl.n_seq {
-        for gi in 0..pl.n_groups {
-            for qb in 0..pl.n_qblocks {
-                for chunk in 0..pl.n_chunks {
+        for qb in 0..pl.n_qblocks {
+            for chunk in 0..pl.n_chunks {
+                for gi in 0..pl.n_groups {
                     items.push(Item { iq3, gi, qb, chunk });
                 }
             }
@@ -722,7 +822,7 @@ pub fn flash_attn_ext(
                 break;
             }
             let it = &items[i];
-            let m = pl.run_item(&kn, deq_k, deq_v, it, &mut sc);
+            let m = pl.run_item(&kn, deq_k, deq_v, fused, it, &mut sc);
             if split {
                 let dvp = pl.dvp;
                 parts.push((
@@ -764,15 +864,19 @@ pub fn flash_attn_ext(
         // Combine the chunks of each item group in chunk order (deterministic).
         let dvp = pl.dvp;
         let mut rows = Vec::new();
-        for base in (0..n_items).step_by(pl.n_chunks) {
-            let it = &items[base];
+        for (i0, it) in items.iter().enumerate() {
+            if it.chunk != 0 {
+                continue;
+            }
             pl.vrows(it, &mut rows);
             let m_real = rows.len();
             let mut mf = vec![f32::NEG_INFINITY; m_real];
             let mut sf = vec![0f32; m_real];
             let mut of = vec![0f32; m_real * dvp];
             for c in 0..pl.n_chunks {
-                let p = parts[base + c].as_ref().expect("every chunk computed");
+                let p = parts[i0 + c * pl.n_groups]
+                    .as_ref()
+                    .expect("every chunk computed");
                 for m in 0..m_real {
                     if p.s[m] == 0.0 {
                         continue;

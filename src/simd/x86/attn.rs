@@ -474,3 +474,645 @@ pub unsafe fn qk_rows_avx2(q: *const f32, k: *const f32, s: *mut f32, mp: usize,
         }
     }
 }
+
+// ---------------------------------------------------------------- fused decode (quantized rows)
+//
+// The decode kernels below read K/V rows straight from the cache (f16, q8_0, q4_0) and
+// dequantize in registers, exactly as upstream's `to_float` does (`q·d`, `(q-8)·d`, exact f16),
+// so they compute bit for bit what `qk_rows_avx512` / `pv_tile_avx512` compute on dequantized
+// tiles, without writing the tiles to memory. Rows are addressed as `base + t·nb1` for the
+// tile offsets `t` in `active` (the caller checks every such row lies inside the buffer).
+
+/// Row formats of the fused kernels (const-generic parameter `F`).
+pub const FMT_F16: u8 = 0;
+pub const FMT_Q8_0: u8 = 1;
+pub const FMT_Q4_0: u8 = 2;
+
+/// Broadcast the f16 at `p` (a block scale) as f32, exactly.
+#[inline(always)]
+unsafe fn bcast_f16(p: *const u8) -> __m512 {
+    unsafe {
+        let h = (p as *const u16).read_unaligned();
+        _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+}
+
+/// Elements `32g .. 32g+32` of the row at `p` (exactly dequantized), as two vectors.
+#[inline(always)]
+unsafe fn load32<const F: u8>(p: *const u8, g: usize) -> (__m512, __m512) {
+    unsafe {
+        match F {
+            FMT_F16 => {
+                let a = _mm256_loadu_si256(p.add(64 * g) as *const __m256i);
+                let b = _mm256_loadu_si256(p.add(64 * g + 32) as *const __m256i);
+                (_mm512_cvtph_ps(a), _mm512_cvtph_ps(b))
+            }
+            FMT_Q8_0 => {
+                let bp = p.add(34 * g);
+                let d = bcast_f16(bp);
+                let a = _mm512_cvtepi8_epi32(_mm_loadu_si128(bp.add(2) as *const __m128i));
+                let b = _mm512_cvtepi8_epi32(_mm_loadu_si128(bp.add(18) as *const __m128i));
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(a), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(b), d),
+                )
+            }
+            _ => {
+                let bp = p.add(18 * g);
+                let d = bcast_f16(bp);
+                let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(bp.add(2) as *const __m128i));
+                let eight = _mm512_set1_epi32(8);
+                let lo = _mm512_sub_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x0f)), eight);
+                let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(x), eight);
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+                )
+            }
+        }
+    }
+}
+
+/// Elements `16c .. 16c+16` of an f16 row (the tail of head sizes ≡ 16 mod 32).
+#[inline(always)]
+unsafe fn load16_f16(p: *const u8, c: usize) -> __m512 {
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32 * c) as *const __m256i)) }
+}
+
+/// Hint the next rows of a stream into the caches (`lines` cache lines from `p`); `p` may
+/// point past the buffer (prefetches never fault; the address is only computed).
+#[inline(always)]
+unsafe fn prefetch_row(p: *const u8, lines: usize) {
+    unsafe {
+        for l in 0..lines {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
+        }
+    }
+}
+
+/// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (`mp % 4 == 0`), K rows of
+/// format `F` at `k + t·nb1`; `dk % 16 == 0` (`% 32` for quantized formats). Same summation
+/// order as [`qk_rows_avx512`] (16 lanes per (m, t) over the head dimension, then `hsum16`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn qk_fused_avx512<const F: u8>(
+    q: *const f32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    mp: usize,
+    dk: usize,
+    pf: usize,
+) {
+    unsafe {
+        let n32 = dk / 32;
+        let tail = dk % 32 != 0;
+        let rb = match F {
+            FMT_F16 => 2 * dk,
+            FMT_Q8_0 => dk / 32 * 34,
+            _ => dk / 32 * 18,
+        };
+        let lines = rb.div_ceil(64);
+        let na = active.len();
+        let mut buf = [0f32; 16];
+        let mut m = 0;
+        while m < mp {
+            let mut i = 0;
+            while i < na {
+                let ts = [
+                    active[i] as usize,
+                    active[(i + 1).min(na - 1)] as usize,
+                    active[(i + 2).min(na - 1)] as usize,
+                    active[(i + 3).min(na - 1)] as usize,
+                ];
+                let mut kp = [k; 4];
+                for j in 0..4 {
+                    kp[j] = k.add(ts[j] * nb1);
+                }
+                if m == 0 && pf != 0 {
+                    for p in kp {
+                        prefetch_row(p.wrapping_add(pf * nb1), lines);
+                    }
+                }
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for g in 0..n32 {
+                    let mut kv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); 4];
+                    for j in 0..4 {
+                        kv[j] = load32::<F>(kp[j], g);
+                    }
+                    for r in 0..4 {
+                        let qr = q.add((m + r) * dk + 32 * g);
+                        let q0 = _mm512_loadu_ps(qr);
+                        let q1 = _mm512_loadu_ps(qr.add(16));
+                        for j in 0..4 {
+                            acc[4 * r + j] = _mm512_fmadd_ps(q0, kv[j].0, acc[4 * r + j]);
+                        }
+                        for j in 0..4 {
+                            acc[4 * r + j] = _mm512_fmadd_ps(q1, kv[j].1, acc[4 * r + j]);
+                        }
+                    }
+                }
+                if tail {
+                    let mut kv = [_mm512_setzero_ps(); 4];
+                    for j in 0..4 {
+                        kv[j] = load16_f16(kp[j], 2 * n32);
+                    }
+                    for r in 0..4 {
+                        let q0 = _mm512_loadu_ps(q.add((m + r) * dk + 32 * n32));
+                        for j in 0..4 {
+                            acc[4 * r + j] = _mm512_fmadd_ps(q0, kv[j], acc[4 * r + j]);
+                        }
+                    }
+                }
+                _mm512_storeu_ps(buf.as_mut_ptr(), hsum16(&acc));
+                for r in 0..4 {
+                    for j in 0..4 {
+                        *s.add((m + r) * T + ts[j]) = buf[4 * r + j];
+                    }
+                }
+                i += 4;
+            }
+            m += 4;
+        }
+    }
+}
+
+/// Rows `m..m+R`, 32-column groups `g0..g0+NG` of `o += Σ_{t∈active} p[·][t] · v_t`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_fused_block<const F: u8, const R: usize, const NG: usize>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    g0: usize,
+    dvp: usize,
+    pf: usize,
+) {
+    unsafe {
+        let lines = match F {
+            FMT_F16 => 64 * NG * 2,
+            FMT_Q8_0 => 34 * NG,
+            _ => 18 * NG,
+        }
+        .div_ceil(64)
+            + 1;
+        let mut acc = [[[_mm512_setzero_ps(); 2]; NG]; R];
+        for r in 0..R {
+            for g in 0..NG {
+                for h in 0..2 {
+                    acc[r][g][h] = _mm512_loadu_ps(o.add((m + r) * dvp + 32 * (g0 + g) + 16 * h));
+                }
+            }
+        }
+        for &t in active {
+            let t = t as usize;
+            let vp = v.add(t * nb1);
+            if pf != 0 {
+                let gb = match F {
+                    FMT_F16 => 64 * g0,
+                    FMT_Q8_0 => 34 * g0,
+                    _ => 18 * g0,
+                };
+                prefetch_row(vp.wrapping_add(pf * nb1 + gb), lines);
+            }
+            let mut vv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); NG];
+            for g in 0..NG {
+                vv[g] = load32::<F>(vp, g0 + g);
+            }
+            for r in 0..R {
+                let b = _mm512_set1_ps(*p.add((m + r) * T + t));
+                for g in 0..NG {
+                    acc[r][g][0] = _mm512_fmadd_ps(b, vv[g].0, acc[r][g][0]);
+                    acc[r][g][1] = _mm512_fmadd_ps(b, vv[g].1, acc[r][g][1]);
+                }
+            }
+        }
+        for r in 0..R {
+            for g in 0..NG {
+                for h in 0..2 {
+                    _mm512_storeu_ps(o.add((m + r) * dvp + 32 * (g0 + g) + 16 * h), acc[r][g][h]);
+                }
+            }
+        }
+    }
+}
+
+/// The 16-column f16 tail (column chunk `c`) of rows `m..m+R`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_fused_tail16<const R: usize>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    c: usize,
+    dvp: usize,
+) {
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            acc[r] = _mm512_loadu_ps(o.add((m + r) * dvp + 16 * c));
+        }
+        for &t in active {
+            let t = t as usize;
+            let x = load16_f16(v.add(t * nb1), c);
+            for r in 0..R {
+                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*p.add((m + r) * T + t)), x, acc[r]);
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(o.add((m + r) * dvp + 16 * c), acc[r]);
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_fused_rows<const F: u8, const R: usize>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let n32 = dv / 32;
+        let mut g = 0;
+        let pf = if m == 0 { pf } else { 0 };
+        while g + 2 <= n32 {
+            pv_fused_block::<F, R, 2>(p, v, nb1, active, o, m, g, dvp, pf);
+            g += 2;
+        }
+        if g < n32 {
+            pv_fused_block::<F, R, 1>(p, v, nb1, active, o, m, g, dvp, pf);
+        }
+        if dv % 32 != 0 {
+            pv_fused_tail16::<R>(p, v, nb1, active, o, m, 2 * n32, dvp);
+        }
+    }
+}
+
+/// `o[m][:dv] += Σ_{t∈active} p[m][t] · v_t` for `m < mr` (any `mr ≥ 1`), V rows of format `F`
+/// at `v + t·nb1`; `dv % 16 == 0` (`% 32` for quantized formats). Same order as
+/// [`pv_tile_avx512`] (per output element, FMAs in `active` order).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_fused_avx512<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let mut m = 0;
+        while m + 4 <= mr {
+            pv_fused_rows::<F, 4>(p, v, nb1, active, o, m, dvp, dv, pf);
+            m += 4;
+        }
+        match mr - m {
+            3 => pv_fused_rows::<F, 3>(p, v, nb1, active, o, m, dvp, dv, pf),
+            2 => pv_fused_rows::<F, 2>(p, v, nb1, active, o, m, dvp, dv, pf),
+            1 => pv_fused_rows::<F, 1>(p, v, nb1, active, o, m, dvp, dv, pf),
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------- int8 decode K (VNNI)
+//
+// q8_0/q4_0 K against Q quantized to q8_0 (as upstream converts Q to K's `vec_dot_type`):
+// 16 K rows at a time, transposed at 4-byte granularity so that lane j of every vector is
+// row j; `vpdpbusd` (K as unsigned bytes: q4_0 nibbles, q8_0 bytes ^ 0x80) against a
+// broadcast 4-byte group of a Q row accumulates 16 row dot products at once, with no
+// horizontal sums. Per 32-element block: `acc_int - off·Σq` is the exact integer block dot
+// (off = 8 for q4_0 nibbles, 128 for the q8_0 bias), then `s = fma(float(dot), dk·dq, s)`.
+
+/// Rows `p[j] + off` (16 bytes each) → `out[c]`, lane j = dword c of row j.
+#[inline(always)]
+unsafe fn transpose16x4(p: &[*const u8; 16], off: usize) -> [__m512i; 4] {
+    unsafe {
+        let mut z = [_mm512_setzero_si512(); 4];
+        for (k, zk) in z.iter_mut().enumerate() {
+            let mut v = _mm512_castsi128_si512(_mm_loadu_si128(p[k].add(off) as *const __m128i));
+            v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(p[k + 4].add(off) as *const __m128i));
+            v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(p[k + 8].add(off) as *const __m128i));
+            v = _mm512_inserti32x4::<3>(v, _mm_loadu_si128(p[k + 12].add(off) as *const __m128i));
+            *zk = v;
+        }
+        // within each 128-bit lane L, z[k] holds row 4L+k: a 4×4 dword transpose per lane
+        let t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+        let t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+        let t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+        let t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+        [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ]
+    }
+}
+
+/// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr`, K rows (q8_0 or q4_0, `dk % 32 == 0`) at
+/// `k + t·nb1`. `q8` `[mr][dk]` Q quantized to q8_0 (the quants, natural order), `qd`
+/// `[mr][dk/32]` its block scales, `qc` `[mr][dk/32]` = off·Σ(quants of the block). Row byte
+/// offsets `t·nb1` (+ block offsets) must fit in i32 (the caller checks).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qk_i8_avx512<const F: u8>(
+    q8: *const i8,
+    qd: *const f32,
+    qc: *const i32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    mr: usize,
+    dk: usize,
+    pf: usize,
+) {
+    unsafe {
+        let nb = dk / 32;
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let lines = (nb * bs).div_ceil(64);
+        let m4 = _mm512_set1_epi8(0x0f);
+        let bias = _mm512_set1_epi8(-128);
+        let na = active.len();
+        let mut sacc = [_mm512_setzero_ps(); 16];
+        let mut buf = [0f32; 16];
+        let mut i = 0;
+        while i < na {
+            let n = (na - i).min(16);
+            let mut ts = [0usize; 16];
+            for (j, t) in ts.iter_mut().enumerate() {
+                *t = active[i + j.min(n - 1)] as usize;
+            }
+            let contiguous = ts[n - 1] - ts[0] == n - 1;
+            let mut rp = [k; 16];
+            for j in 0..16 {
+                rp[j] = k.add(ts[j] * nb1);
+            }
+            if pf != 0 {
+                for p in rp.iter().take(n) {
+                    prefetch_row(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            let mut idx = [0i32; 16];
+            for j in 0..16 {
+                idx[j] = (ts[j] * nb1) as i32;
+            }
+            let idx = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
+            for m in sacc.iter_mut().take(mr) {
+                *m = _mm512_setzero_ps();
+            }
+            for b in 0..nb {
+                let kc: [__m512i; 8] = if F == FMT_Q8_0 {
+                    let lo = transpose16x4(&rp, 34 * b + 2);
+                    let hi = transpose16x4(&rp, 34 * b + 18);
+                    [
+                        _mm512_xor_si512(lo[0], bias),
+                        _mm512_xor_si512(lo[1], bias),
+                        _mm512_xor_si512(lo[2], bias),
+                        _mm512_xor_si512(lo[3], bias),
+                        _mm512_xor_si512(hi[0], bias),
+                        _mm512_xor_si512(hi[1], bias),
+                        _mm512_xor_si512(hi[2], bias),
+                        _mm512_xor_si512(hi[3], bias),
+                    ]
+                } else {
+                    let x = transpose16x4(&rp, 18 * b + 2);
+                    [
+                        _mm512_and_si512(x[0], m4),
+                        _mm512_and_si512(x[1], m4),
+                        _mm512_and_si512(x[2], m4),
+                        _mm512_and_si512(x[3], m4),
+                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[0]), m4),
+                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[1]), m4),
+                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[2]), m4),
+                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[3]), m4),
+                    ]
+                };
+                let boff = _mm512_set1_epi32((bs * b) as i32);
+                let dh = _mm512_i32gather_epi32::<1>(_mm512_add_epi32(idx, boff), k as *const i32);
+                let dkv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+                for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
+                    let qr = q8.add(m * dk + 32 * b) as *const i32;
+                    let mut acc = _mm512_setzero_si512();
+                    for (c, kcc) in kc.iter().enumerate() {
+                        acc = _mm512_dpbusd_epi32(
+                            acc,
+                            *kcc,
+                            _mm512_set1_epi32(qr.add(c).read_unaligned()),
+                        );
+                    }
+                    let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(*qc.add(m * nb + b)));
+                    let sc = _mm512_mul_ps(dkv, _mm512_set1_ps(*qd.add(m * nb + b)));
+                    *sm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, *sm);
+                }
+            }
+            for (m, sm) in sacc.iter().enumerate().take(mr) {
+                let row = s.add(m * T);
+                if contiguous {
+                    let km: __mmask16 = ((1u32 << n) - 1) as u16;
+                    _mm512_mask_storeu_ps(row.add(ts[0]), km, *sm);
+                } else {
+                    _mm512_storeu_ps(buf.as_mut_ptr(), *sm);
+                    for j in 0..n {
+                        *row.add(ts[j]) = buf[j];
+                    }
+                }
+            }
+            i += n;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- quantized decode V
+//
+// q8_0/q4_0 V with the block scale folded into the weights: `w = p·d` for every (row, block,
+// query row), computed 16 rows at a time; then `o += w · q` with the integer values `q`
+// converted to float in registers (q4_0: `vpermps` from the table -8..7, no scaling).
+
+/// The floats -8..7 (q4_0 nibble → value).
+const Q4_TABLE: [f32; 16] = [
+    -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
+];
+
+/// Integer values of block `g` of a q8_0/q4_0 row as floats (2 × 16).
+#[inline(always)]
+unsafe fn qvals32<const F: u8>(p: *const u8, g: usize, tab: __m512) -> (__m512, __m512) {
+    unsafe {
+        if F == FMT_Q8_0 {
+            let bp = p.add(34 * g + 2);
+            let a = _mm512_cvtepi8_epi32(_mm_loadu_si128(bp as *const __m128i));
+            let b = _mm512_cvtepi8_epi32(_mm_loadu_si128(bp.add(16) as *const __m128i));
+            (_mm512_cvtepi32_ps(a), _mm512_cvtepi32_ps(b))
+        } else {
+            let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(18 * g + 2) as *const __m128i));
+            (
+                _mm512_permutexvar_ps(x, tab),
+                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(x), tab),
+            )
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_block<const F: u8, const R: usize, const NG: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g0: usize,
+    dvp: usize,
+    pf: usize,
+) {
+    unsafe {
+        let tab = _mm512_loadu_ps(Q4_TABLE.as_ptr());
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let lines = (bs * NG).div_ceil(64) + 1;
+        let mut acc = [[[_mm512_setzero_ps(); 2]; NG]; R];
+        for r in 0..R {
+            for g in 0..NG {
+                for h in 0..2 {
+                    acc[r][g][h] = _mm512_loadu_ps(o.add((m + r) * dvp + 32 * (g0 + g) + 16 * h));
+                }
+            }
+        }
+        for (i, &t) in active.iter().enumerate() {
+            let vp = v.add(t as usize * nb1);
+            if pf != 0 {
+                prefetch_row(vp.wrapping_add(pf * nb1 + bs * g0), lines);
+            }
+            let mut vv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); NG];
+            for g in 0..NG {
+                vv[g] = qvals32::<F>(vp, g0 + g, tab);
+            }
+            for r in 0..R {
+                for g in 0..NG {
+                    let b = _mm512_set1_ps(*w.add(((g0 + g) * mr + m + r) * T + i));
+                    acc[r][g][0] = _mm512_fmadd_ps(b, vv[g].0, acc[r][g][0]);
+                    acc[r][g][1] = _mm512_fmadd_ps(b, vv[g].1, acc[r][g][1]);
+                }
+            }
+        }
+        for r in 0..R {
+            for g in 0..NG {
+                for h in 0..2 {
+                    _mm512_storeu_ps(o.add((m + r) * dvp + 32 * (g0 + g) + 16 * h), acc[r][g][h]);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_rows<const F: u8, const R: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    dvp: usize,
+    nb: usize,
+    pf: usize,
+) {
+    unsafe {
+        let pf = if m == 0 { pf } else { 0 };
+        let mut g = 0;
+        while g + 2 <= nb {
+            pv_q_block::<F, R, 2>(w, v, nb1, active, o, m, mr, g, dvp, pf);
+            g += 2;
+        }
+        if g < nb {
+            pv_q_block::<F, R, 1>(w, v, nb1, active, o, m, mr, g, dvp, pf);
+        }
+    }
+}
+
+/// `o[m][:dv] += Σ_i p[m][t_i] · d_{t_i,b} · q_{t_i}[:]` for `t_i = active[i]`, `m < mr` (≤ 16),
+/// V rows q8_0/q4_0 (`dv % 32 == 0`) at `v + t·nb1`; the weights `p·d` are formed in `w`
+/// (`[dv/32][mr][64]` floats of scratch). Row byte offsets must fit in i32 (caller checks).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_q_avx512<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    w: *mut f32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let nb = dv / 32;
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let na = active.len();
+        // weights, 16 rows at a time
+        let mut i = 0;
+        while i < na {
+            let n = (na - i).min(16);
+            let mut idx = [0i32; 16];
+            let mut tsi = [0i32; 16];
+            for j in 0..16 {
+                let t = active[i + j.min(n - 1)] as usize;
+                tsi[j] = t as i32;
+                idx[j] = (t * nb1) as i32;
+            }
+            let contiguous = tsi[n - 1] - tsi[0] == n as i32 - 1;
+            let idx = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
+            let tsv = _mm512_loadu_si512(tsi.as_ptr() as *const __m512i);
+            let km: __mmask16 = ((1u32 << n) - 1) as u16;
+            for b in 0..nb {
+                let boff = _mm512_set1_epi32((bs * b) as i32);
+                let dh = _mm512_i32gather_epi32::<1>(_mm512_add_epi32(idx, boff), v as *const i32);
+                let dvv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+                for m in 0..mr {
+                    let prow = p.add(m * T);
+                    let pv = if contiguous {
+                        _mm512_maskz_loadu_ps(km, prow.add(tsi[0] as usize))
+                    } else {
+                        _mm512_i32gather_ps::<4>(tsv, prow)
+                    };
+                    _mm512_mask_storeu_ps(w.add((b * mr + m) * T + i), km, _mm512_mul_ps(pv, dvv));
+                }
+            }
+            i += n;
+        }
+        let mut m = 0;
+        while m + 4 <= mr {
+            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, dvp, nb, pf);
+            m += 4;
+        }
+        match mr - m {
+            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            _ => {}
+        }
+    }
+}
