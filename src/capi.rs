@@ -127,6 +127,16 @@ fn count(n: i64) -> R<usize> {
     usize::try_from(n).map_err(|_| ATTNROT_E_LENGTH)
 }
 
+/// A count of floats that one row holds: its byte size must be a possible object size
+/// (so a row of `i64::MAX` floats is a bad length even when there are no rows).
+fn f32_count(n: i64) -> R<usize> {
+    let n = count(n)?;
+    if n > isize::MAX as usize / 4 {
+        return Err(ATTNROT_E_LENGTH);
+    }
+    Ok(n)
+}
+
 /// Checked product of counts.
 fn mul(a: usize, b: usize) -> R<usize> {
     a.checked_mul(b).ok_or(ATTNROT_E_LENGTH)
@@ -333,7 +343,7 @@ fn quantize_impl(
 ) -> attnrot_status {
     guard(|| {
         let ops = ops_of(type_)?;
-        let (rows, per) = (count(n_rows)?, count(n_per_row)?);
+        let (rows, per) = (count(n_rows)?, f32_count(n_per_row)?);
         let row_bytes = ops.ty.row_bytes(per).map_err(status_of)?;
         let n = mul(rows, per)?;
         let xr = region(x.cast(), mul(n, 4)?, 4)?;
@@ -348,6 +358,9 @@ fn quantize_impl(
         no_overlap(xr, yr)?;
         // SAFETY: regions checked above; the caller vouches for the memory.
         let (xs, ys) = unsafe { (slice(x, n), slice_mut(y.cast::<u8>(), need)) };
+        if n == 0 {
+            return Ok(()); // nothing to do (and no loop over 2^62 empty rows)
+        }
         for r in 0..rows {
             let xrow = &xs[r * per..(r + 1) * per];
             let yrow = &mut ys[r * row_bytes..(r + 1) * row_bytes];
@@ -403,7 +416,7 @@ pub unsafe extern "C" fn attnrot_dequantize_rows(
 ) -> attnrot_status {
     guard(|| {
         let ops = ops_of(type_)?;
-        let (rows, per) = (count(n_rows)?, count(n_per_row)?);
+        let (rows, per) = (count(n_rows)?, f32_count(n_per_row)?);
         let row_bytes = ops.ty.row_bytes(per).map_err(status_of)?;
         let need = mul(rows, row_bytes)?;
         if x.is_null() {
@@ -418,6 +431,9 @@ pub unsafe extern "C" fn attnrot_dequantize_rows(
         no_overlap(xr, yr)?;
         // SAFETY: regions checked above.
         let (xs, ys) = unsafe { (slice(x.cast::<u8>(), need), slice_mut(y, n)) };
+        if n == 0 {
+            return Ok(()); // nothing to do (and no loop over 2^62 empty rows)
+        }
         for r in 0..rows {
             ops.dequantize_row(
                 &xs[r * row_bytes..(r + 1) * row_bytes],
@@ -490,7 +506,7 @@ pub unsafe extern "C" fn attnrot_rotate_rows(
     n: i64,
 ) -> attnrot_status {
     guard(|| {
-        let (rows, len, n) = (count(n_rows)?, count(row_len)?, count(n)?);
+        let (rows, len, n) = (count(n_rows)?, f32_count(row_len)?, count(n)?);
         if n == 0 || !n.is_power_of_two() || n > crate::rotate::MAX_N || len % n != 0 {
             return Err(ATTNROT_E_LENGTH);
         }
@@ -618,6 +634,8 @@ pub unsafe extern "C" fn attnrot_attention(
         if dk == 0 || dv == 0 {
             return Err(ATTNROT_E_LENGTH);
         }
+        f32_count(p.head_dim_k)?;
+        f32_count(p.head_dim_v)?;
         let k_row = kt.row_bytes(dk).map_err(status_of)?;
         let v_row = vt.row_bytes(dv).map_err(status_of)?;
         let k_need = mul(mul(nhkv, nkv)?, k_row)?;
@@ -647,6 +665,9 @@ pub unsafe extern "C" fn attnrot_attention(
         };
         for r in [Some(qr), Some(kr), Some(vr), mr, sr].into_iter().flatten() {
             no_overlap(or, r)?;
+        }
+        if n_out == 0 {
+            return Ok(()); // no query rows or no heads: nothing to compute or write
         }
         use crate::attn::{self, Params, Precision, Tensor, TensorMut};
         // SAFETY: every region was checked above (non-null, aligned, sized, `out` disjoint

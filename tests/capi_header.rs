@@ -431,6 +431,23 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// `ATTNROT_SANITIZE=1` (scripts/sanitize.sh): build the C/C++ programs with AddressSanitizer
+/// and UndefinedBehaviorSanitizer, aborting on the first report.
+fn sanitize_flags() -> Vec<&'static str> {
+    if std::env::var("ATTNROT_SANITIZE")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
+        vec![
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]
+    } else {
+        vec![]
+    }
+}
+
 fn compiler(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_string())
 }
@@ -454,6 +471,7 @@ fn build_check(lang: &str, link_static: bool) -> PathBuf {
         c
     };
     cmd.args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g"])
+        .args(sanitize_flags())
         .arg("-I")
         .arg(root().join("ffi"))
         .arg(root().join("ffi/tests/api_check.c"))

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target `capi_queries`: see fuzz/src/bodies.rs.
+#[path = "../src/bodies.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::capi_queries(data));
