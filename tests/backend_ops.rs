@@ -120,6 +120,8 @@ enum Status {
     Ok,
     Fail,
     NotSupported,
+    /// `support` mode: claimed, not run.
+    Supported,
 }
 
 #[derive(Debug, Default)]
@@ -199,7 +201,11 @@ fn parse(stdout: &str, device: &str) -> Report {
             };
             let vars = t[open + 1..close].to_string();
             let st = t[close + 3..].trim();
-            let status = if st.starts_with("not supported") {
+            let status = if st.starts_with("not supported") || st == "NOT SUPPORTED" {
+                Status::NotSupported
+            } else if st == "SUPPORTED" {
+                Status::Supported
+            } else if st.starts_with("not supported") {
                 Status::NotSupported
             } else if st.ends_with("OK") {
                 Status::Ok
@@ -264,6 +270,43 @@ fn var<'a>(vars: &'a str, key: &str) -> Option<&'a str> {
         }
     }
     None
+}
+
+/// `test-backend-ops support -b AttnRot -o <op>`: which of all the op's cases we claim (no
+/// computation). Returns (claimed, total) and checks the claim rule on every case.
+fn support_ops(op: &str, must_claim: &dyn Fn(&str) -> bool) -> (usize, usize) {
+    let so = cdylib();
+    let bin = upstream_bin();
+    let out = Command::new(bin.join("test-backend-ops"))
+        .args(["support", "-b", "AttnRot", "-o", op])
+        .env("GGML_BACKEND_PATH", &so)
+        .current_dir(&bin)
+        .output()
+        .expect("run test-backend-ops support");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r = parse(&stdout, "AttnRot");
+    assert!(
+        r.device_loaded,
+        "AttnRot not loaded:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = r.cases.len();
+    let claimed = r
+        .cases
+        .iter()
+        .filter(|c| c.status == Status::Supported)
+        .count();
+    let refused: Vec<&Case> = r
+        .cases
+        .iter()
+        .filter(|c| c.status == Status::NotSupported && must_claim(&c.vars))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{op} cases we implement were refused: {refused:#?}"
+    );
+    eprintln!("test-backend-ops support -o {op}: AttnRot claims {claimed} of {total} cases");
+    (claimed, total)
 }
 
 /// Run `test-backend-ops test -b AttnRot -o <op> [-p <filter>]`, check it, print counts.
@@ -354,6 +397,15 @@ fn run_ops(op: &str, params: Option<&str>, must_claim: impl Fn(&str) -> bool) {
 
 #[test]
 fn test_backend_ops_set_rows() {
+    let (claimed, _) = support_ops("SET_ROWS", &|vars| {
+        let ours: Vec<&str> = attnrot::ggml::ops::SET_ROWS_TYPES
+            .iter()
+            .map(|t| t.name())
+            .collect();
+        ours.contains(&var(vars, "type_dst").unwrap_or(""))
+            && matches!(var(vars, "type_src"), Some("f32" | "f16"))
+    });
+    assert!(claimed > 0);
     let ours: Vec<&str> = attnrot::ggml::ops::SET_ROWS_TYPES
         .iter()
         .map(|t| t.name())
@@ -363,4 +415,48 @@ fn test_backend_ops_set_rows() {
         let src = var(vars, "type_src").unwrap_or("");
         ours.contains(&dst) && (src == "f32" || src == "f16")
     });
+}
+
+#[test]
+fn test_backend_ops_mul_mat_hadamard() {
+    // Every hinted product upstream tests is a power-of-two size we rotate.
+    let (claimed, total) = support_ops("MUL_MAT_HADAMARD", &|_| true);
+    assert_eq!(claimed, total);
+    // The 16384/8192 cases take ~35 s on the CPU reference (a dense product): ATTNROT_OPS_ALL=1.
+    let filter = (!all()).then_some("m=(32|64|128|256|512|1024|2048),");
+    run_ops("MUL_MAT_HADAMARD", filter, |_| true);
+    // Plain MUL_MAT stays on the CPU backend.
+    let (claimed, total) = support_ops("MUL_MAT", &|_| false);
+    assert!(total > 0);
+    assert_eq!(claimed, 0, "AttnRot must not claim un-hinted MUL_MAT");
+}
+
+fn fa_must_claim(vars: &str) -> bool {
+    let ours: Vec<&str> = attnrot::ggml::ops::FLASH_ATTN_KV_TYPES
+        .iter()
+        .map(|t| t.name())
+        .collect();
+    let k = var(vars, "type_K").unwrap_or("");
+    let v = var(vars, "type_V").unwrap_or("");
+    ours.contains(&k) && ours.contains(&v)
+}
+
+/// `ATTNROT_OPS_ALL=1`: run every case of every op (several minutes on 2 cores).
+fn all() -> bool {
+    std::env::var_os("ATTNROT_OPS_ALL").is_some_and(|v| v != "0")
+}
+
+/// All FLASH_ATTN_EXT cases in support mode (which we claim: 5,300 of 5,308), then a computed
+/// subset of ~330 cases (~25 s): SmolLM2's shape (head size 64, GQA 4:1) at kv=512 with one,
+/// three and 75 query rows in every K/V type pair upstream lists, plus upstream's hand-picked
+/// odd head sizes (65/67/72), mixed K/V types, sinks, ALiBi and softcap cases.
+/// `ATTNROT_OPS_ALL=1` computes all of them (~390 s of CPU reference alone).
+#[test]
+fn test_backend_ops_flash_attn_ext() {
+    let (claimed, total) = support_ops("FLASH_ATTN_EXT", &fa_must_claim);
+    assert!(claimed > 0 && total > claimed / 2);
+    let filter = (!all()).then_some(
+        r"^hsk=64,hsv=64,nh=4,nr23=\[4,1\],kv=512,nb=(1|3|75),|^hsk=(72|65|64),hsv=(64|67|72),nh=4,nr23=\[1,1\],kv=(256|113|17|128|96),nb=(2|75),",
+    );
+    run_ops("FLASH_ATTN_EXT", filter, fa_must_claim);
 }

@@ -107,7 +107,7 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
         || match init_global() {
             Ok(g) => {
                 host::log_info(&format!(
-                "backend {} registered (host ggml {} commit {}, backend API {}; claims: SET_ROWS into {})",
+                "backend {} registered (host ggml {} commit {}, backend API {}; claims: SET_ROWS into {}, MUL_MAT with the Hadamard hint, FLASH_ATTN_EXT)",
                 NAME.to_string_lossy(),
                 g.host.version,
                 g.host.commit,
@@ -386,7 +386,7 @@ unsafe extern "C" fn set_n_threads(b: sys::ggml_backend_t, n: c_int) {
 }
 
 unsafe extern "C" fn backend_graph_compute(
-    _b: sys::ggml_backend_t,
+    b: sys::ggml_backend_t,
     g: *mut sys::ggml_cgraph,
 ) -> sys::ggml_status {
     guard("graph_compute", sys::ggml_status_GGML_STATUS_FAILED, || {
@@ -396,15 +396,21 @@ unsafe extern "C" fn backend_graph_compute(
         if g.is_null() {
             return sys::ggml_status_GGML_STATUS_FAILED;
         }
-        // SAFETY: ggml passes a valid graph whose nodes' data lives in host buffers (we accept
-        // only host buffer types).
+        // SAFETY: ggml passes our backend and a valid graph whose nodes' data lives in host
+        // buffers (we accept only host buffer types).
         unsafe {
+            let n_threads = match b.is_null() || (*b).context.is_null() {
+                true => 1,
+                false => (*((*b).context as *const BackendCtx))
+                    .n_threads
+                    .load(Ordering::Relaxed),
+            };
             for i in 0..gl.host.n_nodes(g) {
                 let node = gl.host.node(g, i);
                 if node.is_null() {
                     continue;
                 }
-                if let Err(e) = ops::compute(node) {
+                if let Err(e) = ops::compute(node, n_threads) {
                     host::log_error(&format!("graph_compute: {e}"));
                     return sys::ggml_status_GGML_STATUS_FAILED;
                 }
