@@ -418,6 +418,23 @@ impl Kernels {
         }
     }
 
+    /// `kt[d][t] = k[t][d]` for the `[TILE_KV][dk]` tile `k` (the prefill K tile).
+    pub fn transpose(&self, k: &[f32], kt: &mut [f32], dk: usize) {
+        assert!(k.len() >= TILE_KV * dk && kt.len() >= TILE_KV * dk);
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 {
+            // SAFETY: sizes asserted above; the ISA was checked by `simd` when chosen.
+            return unsafe {
+                crate::simd::x86::attn::transpose_tile_avx512(k.as_ptr(), kt.as_mut_ptr(), dk)
+            };
+        }
+        for (t, row) in k.chunks_exact(dk).take(TILE_KV).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                kt[d * TILE_KV + t] = x;
+            }
+        }
+    }
+
     /// `o[m][:] += Σ_{t in active} p[m][t] · vt[t][:]` for `m < mp` (`mp` a multiple of 4,
     /// `dvp` a multiple of 16).
     pub fn pv(&self, p: &[f32], vt: &[f32], o: &mut [f32], mp: usize, dvp: usize, active: &[u8]) {
@@ -765,6 +782,23 @@ mod tests {
                                 "{ty} d={d} mr={mr} i={i}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_tile() {
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            for dk in [1usize, 8, 16, 40, 64, 72, 128, 576] {
+                let k: Vec<f32> = (0..TILE_KV * dk).map(|i| i as f32).collect();
+                let mut kt = vec![f32::NAN; TILE_KV * dk];
+                kn.transpose(&k, &mut kt, dk);
+                for t in 0..TILE_KV {
+                    for d in 0..dk {
+                        assert_eq!(kt[d * TILE_KV + t], k[t * dk + d], "{isa:?} dk={dk}");
                     }
                 }
             }

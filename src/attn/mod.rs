@@ -27,7 +27,6 @@
 //! whose partial results are combined in chunk order. The split depends on shapes only,
 //! never on the thread count, so the result is bit-identical for any `n_threads`.
 use crate::error::{Error, Result};
-use crate::quant::fp16::f16_to_f32;
 use crate::simd;
 use crate::types::GgmlType;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -441,7 +440,7 @@ struct Scratch {
     mv: Vec<f32>,
     mrow: Vec<f32>,
     srow: Vec<f32>,
-    tmp: Vec<f32>,
+    kr: Vec<f32>,
     rows: Vec<VRow>,
     /// Q quantized for the int8 decode K kernel: quants, block scales, offset sums.
     q8: Vec<i8>,
@@ -476,10 +475,6 @@ fn read_f32(b: &[u8], off: usize) -> f32 {
     f32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn read_f16(b: &[u8], off: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[off], b[off + 1]]))
-}
-
 impl Plan<'_> {
     fn vrows(&self, it: &Item, out: &mut Vec<VRow>) {
         out.clear();
@@ -511,7 +506,7 @@ impl Plan<'_> {
             mv: vec![0.0; mmax * TILE_KV],
             mrow: vec![0.0; mmax],
             srow: vec![0.0; mmax],
-            tmp: vec![0.0; self.dk.max(self.dv)],
+            kr: vec![0.0; TILE_KV * self.dk],
             rows: Vec::with_capacity(mmax),
             q8: vec![0; mmax * self.dk],
             qd: vec![0.0; mmax * self.dk.div_ceil(32)],
@@ -561,6 +556,7 @@ impl Plan<'_> {
         let krow_bytes = self.k.ty.row_bytes(dk).unwrap_or(0);
         let vrow_bytes = self.v.ty.row_bytes(self.dv).unwrap_or(0);
 
+        let deq_f16 = deq::select(GgmlType::F16).expect("f16 is a K/V type");
         let c0 = it.chunk * self.chunk;
         let c1 = (c0 + self.chunk).min(self.n_kv);
         let mut active: Vec<u8> = Vec::with_capacity(TILE_KV);
@@ -571,13 +567,26 @@ impl Plan<'_> {
             active.clear();
             let mut col_live = [false; TILE_KV];
             for (m, vr) in rows.iter().enumerate() {
-                let mv = &mut sc.mv[m * TILE_KV..(m + 1) * TILE_KV];
+                let (done, rest) = sc.mv.split_at_mut(m * TILE_KV);
+                let mv = &mut rest[..TILE_KV];
                 match (vr.mask_off, self.mask.as_ref()) {
                     (Some(off), Some(mk)) => {
-                        for t in 0..tl {
-                            let v = vr.slope * read_f16(mk.data, off + 2 * (t0 + t));
-                            mv[t] = v;
-                            col_live[t] |= v != f32::NEG_INFINITY;
+                        // rows reading the same mask row with the same slope (the heads of a
+                        // GQA group under a broadcast mask) share the values
+                        let same = m.checked_sub(1).filter(|&p| {
+                            rows[p].mask_off == vr.mask_off
+                                && rows[p].slope.to_bits() == vr.slope.to_bits()
+                        });
+                        if let Some(p) = same {
+                            mv.copy_from_slice(&done[p * TILE_KV..(p + 1) * TILE_KV]);
+                            continue;
+                        }
+                        let src = off + 2 * t0;
+                        deq_f16(&mk.data[src..src + 2 * tl], &mut mv[..tl]);
+                        for (x, live) in mv[..tl].iter_mut().zip(col_live.iter_mut()) {
+                            let v = vr.slope * *x;
+                            *x = v;
+                            *live |= v != f32::NEG_INFINITY;
                         }
                     }
                     _ => {
@@ -638,16 +647,17 @@ impl Plan<'_> {
                 }
                 kn.qk_rows(&sc.q, &sc.kt, &mut sc.s, mp, dk);
             } else {
-                // K tile, transposed, for the outer-product tile GEMM
+                // K tile, transposed, for the outer-product tile GEMM (rows of inactive
+                // columns keep stale values: their scores are -inf whatever they hold)
                 for &t in &active {
                     let t = t as usize;
                     let off = kbase + (t0 + t) * self.k.nb[1];
-                    let tmp = &mut sc.tmp[..dk];
-                    deq_k(&self.k.data[off..off + krow_bytes], tmp);
-                    for (d, &x) in tmp.iter().enumerate() {
-                        sc.kt[d * TILE_KV + t] = x;
-                    }
+                    deq_k(
+                        &self.k.data[off..off + krow_bytes],
+                        &mut sc.kr[t * dk..(t + 1) * dk],
+                    );
                 }
+                kn.transpose(&sc.kr, &mut sc.kt, dk);
                 kn.qk(&sc.q, &sc.kt, &mut sc.s, mp, dk);
             }
             // online softmax

@@ -1116,3 +1116,62 @@ pub unsafe fn pv_q_avx512<const F: u8>(
         }
     }
 }
+
+// ---------------------------------------------------------------- K tile transpose (prefill)
+
+/// `dst[d][t] = src[t][d]` for `t < 64`, `d < dk`: `src` `[64][dk]`, `dst` `[dk][64]`,
+/// 16×16 blocks in registers (the `dk % 16` last dimensions element by element).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn transpose_tile_avx512(src: *const f32, dst: *mut f32, dk: usize) {
+    unsafe {
+        let nd = dk / 16;
+        for tb in 0..T / 16 {
+            for db in 0..nd {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm512_loadu_ps(src.add((16 * tb + i) * dk + 16 * db));
+                }
+                // u[k][c], 128-bit lane L: column 4L+c of rows 4k..4k+3
+                let mut u = [[_mm512_setzero_ps(); 4]; 4];
+                for k in 0..4 {
+                    let t0 = _mm512_unpacklo_ps(r[4 * k], r[4 * k + 1]);
+                    let t1 = _mm512_unpackhi_ps(r[4 * k], r[4 * k + 1]);
+                    let t2 = _mm512_unpacklo_ps(r[4 * k + 2], r[4 * k + 3]);
+                    let t3 = _mm512_unpackhi_ps(r[4 * k + 2], r[4 * k + 3]);
+                    let (t0, t1, t2, t3) = (
+                        _mm512_castps_pd(t0),
+                        _mm512_castps_pd(t1),
+                        _mm512_castps_pd(t2),
+                        _mm512_castps_pd(t3),
+                    );
+                    u[k][0] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+                    u[k][1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+                    u[k][2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+                    u[k][3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+                }
+                for c in 0..4 {
+                    // 4×4 transpose of 128-bit lanes: out[4L+c] lane k = u[k][c] lane L
+                    let v0 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[0][c], u[1][c]);
+                    let v1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[0][c], u[1][c]);
+                    let v2 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[2][c], u[3][c]);
+                    let v3 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[2][c], u[3][c]);
+                    let o = [
+                        _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, v2),
+                        _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, v3),
+                        _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, v2),
+                        _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, v3),
+                    ];
+                    for (l, ol) in o.iter().enumerate() {
+                        let d = 16 * db + 4 * l + c;
+                        _mm512_storeu_ps(dst.add(d * T + 16 * tb), *ol);
+                    }
+                }
+            }
+        }
+        for d in 16 * nd..dk {
+            for t in 0..T {
+                *dst.add(d * T + t) = *src.add(t * dk + d);
+            }
+        }
+    }
+}
