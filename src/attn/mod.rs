@@ -36,6 +36,17 @@ mod kernel;
 
 use kernel::{Fused, Kernels, TILE_KV};
 
+/// 0, 1, …, TILE_KV - 1 (the active columns of a tile without masked columns).
+const IOTA: [u8; TILE_KV] = {
+    let mut a = [0u8; TILE_KV];
+    let mut i = 0;
+    while i < TILE_KV {
+        a[i] = i as u8;
+        i += 1;
+    }
+    a
+};
+
 /// KV rows per chunk of the split-KV (flash-decoding) path.
 pub const SPLIT_CHUNK: usize = 512;
 /// Target number of virtual rows (query rows × heads of a GQA group) per work item.
@@ -596,9 +607,13 @@ impl Plan<'_> {
                 }
                 mv[tl..].fill(f32::NEG_INFINITY);
             }
-            for (t, &l) in col_live.iter().enumerate() {
-                if l {
-                    active.push(t as u8);
+            if col_live[..tl].iter().all(|&l| l) {
+                active.extend_from_slice(&IOTA[..tl]);
+            } else {
+                for (t, &l) in col_live.iter().enumerate() {
+                    if l {
+                        active.push(t as u8);
+                    }
                 }
             }
             if active.is_empty() {
