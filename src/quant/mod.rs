@@ -93,13 +93,19 @@ pub fn as_blocks_mut<B: BlockFormat>(bytes: &mut [u8]) -> Result<&mut [B]> {
 /// View blocks as bytes.
 pub fn block_bytes<B: BlockFormat>(blocks: &[B]) -> &[u8] {
     // SAFETY: no padding, alignment 1.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks)) }
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+    }
 }
 
 fn check_row<B: BlockFormat>(n: usize, bytes: usize) -> Result<usize> {
     let need = B::TYPE.row_bytes(n)?;
     if bytes < need {
-        return Err(Error::BufferTooSmall { what: "row", need, have: bytes });
+        return Err(Error::BufferTooSmall {
+            what: "row",
+            need,
+            have: bytes,
+        });
     }
     Ok(need)
 }
@@ -111,7 +117,14 @@ pub struct FormatOps {
     quantize: fn(&[f32], &mut [u8]) -> Result<()>,
     quantize_ref: fn(&[f32], &mut [u8]) -> Result<()>,
     dequantize: fn(&[u8], &mut [f32]) -> Result<()>,
-    vec_dot: fn(usize, &[u8], &[u8]) -> Result<f32>,
+    /// `vec_dot` on rows already checked by [`FormatOps::vec_dot`] (exact lengths).
+    vec_dot: fn(&[u8], &[u8]) -> f32,
+    /// the `vec_dot_type` (`<B::Dot>::TYPE`)
+    dot_ty: GgmlType,
+    /// log2 of the block size of this format and of `vec_dot_type` (both powers of two)
+    qk_shift: [u32; 2],
+    /// bytes per block of this format and of `vec_dot_type`
+    blk_bytes: [usize; 2],
 }
 
 impl FormatOps {
@@ -128,8 +141,31 @@ impl FormatOps {
         (self.dequantize)(x, y)
     }
     /// Upstream's CPU `vec_dot` over `n` elements: `x` in this format, `y` in `vec_dot_type`.
+    ///
+    /// The checks run inline in the caller and the indirect call goes straight to a
+    /// frameless glue that tail-calls the kernel (rows are often only 4 blocks long).
+    #[inline]
     pub fn vec_dot(&self, n: usize, x: &[u8], y: &[u8]) -> Result<f32> {
-        (self.vec_dot)(n, x, y)
+        // The checks of `row_bytes` with shifts; anything unusual goes the slow way, which
+        // reports the exact error.
+        let [sx, sy] = self.qk_shift;
+        let [bx, by] = self.blk_bytes;
+        if (n >> sx) << sx == n && (n >> sy) << sy == n {
+            if let (Some(nx), Some(ny)) = ((n >> sx).checked_mul(bx), (n >> sy).checked_mul(by)) {
+                if x.len() >= nx && y.len() >= ny {
+                    return Ok((self.vec_dot)(&x[..nx], &y[..ny]));
+                }
+            }
+        }
+        self.vec_dot_checked(n, x, y)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn vec_dot_checked(&self, n: usize, x: &[u8], y: &[u8]) -> Result<f32> {
+        let nx = check_row_ty(self.ty, n, x.len())?;
+        let ny = check_row_ty(self.dot_ty, n, y.len())?;
+        Ok((self.vec_dot)(&x[..nx], &y[..ny]))
     }
 }
 
@@ -150,19 +186,48 @@ fn dq_generic<B: BlockFormat>(x: &[u8], y: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-fn dot_generic<B: BlockFormat>(n: usize, x: &[u8], y: &[u8]) -> Result<f32> {
-    let nx = check_row::<B>(n, x.len())?;
-    let ny = check_row::<B::Dot>(n, y.len())?;
-    Ok(B::vec_dot(as_blocks::<B>(&x[..nx])?, as_blocks::<B::Dot>(&y[..ny])?))
+fn check_row_ty(ty: GgmlType, n: usize, bytes: usize) -> Result<usize> {
+    let need = ty.row_bytes(n)?;
+    if bytes < need {
+        return Err(Error::BufferTooSmall {
+            what: "row",
+            need,
+            have: bytes,
+        });
+    }
+    Ok(need)
+}
+
+/// `x`, `y`: rows of exactly `n / QK` blocks each, checked by [`FormatOps::vec_dot`].
+fn dot_generic<B: BlockFormat>(x: &[u8], y: &[u8]) -> f32 {
+    // SAFETY: BlockFormat guarantees alignment 1, no padding, every bit pattern valid; the
+    // lengths are whole numbers of blocks (row_bytes of the same n for both types).
+    let (xb, yb) = unsafe {
+        (
+            std::slice::from_raw_parts(x.as_ptr() as *const B, x.len() / std::mem::size_of::<B>()),
+            std::slice::from_raw_parts(
+                y.as_ptr() as *const B::Dot,
+                y.len() / std::mem::size_of::<B::Dot>(),
+            ),
+        )
+    };
+    B::vec_dot(xb, yb)
 }
 
 const fn ops<B: BlockFormat>() -> FormatOps {
+    assert!(B::QK.is_power_of_two() && <B::Dot as BlockFormat>::QK.is_power_of_two());
     FormatOps {
         ty: B::TYPE,
         quantize: |x, y| q_generic::<B>(x, y, false),
         quantize_ref: |x, y| q_generic::<B>(x, y, true),
         dequantize: dq_generic::<B>,
         vec_dot: dot_generic::<B>,
+        dot_ty: <B::Dot as BlockFormat>::TYPE,
+        qk_shift: [
+            B::QK.trailing_zeros(),
+            <B::Dot as BlockFormat>::QK.trailing_zeros(),
+        ],
+        blk_bytes: [std::mem::size_of::<B>(), std::mem::size_of::<B::Dot>()],
     }
 }
 
@@ -180,5 +245,7 @@ static OPS: [FormatOps; 9] = [
 
 /// The operations of format `ty` (the eight KV formats and q8_1).
 pub fn format(ty: GgmlType) -> Result<&'static FormatOps> {
-    OPS.iter().find(|o| o.ty == ty).ok_or(Error::UnsupportedType(ty))
+    OPS.iter()
+        .find(|o| o.ty == ty)
+        .ok_or(Error::UnsupportedType(ty))
 }

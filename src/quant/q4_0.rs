@@ -170,6 +170,20 @@ fn vec_dot_scalar(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     hsum8(acc)
 }
 
+/// The full ISA dispatch of `vec_dot` (forced ISAs, first call).
+#[inline(never)]
+fn vec_dot_dispatch(x: &[BlockQ4_0], y: &[<BlockQ4_0 as BlockFormat>::Dot]) -> f32 {
+    match simd::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() never reports more than the CPU has.
+        Isa::Avx512 => unsafe { crate::simd::x86::q4::vec_dot_q4_0_avx512(x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q4_0_avx2(x, y) },
+        _ => vec_dot_scalar(x, y),
+    }
+}
+
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, all bit patterns valid).
 unsafe impl BlockFormat for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
@@ -207,15 +221,24 @@ unsafe impl BlockFormat for BlockQ4_0 {
     #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
-        match simd::isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: isa() never reports more than the CPU has.
-            Isa::Avx512 => unsafe { crate::simd::x86::q4::vec_dot_q4_0_avx512(x, y) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q4_0_avx2(x, y) },
-            _ => vec_dot_scalar(x, y),
+        // Fast path without any call before the kernel (a tail call, no stack frame): rows
+        // are often 4 blocks, where the per-call glue is a noticeable share of the time.
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::q4::{dot_kernel_fast, DotKernel};
+            match dot_kernel_fast() {
+                // SAFETY: dot_kernel_fast only reports kernels the CPU can run.
+                Some(DotKernel::Vnni) => {
+                    return unsafe { crate::simd::x86::q4::vec_dot_q4_0_vnni(x, y) }
+                }
+                // SAFETY: as above.
+                Some(DotKernel::Avx2) => {
+                    return unsafe { crate::simd::x86::q4::vec_dot_q4_0_avx2(x, y) }
+                }
+                None => {}
+            }
         }
+        vec_dot_dispatch(x, y)
     }
 }
 
@@ -231,6 +254,72 @@ mod tests {
         assert_eq!(cvtt_i32(-2_147_483_648.0), i32::MIN);
         assert_eq!(cvtt_i32(-7.9), -7);
         assert_eq!(cvtt_i32(15.99), 15);
+    }
+
+    /// `FormatOps::vec_dot`'s inline length checks give the same answers and errors as
+    /// `row_bytes` + the buffer checks they replace.
+    #[test]
+    fn format_ops_vec_dot_checks() {
+        use crate::error::Error;
+        use crate::quant::format;
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::IQ4_NL,
+            GgmlType::F16,
+            GgmlType::Q8_1,
+        ] {
+            let ops = format(ty).unwrap();
+            let dt = ty.vec_dot_type();
+            let x = vec![0x11u8; ty.row_bytes(128).unwrap() + 5];
+            let y = vec![0x22u8; dt.row_bytes(128).unwrap() + 3];
+            for n in [
+                0usize,
+                1,
+                31,
+                32,
+                33,
+                64,
+                96,
+                128,
+                160,
+                usize::MAX,
+                usize::MAX - 31,
+            ] {
+                let got = ops.vec_dot(n, &x, &y);
+                let want = ty
+                    .row_bytes(n)
+                    .and_then(|nx| {
+                        if x.len() < nx {
+                            return Err(Error::BufferTooSmall {
+                                what: "row",
+                                need: nx,
+                                have: x.len(),
+                            });
+                        }
+                        Ok(nx)
+                    })
+                    .and_then(|nx| {
+                        let ny = dt.row_bytes(n)?;
+                        if y.len() < ny {
+                            return Err(Error::BufferTooSmall {
+                                what: "row",
+                                need: ny,
+                                have: y.len(),
+                            });
+                        }
+                        Ok((nx, ny))
+                    });
+                match (got, want) {
+                    (Ok(a), Ok((nx, ny))) => {
+                        let b = ops.vec_dot(n, &x[..nx], &y[..ny]).unwrap();
+                        assert_eq!(a.to_bits(), b.to_bits(), "{ty} n={n}");
+                    }
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{ty} n={n}"),
+                    (a, b) => panic!("{ty} n={n}: {a:?} vs {b:?}"),
+                }
+            }
+        }
     }
 
     #[test]

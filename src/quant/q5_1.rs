@@ -69,6 +69,20 @@ fn vec_dot_scalar(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     hsum8(acc) + summs
 }
 
+/// The full ISA dispatch of `vec_dot` (forced ISAs, first call).
+#[inline(never)]
+fn vec_dot_dispatch(x: &[BlockQ5_1], y: &[<BlockQ5_1 as BlockFormat>::Dot]) -> f32 {
+    match simd::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() never reports more than the CPU has.
+        Isa::Avx512 => unsafe { crate::simd::x86::q4::vec_dot_q5_1_avx512(x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q5_1_avx2(x, y) },
+        _ => vec_dot_scalar(x, y),
+    }
+}
+
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, all bit patterns valid).
 unsafe impl BlockFormat for BlockQ5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
@@ -103,14 +117,23 @@ unsafe impl BlockFormat for BlockQ5_1 {
     #[inline]
     fn vec_dot(x: &[Self], y: &[Self::Dot]) -> f32 {
         debug_assert_eq!(x.len(), y.len());
-        match simd::isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: isa() never reports more than the CPU has.
-            Isa::Avx512 => unsafe { crate::simd::x86::q4::vec_dot_q5_1_avx512(x, y) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { crate::simd::x86::q4::vec_dot_q5_1_avx2(x, y) },
-            _ => vec_dot_scalar(x, y),
+        // Fast path without any call before the kernel (a tail call, no stack frame): rows
+        // are often 4 blocks, where the per-call glue is a noticeable share of the time.
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::q4::{dot_kernel_fast, DotKernel};
+            match dot_kernel_fast() {
+                // SAFETY: dot_kernel_fast only reports kernels the CPU can run.
+                Some(DotKernel::Vnni) => {
+                    return unsafe { crate::simd::x86::q4::vec_dot_q5_1_vnni(x, y) }
+                }
+                // SAFETY: as above.
+                Some(DotKernel::Avx2) => {
+                    return unsafe { crate::simd::x86::q4::vec_dot_q5_1_avx2(x, y) }
+                }
+                None => {}
+            }
         }
+        vec_dot_dispatch(x, y)
     }
 }

@@ -33,7 +33,9 @@ impl Isa {
     }
 
     pub fn from_name(s: &str) -> Option<Isa> {
-        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s))
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s))
     }
 
     fn from_u8(v: u8) -> Isa {
@@ -126,6 +128,20 @@ pub fn isa() -> Isa {
         Some(i) => i,
         None => global(),
     }
+}
+
+/// [`isa()`] with no call on its fast path (so a dispatching wrapper needs no stack frame):
+/// `None` while a [`with_isa`] scope is active on any thread or before the process-wide ISA
+/// is known; callers then fall back to [`isa()`].
+#[inline(always)]
+pub fn isa_fast() -> Option<Isa> {
+    if FORCING.load(Ordering::Relaxed) == 0 {
+        let v = GLOBAL.load(Ordering::Relaxed);
+        if v != 0 {
+            return Some(Isa::from_u8(v));
+        }
+    }
+    None
 }
 
 /// Run `f` with kernels on this thread forced to `isa` (clamped to what the CPU has).

@@ -10,7 +10,9 @@
 //! vec_dot, and that the CPU has the enabled features.
 use crate::quant::fp16::f32_to_f16le;
 use crate::quant::{BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use crate::simd::Isa;
 use core::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 // ---------------------------------------------------------------------------------------
 // Shared helpers
@@ -50,6 +52,7 @@ unsafe fn d4_avx2<const SX: usize, const SY: usize>(px: *const u8, py: *const u8
 }
 
 /// [`d4_avx2`] plus the second f16 of each block: `(d_k, m_k = f16(x_k.m), s_k = f16(y_k.s))`.
+/// Each block's two halves are one 32-bit load; a `vpermps` per side separates them.
 ///
 /// # Safety
 /// 4 whole blocks at `px` and at `py`.
@@ -59,17 +62,22 @@ unsafe fn d4m_avx2<const SX: usize, const SY: usize>(
     px: *const u8,
     py: *const u8,
 ) -> (__m128, __m128, __m128) {
-    // SAFETY: forwarded.
-    let (hx, hm, hy, hs) = unsafe {
-        (
-            word4(px, SX, 0),
-            word4(px, SX, 1),
-            word4(py, SY, 0),
-            word4(py, SY, 1),
-        )
+    // SAFETY: the caller passes 4 whole blocks at each pointer.
+    let r = |p: *const u8, k: usize, s: usize| unsafe {
+        (p.add(k * s) as *const u32).read_unaligned() as u64
     };
-    let x = _mm256_cvtph_ps(_mm_set_epi64x(hm as i64, hx as i64));
-    let y = _mm256_cvtph_ps(_mm_set_epi64x(hs as i64, hy as i64));
+    let (x01, x23) = (
+        r(px, 0, SX) | r(px, 1, SX) << 32,
+        r(px, 2, SX) | r(px, 3, SX) << 32,
+    );
+    let (y01, y23) = (
+        r(py, 0, SY) | r(py, 1, SY) << 32,
+        r(py, 2, SY) | r(py, 3, SY) << 32,
+    );
+    // [d0 m0 d1 m1 d2 m2 d3 m3] -> [d0 d1 d2 d3 m0 m1 m2 m3]
+    let sep = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let x = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set_epi64x(x23 as i64, x01 as i64)), sep);
+    let y = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set_epi64x(y23 as i64, y01 as i64)), sep);
     let d = _mm_mul_ps(_mm256_castps256_ps128(x), _mm256_castps256_ps128(y));
     (
         d,
@@ -255,12 +263,15 @@ fn bit4_mask(b: __m256i) -> u32 {
 }
 
 /// Unpack 16 nibble bytes to 32 bytes (low nibbles, then high nibbles): ggml's `bytes_from_nibbles_32`.
+/// Built as `vbroadcasti128` (a pure load) + `vpsrlvd` (0 in the low half, 4 in the high
+/// half; bits shifted in from the next byte are masked off) + `vpand`, instead of
+/// `vpsrlw` + `vinserti128` (a shuffle-port µop) + `vpand`.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn nibbles_32(p: *const u8) -> __m256i {
     // SAFETY: 16 readable bytes at p (a block's qs).
-    let t = unsafe { _mm_loadu_si128(p as *const __m128i) };
-    let b = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+    let t = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i)) };
+    let b = _mm256_srlv_epi32(t, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     _mm256_and_si256(b, _mm256_set1_epi8(0x0f))
 }
 
@@ -372,6 +383,47 @@ macro_rules! blocks_d {
     }};
 }
 
+/// Whether the CPU has AVX-512 VNNI: 0 = not asked yet, 1 = no, 2 = yes.
+static VNNI: AtomicU8 = AtomicU8::new(0);
+
+/// Which vec_dot kernel the `Isa::Avx512` entries pick (also caches the answer for
+/// [`dot_kernel_fast`]).
+fn has_vnni() -> bool {
+    match VNNI.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => {
+            let v = std::arch::is_x86_feature_detected!("avx512vnni");
+            VNNI.store(1 + v as u8, Ordering::Relaxed);
+            v
+        }
+    }
+}
+
+/// The vec_dot kernel family for this thread, decided without any call (see
+/// [`crate::simd::isa_fast`]); `None` means "ask the full dispatch".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DotKernel {
+    /// `vec_dot_*_avx2` (AVX2 machines, and AVX-512 ones without VNNI)
+    Avx2,
+    /// `vec_dot_*_vnni`
+    Vnni,
+}
+
+/// See [`DotKernel`]. Only ever reports a kernel the CPU can run.
+#[inline(always)]
+pub fn dot_kernel_fast() -> Option<DotKernel> {
+    match crate::simd::isa_fast()? {
+        Isa::Avx2 => Some(DotKernel::Avx2),
+        Isa::Avx512 => match VNNI.load(Ordering::Relaxed) {
+            2 => Some(DotKernel::Vnni),
+            1 => Some(DotKernel::Avx2),
+            _ => None,
+        },
+        Isa::Scalar => None,
+    }
+}
+
 /// Stamps out one vec_dot body three times: AVX2 (`vpmaddubsw` + `vpmaddwd`), AVX-512 VNNI
 /// (`vpdpbusd`, what the reference uses where its helpers do) and the `Isa::Avx512` entry
 /// that picks VNNI when the CPU has it. The integer lane sums are exact either way (no
@@ -382,11 +434,13 @@ macro_rules! dot_kernels {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $avx2($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
+            use self::mul_sum_off_avx2 as mul_sum_off;
+            #[allow(unused_imports)]
+            use self::q5_1_values_avx2 as q5_1_values;
+            #[allow(unused_imports)]
             use self::{d4_avx2 as d4, d4m_avx2 as d4m};
             #[allow(unused_imports)]
             use self::{mul_sum_i8_avx2 as mul_sum_i8, mul_sum_u8_avx2 as mul_sum_u8};
-            #[allow(unused_imports)]
-            use self::{q5_0_values_avx2 as q5_0_values, q5_1_values_avx2 as q5_1_values};
             $body
         }
 
@@ -394,11 +448,13 @@ macro_rules! dot_kernels {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn $vnni($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
+            use self::mul_sum_off_vnni as mul_sum_off;
+            #[allow(unused_imports)]
+            use self::q5_1_values_bw as q5_1_values;
+            #[allow(unused_imports)]
             use self::{d4_avx2 as d4, d4m_avx2 as d4m};
             #[allow(unused_imports)]
             use self::{mul_sum_i8_vnni as mul_sum_i8, mul_sum_u8_vnni as mul_sum_u8};
-            #[allow(unused_imports)]
-            use self::{q5_0_values_bw as q5_0_values, q5_1_values_bw as q5_1_values};
             $body
         }
 
@@ -412,7 +468,7 @@ macro_rules! dot_kernels {
             // target_feature function itself, so it inlines into the safe wrapper and the
             // kernel is the only call.
             unsafe {
-                if std::arch::is_x86_feature_detected!("avx512vnni") {
+                if has_vnni() {
                     $vnni($x, $y)
                 } else {
                     $avx2($x, $y)
@@ -437,6 +493,31 @@ fn mul_sum_i8_avx2(x: __m256i, y: __m256i) -> __m256 {
 fn mul_sum_u8_avx2(ax: __m256i, sy: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(ax, sy);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+}
+
+/// Lane sums of `(u - OFF) * y` for unsigned `u` (< 32) and signed `y`: `u*y` and `OFF*y`
+/// products summed separately (`vpmaddubsw`, no saturation possible: |pair| <= 31*128*2)
+/// and subtracted in 16 bits, then `vpmaddwd`. The same exact integers as ggml's sign trick
+/// on `u - OFF`, one instruction fewer.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul_sum_off_avx2<const OFF: i8>(u: __m256i, y: __m256i) -> __m256 {
+    let p = _mm256_maddubs_epi16(u, y);
+    let c = _mm256_maddubs_epi16(_mm256_set1_epi8(OFF), y);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(
+        _mm256_sub_epi16(p, c),
+        _mm256_set1_epi16(1),
+    ))
+}
+
+/// [`mul_sum_off_avx2`] with two `vpdpbusd` (exact int32 lanes, subtracted).
+#[inline]
+#[target_feature(enable = "avx512vnni,avx512vl,avx2")]
+fn mul_sum_off_vnni<const OFF: i8>(u: __m256i, y: __m256i) -> __m256 {
+    let z = _mm256_setzero_si256();
+    let p = _mm256_dpbusd_epi32(z, u, y);
+    let c = _mm256_dpbusd_epi32(z, _mm256_set1_epi8(OFF), y);
+    _mm256_cvtepi32_ps(_mm256_sub_epi32(p, c))
 }
 
 /// [`mul_sum_i8_avx2`] with `vpdpbusd` (ggml's `__AVX512VNNI__ && __AVX512VL__` helper).
@@ -552,10 +633,11 @@ dot_kernels!(
         // `ggml_vec_dot_q4_0_q8_0`, `__AVX2__` path.
         let mut acc = _mm256_setzero_ps();
         blocks_d!(x, y, BlockQ4_0, BlockQ8_0, d4, |_k, bx, by, d| {
-            let qx = _mm256_sub_epi8(nibbles_32(bx.qs.as_ptr()), _mm256_set1_epi8(8));
+            // lanes of (q - 8) * y, exact integers as ggml's sign trick
+            let qx = nibbles_32(bx.qs.as_ptr());
             // SAFETY: 32 readable bytes.
             let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_off::<8>(qx, qy), acc);
         });
         hsum8(acc)
     }
@@ -570,14 +652,6 @@ dot_kernels!(
 #[target_feature(enable = "avx2")]
 fn q5_0_values_avx2(b: &BlockQ5_0) -> __m256i {
     let hi = _mm256_andnot_si256(bytes_from_bits(b.qh), _mm256_set1_epi8(0xf0u8 as i8));
-    _mm256_or_si256(nibbles_32(b.qs.as_ptr()), hi)
-}
-
-/// [`q5_0_values_avx2`] with an AVX-512BW byte mask.
-#[inline]
-#[target_feature(enable = "avx512bw,avx512vl,avx2")]
-fn q5_0_values_bw(b: &BlockQ5_0) -> __m256i {
-    let hi = _mm256_maskz_mov_epi8(!u32::from_le_bytes(b.qh), _mm256_set1_epi8(0xf0u8 as i8));
     _mm256_or_si256(nibbles_32(b.qs.as_ptr()), hi)
 }
 
@@ -645,10 +719,11 @@ dot_kernels!(
         // `ggml_vec_dot_q5_0_q8_0`, `__AVX2__` path.
         let mut acc = _mm256_setzero_ps();
         blocks_d!(x, y, BlockQ5_0, BlockQ8_0, d4, |_k, bx, by, d| {
-            let qx = q5_0_values(bx);
+            // lanes of (q - 16) * y from the unsigned 5-bit values
+            let qx = q5_1_values(&bx.qs, bx.qh);
             // SAFETY: 32 readable bytes.
             let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-            acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_off::<16>(qx, qy), acc);
         });
         hsum8(acc)
     }
@@ -704,8 +779,8 @@ fn q5_1_values_avx2(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx512bw,avx512vl,avx2")]
 fn q5_1_values_bw(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
-    let hi = _mm256_maskz_mov_epi8(u32::from_le_bytes(qh), _mm256_set1_epi8(0x10));
-    _mm256_or_si256(nibbles_32(qs.as_ptr()), hi)
+    let n = nibbles_32(qs.as_ptr());
+    _mm256_mask_add_epi8(n, u32::from_le_bytes(qh), n, _mm256_set1_epi8(0x10))
 }
 
 #[inline]
@@ -822,18 +897,18 @@ dot_kernels!(
 // iq4_nl
 // ---------------------------------------------------------------------------------------
 
-/// The 32 table values (`kvalues_iq4nl[idx]`, element order) of an iq4_nl block.
+/// The 32 table values (`kvalues_iq4nl[idx]`, element order) of an iq4_nl block:
+/// [`nibbles_32`] + one `vpshufb` with the table in both 128-bit lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn iq4_nl_values(qs: &[u8; 16]) -> __m256i {
-    // SAFETY: 16 readable bytes each.
-    let table =
-        unsafe { _mm_loadu_si128(crate::quant::iq4_nl::KVALUES.as_ptr() as *const __m128i) };
-    let t = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
-    let m4 = _mm_set1_epi8(0x0f);
-    let lo = _mm_shuffle_epi8(table, _mm_and_si128(t, m4));
-    let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(t), m4));
-    _mm256_set_m128i(hi, lo)
+    // SAFETY: 16 readable bytes.
+    let table = unsafe {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            crate::quant::iq4_nl::KVALUES.as_ptr() as *const __m128i
+        ))
+    };
+    _mm256_shuffle_epi8(table, nibbles_32(qs.as_ptr()))
 }
 
 /// `dequantize_row_iq4_nl`, AVX2.
