@@ -26,11 +26,16 @@ enum Cmd {
     Bench(bench::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.cmd {
+    let r = match cli.cmd {
         Cmd::Check(a) => check::run(a),
         Cmd::Eval(a) => eval::run(a),
         Cmd::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = r {
+        // one clear message, no backtrace: what is wrong and (in the message) what to do
+        eprintln!("attnrot: error: {e:#}");
+        std::process::exit(1);
     }
 }

@@ -23,21 +23,44 @@ pub struct KldStats {
     pub same_top_err: f64,
 }
 
-/// Tokens per second of prompt processing, from `llama_perf_context_print: prompt eval time`.
+/// Tokens per second of prompt processing: llama-perplexity times its first pass
+/// ("`X seconds per pass`"), which evaluates `n_ctx * min(n_seq, n_chunks)` tokens
+/// ("`… over N chunks, n_ctx=C, batch_size=B, n_seq=S`").
 pub fn parse_prompt_tps(log: &str) -> Result<f64> {
+    let spec = log
+        .lines()
+        .find_map(|l| {
+            l.split_once(" over ")
+                .filter(|(_, r)| r.contains("chunks, n_ctx="))
+                .map(|(_, r)| r.to_string())
+        })
+        .context("llama-perplexity output has no '… over N chunks, n_ctx=…, n_seq=…' line")?;
+    let num = |key: &str| -> Result<f64> {
+        let v = if key.is_empty() {
+            spec.split_whitespace().next()
+        } else {
+            spec.split(key)
+                .nth(1)
+                .map(|r| r.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+        };
+        v.and_then(|x| x.parse::<f64>().ok())
+            .with_context(|| format!("cannot parse '{key}' from: {spec}"))
+    };
+    let (chunks, n_ctx, n_seq) = (num("")?, num("n_ctx=")?, num("n_seq=")?);
     let line = log
         .lines()
-        .find(|l| l.contains("prompt eval time =") && l.contains("tokens per second"))
-        .context("llama-perplexity output has no 'prompt eval time = … tokens per second' line")?;
-    // "... (    1.23 ms per token,   812.34 tokens per second)"
-    let before = line.rsplit_once("tokens per second").unwrap().0;
-    let num = before
-        .rsplit(|c: char| c == ',' || c == '(')
+        .find(|l| l.contains("seconds per pass"))
+        .context("llama-perplexity output has no 'X seconds per pass' line")?;
+    let secs: f64 = line
+        .split("seconds per pass")
         .next()
-        .unwrap_or("")
-        .trim();
-    num.parse::<f64>()
-        .with_context(|| format!("cannot parse tokens/s from: {line}"))
+        .and_then(|r| r.split_whitespace().last())
+        .and_then(|x| x.parse().ok())
+        .with_context(|| format!("cannot parse seconds per pass from: {line}"))?;
+    if !(secs > 0.0) {
+        bail!("llama-perplexity reported {secs} seconds per pass");
+    }
+    Ok(n_ctx * n_seq.min(chunks) / secs)
 }
 
 fn value_after(log: &str, label: &str) -> Result<(f64, Option<f64>)> {
@@ -118,7 +141,8 @@ Maximum KLD:   3.210000
 Median  KLD:   0.030000
 ====== Token probability statistics ======
 Same top p: 88.123 ± 0.456 %
-llama_perf_context_print: prompt eval time =    1234.56 ms /  2048 tokens (    0.60 ms per token,  1658.91 tokens per second)
+0.07.010.319 I kl_divergence: computing over 6 chunks, n_ctx=512, batch_size=2048, n_seq=4
+0.43.463.583 I kl_divergence: 4.00 seconds per pass - ETA 0.30 minutes
 ";
 
     #[test]
@@ -132,7 +156,7 @@ llama_perf_context_print: prompt eval time =    1234.56 ms /  2048 tokens (    0
         assert_eq!(s.kld_p99, 0.65);
         assert_eq!(s.same_top, 88.123);
         assert_eq!(s.same_top_err, 0.456);
-        assert_eq!(parse_prompt_tps(SAMPLE).unwrap(), 1658.91);
+        assert_eq!(parse_prompt_tps(SAMPLE).unwrap(), 512.0 * 4.0 / 4.0);
     }
 
     #[test]
