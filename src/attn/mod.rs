@@ -444,19 +444,23 @@ struct VRow {
 /// Per-worker scratch.
 struct Scratch {
     q: Vec<f32>,
-    kt: Vec<f32>,
-    s: Vec<f32>,
-    vt: Vec<f32>,
     o: Vec<f32>,
-    mv: Vec<f32>,
     mrow: Vec<f32>,
     srow: Vec<f32>,
-    kr: Vec<f32>,
     rows: Vec<VRow>,
     /// Q quantized for the int8 decode K kernel: quants, block scales, offset sums.
     q8: Vec<i8>,
     qd: Vec<f32>,
     qc: Vec<i32>,
+}
+
+/// Per-worker tile buffers (used within one tile step of one item).
+struct TileBufs {
+    kt: Vec<f32>,
+    s: Vec<f32>,
+    vt: Vec<f32>,
+    mv: Vec<f32>,
+    kr: Vec<f32>,
     /// Weights `p·d` of the quantized decode V kernel.
     w: Vec<f32>,
 }
@@ -510,237 +514,255 @@ impl Plan<'_> {
         let mmax = (self.r * self.g).div_ceil(4) * 4;
         Scratch {
             q: vec![0.0; mmax * self.dk],
-            kt: vec![0.0; self.dk * TILE_KV],
-            s: vec![0.0; mmax * TILE_KV],
-            vt: vec![0.0; TILE_KV * self.dvp],
             o: vec![0.0; mmax * self.dvp],
-            mv: vec![0.0; mmax * TILE_KV],
             mrow: vec![0.0; mmax],
             srow: vec![0.0; mmax],
-            kr: vec![0.0; TILE_KV * self.dk],
             rows: Vec::with_capacity(mmax),
             q8: vec![0; mmax * self.dk],
             qd: vec![0.0; mmax * self.dk.div_ceil(32)],
             qc: vec![0; mmax * self.dk.div_ceil(32)],
+        }
+    }
+
+    fn tile_bufs(&self) -> TileBufs {
+        let mmax = (self.r * self.g).div_ceil(4) * 4;
+        TileBufs {
+            kt: vec![0.0; self.dk * TILE_KV],
+            s: vec![0.0; mmax * TILE_KV],
+            vt: vec![0.0; TILE_KV * self.dvp],
+            mv: vec![0.0; mmax * TILE_KV],
+            kr: vec![0.0; TILE_KV * self.dk],
             w: vec![0.0; mmax * self.dv.div_ceil(32) * TILE_KV],
         }
     }
 
-    /// Runs one work item over its KV range; leaves (M, S, O) in the scratch.
-    fn run_item(
+    /// Runs work items `its` (same sequence, query block and KV chunk; consecutive KV-head
+    /// groups) over their KV range, tile by tile across the items, so that the rows of all
+    /// their KV heads at a position (adjacent in llama.cpp's cache) are read together. Leaves
+    /// each item's (M, S, O) and rows in its scratch. The numbers of each item do not depend
+    /// on which other items run with it.
+    fn run_items(
         &self,
         kn: &Kernels,
         deq_k: deq::DeqFn,
         deq_v: deq::DeqFn,
         fused: (Option<Fused>, Option<Fused>),
-        it: &Item,
-        sc: &mut Scratch,
-    ) -> usize {
-        let mut rows = std::mem::take(&mut sc.rows);
-        self.vrows(it, &mut rows);
-        let m_real = rows.len();
-        let mp = m_real.div_ceil(4) * 4;
+        its: &[Item],
+        scs: &mut [Scratch],
+        tb: &mut TileBufs,
+    ) {
         let (dk, dvp) = (self.dk, self.dvp);
-        // Q rows (f32, contiguous within a row), padded rows zero.
-        for (m, vr) in rows.iter().enumerate() {
-            let off = vr.iq1 * self.q.nb[1] + vr.head * self.q.nb[2] + it.iq3 * self.q.nb[3];
-            for d in 0..dk {
-                sc.q[m * dk + d] = read_f32(self.q.data, off + 4 * d);
-            }
-        }
-        sc.q[m_real * dk..mp * dk].fill(0.0);
-        let decode = mp < ROWMAJOR_BELOW;
-        let int8_k = decode && kn.int8_k(fused.0, dk);
-        if let (true, Some(f)) = (int8_k, fused.0) {
-            kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
-        }
-        sc.o[..mp * dvp].fill(0.0);
-        sc.mrow[..mp].fill(f32::NEG_INFINITY);
-        sc.srow[..mp].fill(0.0);
-        sc.s[..mp * TILE_KV].fill(0.0);
-        // K/V heads of this group (all heads of a group share them).
-        let h0 = rows.first().map(|r| r.head).unwrap_or(0);
-        let ik2 = h0 / (self.n_head / self.k.ne[2]);
-        let iv2 = h0 / (self.n_head / self.v.ne[2]);
-        let kbase = ik2 * self.k.nb[2] + it.iq3 * self.k.nb[3];
-        let vbase = iv2 * self.v.nb[2] + it.iq3 * self.v.nb[3];
         let krow_bytes = self.k.ty.row_bytes(dk).unwrap_or(0);
         let vrow_bytes = self.v.ty.row_bytes(self.dv).unwrap_or(0);
+        let mut ctx = Vec::with_capacity(its.len());
+        for (it, sc) in its.iter().zip(scs.iter_mut()) {
+            let mut rows = std::mem::take(&mut sc.rows);
+            self.vrows(it, &mut rows);
+            let m_real = rows.len();
+            let mp = m_real.div_ceil(4) * 4;
+            // Q rows (f32, contiguous within a row), padded rows zero.
+            for (m, vr) in rows.iter().enumerate() {
+                let off = vr.iq1 * self.q.nb[1] + vr.head * self.q.nb[2] + it.iq3 * self.q.nb[3];
+                for d in 0..dk {
+                    sc.q[m * dk + d] = read_f32(self.q.data, off + 4 * d);
+                }
+            }
+            sc.q[m_real * dk..mp * dk].fill(0.0);
+            let decode = mp < ROWMAJOR_BELOW;
+            let int8_k = decode && kn.int8_k(fused.0, dk);
+            if let (true, Some(f)) = (int8_k, fused.0) {
+                kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
+            }
+            sc.o[..mp * dvp].fill(0.0);
+            sc.mrow[..mp].fill(f32::NEG_INFINITY);
+            sc.srow[..mp].fill(0.0);
+            // K/V heads of this group (all heads of a group share them).
+            let h0 = rows.first().map(|r| r.head).unwrap_or(0);
+            let ik2 = h0 / (self.n_head / self.k.ne[2]);
+            let iv2 = h0 / (self.n_head / self.v.ne[2]);
+            let kbase = ik2 * self.k.nb[2] + it.iq3 * self.k.nb[3];
+            let vbase = iv2 * self.v.nb[2] + it.iq3 * self.v.nb[3];
 
+            ctx.push((rows, m_real, mp, decode, int8_k, kbase, vbase));
+        }
         let deq_f16 = deq::select(GgmlType::F16).expect("f16 is a K/V type");
-        let c0 = it.chunk * self.chunk;
+        let c0 = its[0].chunk * self.chunk;
         let c1 = (c0 + self.chunk).min(self.n_kv);
         let mut active: Vec<u8> = Vec::with_capacity(TILE_KV);
         let mut t0 = c0;
         while t0 < c1 {
             let tl = (c1 - t0).min(TILE_KV);
-            // mask values (slope·mask), -inf for masked and for columns past the tile
-            active.clear();
-            let mut col_live = [false; TILE_KV];
-            for (m, vr) in rows.iter().enumerate() {
-                let (done, rest) = sc.mv.split_at_mut(m * TILE_KV);
-                let mv = &mut rest[..TILE_KV];
-                match (vr.mask_off, self.mask.as_ref()) {
-                    (Some(off), Some(mk)) => {
-                        // rows reading the same mask row with the same slope (the heads of a
-                        // GQA group under a broadcast mask) share the values
-                        let same = m.checked_sub(1).filter(|&p| {
-                            rows[p].mask_off == vr.mask_off
-                                && rows[p].slope.to_bits() == vr.slope.to_bits()
-                        });
-                        if let Some(p) = same {
-                            mv.copy_from_slice(&done[p * TILE_KV..(p + 1) * TILE_KV]);
-                            continue;
+            for (cx, sc) in ctx.iter().zip(scs.iter_mut()) {
+                let (rows, m_real, mp, decode, int8_k, kbase, vbase) =
+                    (&cx.0, cx.1, cx.2, cx.3, cx.4, cx.5, cx.6);
+                // mask values (slope·mask), -inf for masked and for columns past the tile
+                active.clear();
+                let mut col_live = [false; TILE_KV];
+                for (m, vr) in rows.iter().enumerate() {
+                    let (done, rest) = tb.mv.split_at_mut(m * TILE_KV);
+                    let mv = &mut rest[..TILE_KV];
+                    match (vr.mask_off, self.mask.as_ref()) {
+                        (Some(off), Some(mk)) => {
+                            // rows reading the same mask row with the same slope (the heads of a
+                            // GQA group under a broadcast mask) share the values
+                            let same = m.checked_sub(1).filter(|&p| {
+                                rows[p].mask_off == vr.mask_off
+                                    && rows[p].slope.to_bits() == vr.slope.to_bits()
+                            });
+                            if let Some(p) = same {
+                                mv.copy_from_slice(&done[p * TILE_KV..(p + 1) * TILE_KV]);
+                                continue;
+                            }
+                            let src = off + 2 * t0;
+                            deq_f16(&mk.data[src..src + 2 * tl], &mut mv[..tl]);
+                            for (x, live) in mv[..tl].iter_mut().zip(col_live.iter_mut()) {
+                                let v = vr.slope * *x;
+                                *x = v;
+                                *live |= v != f32::NEG_INFINITY;
+                            }
                         }
-                        let src = off + 2 * t0;
-                        deq_f16(&mk.data[src..src + 2 * tl], &mut mv[..tl]);
-                        for (x, live) in mv[..tl].iter_mut().zip(col_live.iter_mut()) {
-                            let v = vr.slope * *x;
-                            *x = v;
-                            *live |= v != f32::NEG_INFINITY;
+                        _ => {
+                            mv[..tl].fill(0.0);
+                            col_live[..tl].fill(true);
                         }
                     }
-                    _ => {
-                        mv[..tl].fill(0.0);
-                        col_live[..tl].fill(true);
+                    mv[tl..].fill(f32::NEG_INFINITY);
+                }
+                if col_live[..tl].iter().all(|&l| l) {
+                    active.extend_from_slice(&IOTA[..tl]);
+                } else {
+                    for (t, &l) in col_live.iter().enumerate() {
+                        if l {
+                            active.push(t as u8);
+                        }
                     }
                 }
-                mv[tl..].fill(f32::NEG_INFINITY);
-            }
-            if col_live[..tl].iter().all(|&l| l) {
-                active.extend_from_slice(&IOTA[..tl]);
-            } else {
-                for (t, &l) in col_live.iter().enumerate() {
-                    if l {
-                        active.push(t as u8);
-                    }
-                }
-            }
-            if active.is_empty() {
-                t0 += TILE_KV;
-                continue;
-            }
-            if let (true, Some(f)) = (int8_k, fused.0) {
-                // decode, q8_0/q4_0 K: integer dots against the quantized Q
-                kn.qk_i8(
-                    f,
-                    &sc.q8,
-                    &sc.qd,
-                    &sc.qc,
-                    self.k.data,
-                    kbase + t0 * self.k.nb[1],
-                    self.k.nb[1],
-                    &active,
-                    &mut sc.s,
-                    m_real,
-                    dk,
-                    prefetch_rows(),
-                );
-            } else if let (true, Some(f)) = (decode, fused.0) {
-                // decode, K read straight from the cache
-                kn.qk_fused(
-                    f,
-                    &sc.q,
-                    self.k.data,
-                    kbase + t0 * self.k.nb[1],
-                    self.k.nb[1],
-                    &active,
-                    &mut sc.s,
-                    mp,
-                    dk,
-                    prefetch_rows(),
-                );
-            } else if decode {
-                // few rows (decode): K tile row-major, dot products
-                for &t in &active {
-                    let t = t as usize;
-                    let off = kbase + (t0 + t) * self.k.nb[1];
-                    deq_k(
-                        &self.k.data[off..off + krow_bytes],
-                        &mut sc.kt[t * dk..(t + 1) * dk],
-                    );
-                }
-                kn.qk_rows(&sc.q, &sc.kt, &mut sc.s, mp, dk);
-            } else {
-                // K tile, transposed, for the outer-product tile GEMM (rows of inactive
-                // columns keep stale values: their scores are -inf whatever they hold)
-                for &t in &active {
-                    let t = t as usize;
-                    let off = kbase + (t0 + t) * self.k.nb[1];
-                    deq_k(
-                        &self.k.data[off..off + krow_bytes],
-                        &mut sc.kr[t * dk..(t + 1) * dk],
-                    );
-                }
-                kn.transpose(&sc.kr, &mut sc.kt, dk);
-                kn.qk(&sc.q, &sc.kt, &mut sc.s, mp, dk);
-            }
-            // online softmax
-            for m in 0..m_real {
-                let srow = &mut sc.s[m * TILE_KV..(m + 1) * TILE_KV];
-                let mv = &sc.mv[m * TILE_KV..(m + 1) * TILE_KV];
-                let tmax = kn.scores(srow, mv, self.scale, self.softcap);
-                if tmax == f32::NEG_INFINITY {
-                    srow.fill(0.0);
+                if active.is_empty() {
                     continue;
                 }
-                let mold = sc.mrow[m];
-                let mnew = mold.max(tmax);
-                if mnew > mold {
-                    let ms = (mold - mnew).exp();
-                    for x in &mut sc.o[m * dvp..(m + 1) * dvp] {
-                        *x *= ms;
-                    }
-                    sc.srow[m] *= ms;
-                }
-                sc.mrow[m] = mnew;
-                sc.srow[m] += kn.exp_sum(srow, mnew);
-            }
-            if let (true, Some(f @ (Fused::Q8_0 | Fused::Q4_0))) = (decode, fused.1) {
-                kn.pv_q(
-                    f,
-                    &sc.s,
-                    self.v.data,
-                    vbase + t0 * self.v.nb[1],
-                    self.v.nb[1],
-                    &active,
-                    &mut sc.w,
-                    &mut sc.o,
-                    m_real,
-                    dvp,
-                    self.dv,
-                    prefetch_rows(),
-                );
-            } else if let (true, Some(f)) = (decode, fused.1) {
-                kn.pv_fused(
-                    f,
-                    &sc.s,
-                    self.v.data,
-                    vbase + t0 * self.v.nb[1],
-                    self.v.nb[1],
-                    &active,
-                    &mut sc.o,
-                    m_real,
-                    dvp,
-                    self.dv,
-                    prefetch_rows(),
-                );
-            } else {
-                // V tile
-                for &t in &active {
-                    let t = t as usize;
-                    let off = vbase + (t0 + t) * self.v.nb[1];
-                    deq_v(
-                        &self.v.data[off..off + vrow_bytes],
-                        &mut sc.vt[t * dvp..t * dvp + self.dv],
+                if let (true, Some(f)) = (int8_k, fused.0) {
+                    // decode, q8_0/q4_0 K: integer dots against the quantized Q
+                    kn.qk_i8(
+                        f,
+                        &sc.q8,
+                        &sc.qd,
+                        &sc.qc,
+                        self.k.data,
+                        kbase + t0 * self.k.nb[1],
+                        self.k.nb[1],
+                        &active,
+                        &mut tb.s,
+                        m_real,
+                        dk,
+                        prefetch_rows(),
                     );
+                } else if let (true, Some(f)) = (decode, fused.0) {
+                    // decode, K read straight from the cache
+                    kn.qk_fused(
+                        f,
+                        &sc.q,
+                        self.k.data,
+                        kbase + t0 * self.k.nb[1],
+                        self.k.nb[1],
+                        &active,
+                        &mut tb.s,
+                        mp,
+                        dk,
+                        prefetch_rows(),
+                    );
+                } else if decode {
+                    // few rows (decode): K tile row-major, dot products
+                    for &t in &active {
+                        let t = t as usize;
+                        let off = kbase + (t0 + t) * self.k.nb[1];
+                        deq_k(
+                            &self.k.data[off..off + krow_bytes],
+                            &mut tb.kt[t * dk..(t + 1) * dk],
+                        );
+                    }
+                    kn.qk_rows(&sc.q, &tb.kt, &mut tb.s, mp, dk);
+                } else {
+                    // K tile, transposed, for the outer-product tile GEMM (rows of inactive
+                    // columns keep stale values: their scores are -inf whatever they hold)
+                    for &t in &active {
+                        let t = t as usize;
+                        let off = kbase + (t0 + t) * self.k.nb[1];
+                        deq_k(
+                            &self.k.data[off..off + krow_bytes],
+                            &mut tb.kr[t * dk..(t + 1) * dk],
+                        );
+                    }
+                    kn.transpose(&tb.kr, &mut tb.kt, dk);
+                    kn.qk(&sc.q, &tb.kt, &mut tb.s, mp, dk);
                 }
-                kn.pv(&sc.s, &sc.vt, &mut sc.o, mp, dvp, &active);
+                // online softmax
+                for m in 0..m_real {
+                    let srow = &mut tb.s[m * TILE_KV..(m + 1) * TILE_KV];
+                    let mv = &tb.mv[m * TILE_KV..(m + 1) * TILE_KV];
+                    let tmax = kn.scores(srow, mv, self.scale, self.softcap);
+                    if tmax == f32::NEG_INFINITY {
+                        srow.fill(0.0);
+                        continue;
+                    }
+                    let mold = sc.mrow[m];
+                    let mnew = mold.max(tmax);
+                    if mnew > mold {
+                        let ms = (mold - mnew).exp();
+                        for x in &mut sc.o[m * dvp..(m + 1) * dvp] {
+                            *x *= ms;
+                        }
+                        sc.srow[m] *= ms;
+                    }
+                    sc.mrow[m] = mnew;
+                    sc.srow[m] += kn.exp_sum(srow, mnew);
+                }
+                if let (true, Some(f @ (Fused::Q8_0 | Fused::Q4_0))) = (decode, fused.1) {
+                    kn.pv_q(
+                        f,
+                        &tb.s,
+                        self.v.data,
+                        vbase + t0 * self.v.nb[1],
+                        self.v.nb[1],
+                        &active,
+                        &mut tb.w,
+                        &mut sc.o,
+                        m_real,
+                        dvp,
+                        self.dv,
+                        prefetch_rows(),
+                    );
+                } else if let (true, Some(f)) = (decode, fused.1) {
+                    kn.pv_fused(
+                        f,
+                        &tb.s,
+                        self.v.data,
+                        vbase + t0 * self.v.nb[1],
+                        self.v.nb[1],
+                        &active,
+                        &mut sc.o,
+                        m_real,
+                        dvp,
+                        self.dv,
+                        prefetch_rows(),
+                    );
+                } else {
+                    // V tile
+                    for &t in &active {
+                        let t = t as usize;
+                        let off = vbase + (t0 + t) * self.v.nb[1];
+                        deq_v(
+                            &self.v.data[off..off + vrow_bytes],
+                            &mut tb.vt[t * dvp..t * dvp + self.dv],
+                        );
+                    }
+                    kn.pv(&tb.s, &tb.vt, &mut sc.o, mp, dvp, &active);
+                }
             }
             t0 += TILE_KV;
         }
-        sc.rows = rows;
-        m_real
+        for (cx, sc) in ctx.into_iter().zip(scs.iter_mut()) {
+            sc.rows = cx.0;
+        }
     }
 
     /// Sinks, normalisation and the store of one item's rows.
@@ -837,34 +859,59 @@ pub fn flash_attn_ext(
     let next = AtomicUsize::new(0);
     let split = pl.n_chunks > 1;
     let n_items = items.len();
+    // Batches of consecutive items (KV-head groups of one chunk) run together, tile by tile
+    // (decode only: there the KV rows are the traffic). Enough batches for the threads; the
+    // batching changes the order of memory reads, never an item's numbers.
+    let units = pl.n_seq * pl.n_qblocks * pl.n_chunks;
+    let gb = if (pl.r * pl.g).div_ceil(4) * 4 < ROWMAJOR_BELOW {
+        let per_unit = (4 * n_threads).div_ceil(units).clamp(1, pl.n_groups);
+        pl.n_groups.div_ceil(per_unit)
+    } else {
+        1
+    };
+    let mut batches = Vec::new();
+    for u in 0..units {
+        let mut g0 = 0;
+        while g0 < pl.n_groups {
+            let g1 = (g0 + gb).min(pl.n_groups);
+            batches.push((u * pl.n_groups + g0, u * pl.n_groups + g1));
+            g0 = g1;
+        }
+    }
+    let n_batches = batches.len();
     // Partials of split items, by item index (only used when split).
     let worker = || -> Vec<(usize, Partial)> {
-        let mut sc = pl.scratch();
+        let mut scs: Vec<Scratch> = (0..gb).map(|_| pl.scratch()).collect();
+        let mut tb = pl.tile_bufs();
         let mut parts = Vec::new();
         loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n_items {
+            let bi = next.fetch_add(1, Ordering::Relaxed);
+            if bi >= n_batches {
                 break;
             }
-            let it = &items[i];
-            let m = pl.run_item(&kn, deq_k, deq_v, fused, it, &mut sc);
-            if split {
-                let dvp = pl.dvp;
-                parts.push((
-                    i,
-                    Partial {
-                        m: sc.mrow[..m].to_vec(),
-                        s: sc.srow[..m].to_vec(),
-                        o: sc.o[..m * dvp].to_vec(),
-                    },
-                ));
-            } else {
-                pl.finish(it, &sc.rows, &sc.mrow, &sc.srow, &sc.o, dptr);
+            let (i0, i1) = batches[bi];
+            let its = &items[i0..i1];
+            pl.run_items(&kn, deq_k, deq_v, fused, its, &mut scs[..i1 - i0], &mut tb);
+            for (k, (it, sc)) in its.iter().zip(&scs).enumerate() {
+                let m = sc.rows.len();
+                if split {
+                    let dvp = pl.dvp;
+                    parts.push((
+                        i0 + k,
+                        Partial {
+                            m: sc.mrow[..m].to_vec(),
+                            s: sc.srow[..m].to_vec(),
+                            o: sc.o[..m * dvp].to_vec(),
+                        },
+                    ));
+                } else {
+                    pl.finish(it, &sc.rows, &sc.mrow, &sc.srow, &sc.o, dptr);
+                }
             }
         }
         parts
     };
-    let nt = n_threads.min(n_items).max(1);
+    let nt = n_threads.min(n_batches).max(1);
     let mut parts: Vec<Option<Partial>> =
         (0..if split { n_items } else { 0 }).map(|_| None).collect();
     std::thread::scope(|s| {
