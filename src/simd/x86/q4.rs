@@ -28,27 +28,42 @@ fn h2f(h: [u8; 2]) -> f32 {
     ))
 }
 
-/// Word `w` of each of 4 blocks `stride` bytes apart (`w` = 0: the first f16 of the block).
+/// The first 32 bits of each of 4 blocks (`s` bytes apart) in the 4 lanes of a vector,
+/// loaded straight into it (`vmovd` + 3 `vpinsrd` with memory operands: no GPRs).
+///
+/// # Safety
+/// 4 blocks of at least 4 bytes at `p`; SSE4.1 (implied by AVX2 in every caller).
 #[inline(always)]
-unsafe fn word4(p: *const u8, stride: usize, w: usize) -> u64 {
-    // SAFETY: the caller passes 4 whole blocks at p.
-    let r = |k: usize| unsafe { (p.add(k * stride + 2 * w) as *const u16).read_unaligned() as u64 };
-    r(0) | r(1) << 16 | r(2) << 32 | r(3) << 48
+unsafe fn dwords4(p: *const u8, s: usize) -> __m128i {
+    // SAFETY: forwarded.
+    unsafe {
+        let r = |k: usize| (p.add(k * s) as *const i32).read_unaligned();
+        let v = _mm_cvtsi32_si128(r(0));
+        let v = _mm_insert_epi32::<1>(v, r(1));
+        let v = _mm_insert_epi32::<2>(v, r(2));
+        _mm_insert_epi32::<3>(v, r(3))
+    }
 }
 
 /// `f16(x_k.d) * f16(y_k.d)` for 4 consecutive block pairs (`d` the first f16 of each block,
-/// blocks `SX` / `SY` bytes long), AVX2 + F16C: the 8 halves assembled in two GPRs, one
-/// `vcvtph2ps`, one `vmulps`. Same bits as ggml's table lookup + `vmulss`.
+/// blocks `SX` / `SY` bytes long), AVX2 + F16C: each block's first 32 bits (its `d` and the
+/// next half, converted too and then dropped) loaded into one vector ([`dwords4`]),
+/// `vcvtph2ps`, `vmulps`. Same bits as ggml's table lookup + `vmulss`.
 ///
 /// # Safety
 /// 4 whole blocks at `px` and at `py`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn d4_avx2<const SX: usize, const SY: usize>(px: *const u8, py: *const u8) -> __m128 {
+unsafe fn d4_avx2<const SX: usize, const SY: usize>(px: *const u8, py: *const u8) -> __m256 {
     // SAFETY: forwarded.
-    let (hx, hy) = unsafe { (word4(px, SX, 0), word4(py, SY, 0)) };
-    let v = _mm256_cvtph_ps(_mm_set_epi64x(hy as i64, hx as i64));
-    _mm_mul_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))
+    let (x, y) = unsafe {
+        (
+            _mm256_cvtph_ps(dwords4(px, SX)),
+            _mm256_cvtph_ps(dwords4(py, SY)),
+        )
+    };
+    // [d0 _ d1 _ d2 _ d3 _]: block k's product in lane 2k (see `splat_even`)
+    _mm256_mul_ps(x, y)
 }
 
 /// [`d4_avx2`] plus the second f16 of each block: `(d_k, m_k = f16(x_k.m), s_k = f16(y_k.s))`.
@@ -62,22 +77,19 @@ unsafe fn d4m_avx2<const SX: usize, const SY: usize>(
     px: *const u8,
     py: *const u8,
 ) -> (__m128, __m128, __m128) {
-    // SAFETY: the caller passes 4 whole blocks at each pointer.
-    let r = |p: *const u8, k: usize, s: usize| unsafe {
-        (p.add(k * s) as *const u32).read_unaligned() as u64
-    };
-    let (x01, x23) = (
-        r(px, 0, SX) | r(px, 1, SX) << 32,
-        r(px, 2, SX) | r(px, 3, SX) << 32,
-    );
-    let (y01, y23) = (
-        r(py, 0, SY) | r(py, 1, SY) << 32,
-        r(py, 2, SY) | r(py, 3, SY) << 32,
-    );
     // [d0 m0 d1 m1 d2 m2 d3 m3] -> [d0 d1 d2 d3 m0 m1 m2 m3]
     let sep = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    let x = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set_epi64x(x23 as i64, x01 as i64)), sep);
-    let y = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set_epi64x(y23 as i64, y01 as i64)), sep);
+    // SAFETY: forwarded.
+    let (x, y) = unsafe {
+        (
+            _mm256_cvtph_ps(dwords4(px, SX)),
+            _mm256_cvtph_ps(dwords4(py, SY)),
+        )
+    };
+    let (x, y) = (
+        _mm256_permutevar8x32_ps(x, sep),
+        _mm256_permutevar8x32_ps(y, sep),
+    );
     let d = _mm_mul_ps(_mm256_castps256_ps128(x), _mm256_castps256_ps128(y));
     (
         d,
@@ -104,6 +116,13 @@ fn d1(a: [u8; 2], b: [u8; 2]) -> f32 {
 fn splat<const K: i32>(v: __m128) -> __m256 {
     // SAFETY: AVX2 is enabled in every caller (all are `#[target_feature(enable = "avx2")]`).
     unsafe { _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_set1_epi32(K)) }
+}
+
+/// Lane `2K` of `v` broadcast to 8 lanes (one `vpermps`).
+#[inline(always)]
+fn splat_even<const K: i32>(v: __m256) -> __m256 {
+    // SAFETY: AVX2 is enabled in every caller (all are `#[target_feature(enable = "avx2")]`).
+    unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(2 * K)) }
 }
 
 /// Lane `K` of `v` as a scalar.
@@ -315,10 +334,10 @@ macro_rules! blocks_d {
                     &*(py.add(i) as *const [$ty; 4]),
                 )
             };
-            blocks_d!(@one 0, x4, y4, splat::<0>(dd), $k, $bx, $by, $d, $step);
-            blocks_d!(@one 1, x4, y4, splat::<1>(dd), $k, $bx, $by, $d, $step);
-            blocks_d!(@one 2, x4, y4, splat::<2>(dd), $k, $bx, $by, $d, $step);
-            blocks_d!(@one 3, x4, y4, splat::<3>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 0, x4, y4, splat_even::<0>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 1, x4, y4, splat_even::<1>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 2, x4, y4, splat_even::<2>(dd), $k, $bx, $by, $d, $step);
+            blocks_d!(@one 3, x4, y4, splat_even::<3>(dd), $k, $bx, $by, $d, $step);
             i += 4;
         }
         while i < n {
@@ -434,6 +453,8 @@ macro_rules! dot_kernels {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $avx2($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
+            use self::iq4_nl_lanes_avx2 as iq4_nl_lanes;
+            #[allow(unused_imports)]
             use self::mul_sum_off_avx2 as mul_sum_off;
             #[allow(unused_imports)]
             use self::q5_1_values_avx2 as q5_1_values;
@@ -447,6 +468,8 @@ macro_rules! dot_kernels {
         #[doc = concat!("`", stringify!($vnni), "`: AVX-512 VNNI/VL.")]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn $vnni($x: &[$tx], $y: &[$ty]) -> f32 {
+            #[allow(unused_imports)]
+            use self::iq4_nl_lanes_vnni as iq4_nl_lanes;
             #[allow(unused_imports)]
             use self::mul_sum_off_vnni as mul_sum_off;
             #[allow(unused_imports)]
@@ -911,6 +934,22 @@ fn iq4_nl_values(qs: &[u8; 16]) -> __m256i {
     _mm256_shuffle_epi8(table, nibbles_32(qs.as_ptr()))
 }
 
+/// Lane sums of `kvalues[idx] * y` for an iq4_nl block: ggml's sign trick
+/// (`vpmaddubsw` could saturate on `value + 128`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn iq4_nl_lanes_avx2(qs: &[u8; 16], qy: __m256i) -> __m256 {
+    mul_sum_i8_avx2(iq4_nl_values(qs), qy)
+}
+
+/// [`iq4_nl_lanes_avx2`] with `vpdpbusd` (the sign trick as ggml; the unsigned-offset form
+/// used for q4_0/q5_0 measured slower here).
+#[inline]
+#[target_feature(enable = "avx512vnni,avx512vl,avx2")]
+fn iq4_nl_lanes_vnni(qs: &[u8; 16], qy: __m256i) -> __m256 {
+    mul_sum_i8_vnni(iq4_nl_values(qs), qy)
+}
+
 /// `dequantize_row_iq4_nl`, AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_iq4_nl_avx2(x: &[BlockIq4Nl], y: &mut [f32]) {
@@ -966,13 +1005,13 @@ dot_kernels!(
             BlockQ8_0,
             d4,
             |k, bx, by, d| {
-                let q = iq4_nl_values(&bx.qs);
                 // SAFETY: 32 readable bytes.
                 let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+                let s = iq4_nl_lanes(&bx.qs, qy);
                 if k & 1 == 0 {
-                    acc1 = _mm256_fmadd_ps(d, mul_sum_i8(q, qy), acc1);
+                    acc1 = _mm256_fmadd_ps(d, s, acc1);
                 } else {
-                    acc2 = _mm256_fmadd_ps(d, mul_sum_i8(q, qy), acc2);
+                    acc2 = _mm256_fmadd_ps(d, s, acc2);
                 }
             }
         );
