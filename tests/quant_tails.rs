@@ -1,0 +1,80 @@
+//! Row lengths the main differential test (`quant_diff`, rows of 1 and 32 blocks) does not
+//! reach: the 4/5-bit kernels work 4 blocks at a time (vec_dot) and 2 at a time (iq4_nl
+//! quantize), with tails of 1..3 blocks, and iq4_nl's vec_dot pairs blocks with a scalar
+//! tail. Every length from 1 to 13 blocks, random and adversarial rows, every ISA this CPU
+//! can run, bit for bit against the pinned upstream in the same process (seed printed;
+//! `ATTNROT_SEED` repeats a run).
+use attnrot::simd;
+use attnrot::GgmlType;
+use attnrot_ref::diff;
+
+fn run(ty: GgmlType) {
+    let seed = diff::seed(&format!("quant_tails {ty}"));
+    let mut rows = Vec::new();
+    for nb in 1..=13usize {
+        let n = 32 * nb;
+        rows.extend(diff::random_rows(seed ^ nb as u64, 24, n));
+        rows.extend(diff::adversarial(n));
+        // leading all-tiny blocks (iq4_nl keeps the previous indices), then regular ones
+        let mut r = diff::random_rows(seed ^ 0x77 ^ nb as u64, 1, n).remove(0).1;
+        for v in r.iter_mut().take(32 * (nb / 2)) {
+            *v *= 1e-17;
+        }
+        rows.push((format!("tiny-lead {nb}"), r));
+    }
+    for isa in simd::available() {
+        let rep = diff::compare_format(ty, isa, &rows, true);
+        eprintln!(
+            "{ty:>7} {:>6}: {} rows, {} blocks; mismatches: quantize(cpu) {}, quantize(ref) {}, dequantize {}, vec_dot {}",
+            isa.name(),
+            rep.rows,
+            rep.blocks,
+            rep.quantize_cpu_mismatch.len(),
+            rep.quantize_ref_mismatch.len(),
+            rep.dequantize_mismatch.len(),
+            rep.dot_mismatch.len()
+        );
+        let show = |v: &Vec<String>| v.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
+        assert!(
+            rep.quantize_cpu_mismatch.is_empty(),
+            "{ty} {isa:?} quantize(cpu):\n  {}",
+            show(&rep.quantize_cpu_mismatch)
+        );
+        assert!(
+            rep.quantize_ref_mismatch.is_empty(),
+            "{ty} {isa:?} quantize(ref):\n  {}",
+            show(&rep.quantize_ref_mismatch)
+        );
+        assert!(
+            rep.dequantize_mismatch.is_empty(),
+            "{ty} {isa:?} dequantize:\n  {}",
+            show(&rep.dequantize_mismatch)
+        );
+        assert!(
+            rep.dot_mismatch.is_empty(),
+            "{ty} {isa:?} vec_dot:\n  {}",
+            show(&rep.dot_mismatch)
+        );
+    }
+}
+
+#[test]
+fn q4_0_tails() {
+    run(GgmlType::Q4_0)
+}
+#[test]
+fn q4_1_tails() {
+    run(GgmlType::Q4_1)
+}
+#[test]
+fn q5_0_tails() {
+    run(GgmlType::Q5_0)
+}
+#[test]
+fn q5_1_tails() {
+    run(GgmlType::Q5_1)
+}
+#[test]
+fn iq4_nl_tails() {
+    run(GgmlType::IQ4_NL)
+}
