@@ -144,9 +144,10 @@ typedef struct attnrot_attn_params {
 } attnrot_attn_params;
 
 /* Attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics (online softmax,
- * grouped-query heads, ALiBi, soft-capping, sinks; numerics: Q stays f32, K/V rows are
- * dequantized exactly as ggml's to_float, accumulation in f32 -- close to, not bit-identical
- * with, ggml's CPU backend, which converts Q to K's vec_dot type).
+ * grouped-query heads, ALiBi, soft-capping, sinks). Numerics: K/V rows dequantized exactly
+ * as ggml's to_float; Q.K either in f32 or, for some K types (e.g. q8_0, q4_0), with Q
+ * converted to K's vec_dot type as ggml's CPU backend does; f32 accumulation. Close to, not
+ * guaranteed bit-identical with, ggml's CPU backend; independent of n_threads.
  * Row-major, contiguous layouts:
  *   q     n_head x n_q x head_dim_k floats
  *   k     n_head_kv x n_kv rows of head_dim_k elements of k_type (k_size bytes)

@@ -577,7 +577,8 @@ const MAX_THREADS: i32 = 1024;
 
 /// Attention over a quantized KV cache with ggml's FLASH_ATTN_EXT semantics
 /// (`attnrot::attn::flash_attn_ext`: online softmax, grouped-query heads, ALiBi,
-/// soft-capping, sinks; Q stays f32, K/V rows are dequantized exactly, f32 accumulation).
+/// soft-capping, sinks; numerics as that function documents: K/V dequantized exactly, Q·K in
+/// f32 or with Q converted to K's `vec_dot_type` like ggml, f32 accumulation).
 /// Layouts (row-major, contiguous):
 /// * `q`: `n_head × n_q × head_dim_k` floats;
 /// * `k`: `n_head_kv × n_kv` rows of `head_dim_k` elements of `k_type` (`k_size` bytes);
