@@ -1175,3 +1175,108 @@ pub unsafe fn transpose_tile_avx512(src: *const f32, dst: *mut f32, dk: usize) {
         }
     }
 }
+
+// ---------------------------------------------------------------- soft cap (tanh)
+
+// tanh: |x| < 0.625: x + x·z·P(z), z = x² (Cephes `tanhf` polynomial); otherwise
+// 1 - 2/(e^{2|x|} + 1) with the vector exp; |x| ≥ 9 gives ±1 exactly; sign restored.
+const TANH_P: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_908_9e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328_2e-1,
+];
+
+#[inline(always)]
+unsafe fn tanh512(x: __m512) -> __m512 {
+    unsafe {
+        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+        let ax = _mm512_abs_ps(x);
+        // large: 1 - 2/(exp(2|x|) + 1)
+        let e = exp512(_mm512_min_ps(_mm512_add_ps(ax, ax), _mm512_set1_ps(18.0)));
+        let one = _mm512_set1_ps(1.0);
+        let big = _mm512_sub_ps(
+            one,
+            _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)),
+        );
+        // small: polynomial
+        let z = _mm512_mul_ps(ax, ax);
+        let mut p = _mm512_set1_ps(TANH_P[0]);
+        for c in &TANH_P[1..] {
+            p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(*c));
+        }
+        let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), ax, ax);
+        let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, _mm512_set1_ps(0.625));
+        let r = _mm512_mask_blend_ps(is_small, big, small);
+        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign))
+    }
+}
+
+#[inline(always)]
+unsafe fn tanh256(x: __m256) -> __m256 {
+    unsafe {
+        let sm = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let sign = _mm256_and_ps(x, sm);
+        let ax = _mm256_andnot_ps(sm, x);
+        let e = exp256(_mm256_min_ps(_mm256_add_ps(ax, ax), _mm256_set1_ps(18.0)));
+        let one = _mm256_set1_ps(1.0);
+        let big = _mm256_sub_ps(
+            one,
+            _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one)),
+        );
+        let z = _mm256_mul_ps(ax, ax);
+        let mut p = _mm256_set1_ps(TANH_P[0]);
+        for c in &TANH_P[1..] {
+            p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(*c));
+        }
+        let small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), ax, ax);
+        let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(ax, _mm256_set1_ps(0.625));
+        let r = _mm256_blendv_ps(big, small, is_small);
+        _mm256_or_ps(r, sign)
+    }
+}
+
+/// `s = mv == -inf ? -inf : softcap·tanh(s·scale) + mv` over 64 lanes; returns the max.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn scores_softcap_avx512(s: *mut f32, mv: *const f32, scale: f32, softcap: f32) -> f32 {
+    unsafe {
+        let sc = _mm512_set1_ps(scale);
+        let cap = _mm512_set1_ps(softcap);
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut mx = ninf;
+        for c in 0..4 {
+            let m = _mm512_loadu_ps(mv.add(16 * c));
+            let t = tanh512(_mm512_mul_ps(_mm512_loadu_ps(s.add(16 * c)), sc));
+            let x = _mm512_add_ps(_mm512_mul_ps(cap, t), m);
+            let live = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(m, ninf);
+            let x = _mm512_mask_blend_ps(live, ninf, x);
+            _mm512_storeu_ps(s.add(16 * c), x);
+            mx = _mm512_max_ps(mx, x);
+        }
+        _mm512_reduce_max_ps(mx)
+    }
+}
+
+/// AVX2 variant of [`scores_softcap_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores_softcap_avx2(s: *mut f32, mv: *const f32, scale: f32, softcap: f32) -> f32 {
+    unsafe {
+        let sc = _mm256_set1_ps(scale);
+        let cap = _mm256_set1_ps(softcap);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut mx = ninf;
+        for c in 0..8 {
+            let m = _mm256_loadu_ps(mv.add(8 * c));
+            let t = tanh256(_mm256_mul_ps(_mm256_loadu_ps(s.add(8 * c)), sc));
+            let x = _mm256_add_ps(_mm256_mul_ps(cap, t), m);
+            let live = _mm256_cmp_ps::<_CMP_NEQ_OQ>(m, ninf);
+            let x = _mm256_blendv_ps(ninf, x, live);
+            _mm256_storeu_ps(s.add(8 * c), x);
+            mx = _mm256_max_ps(mx, x);
+        }
+        let mut buf = [0f32; 8];
+        _mm256_storeu_ps(buf.as_mut_ptr(), mx);
+        buf.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+}
