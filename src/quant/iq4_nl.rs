@@ -134,6 +134,13 @@ fn vec_dot_scalar(x: &[BlockIq4Nl], y: &[BlockQ8_0]) -> f32 {
     sumf
 }
 
+/// `sumf + d * (sumi1 + sumi2)`: ggml's scalar tail loop for the last (odd) block. Out of
+/// line and taking `sumf`, so the SIMD kernels end with a tail call and need no stack frame.
+#[inline(never)]
+pub(crate) fn tail_add(sumf: f32, bx: &BlockIq4Nl, by: &BlockQ8_0) -> f32 {
+    sumf + tail_block(bx, by)
+}
+
 /// `d * (sumi1 + sumi2)` of ggml's scalar tail loop for one block.
 #[inline]
 pub(crate) fn tail_block(bx: &BlockIq4Nl, by: &BlockQ8_0) -> f32 {

@@ -997,27 +997,24 @@ dot_kernels!(
         // an odd last block in the scalar tail (`sumf += d * sumi`, not contracted).
         let mut acc1 = _mm256_setzero_ps();
         let mut acc2 = _mm256_setzero_ps();
-        let pairs = x.len().min(y.len()) / 2;
-        blocks_d!(
-            &x[..2 * pairs],
-            &y[..2 * pairs],
-            BlockIq4Nl,
-            BlockQ8_0,
-            d4,
-            |k, bx, by, d| {
-                // SAFETY: 32 readable bytes.
-                let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
-                let s = iq4_nl_lanes(&bx.qs, qy);
-                if k & 1 == 0 {
-                    acc1 = _mm256_fmadd_ps(d, s, acc1);
-                } else {
-                    acc2 = _mm256_fmadd_ps(d, s, acc2);
-                }
+        let n = x.len().min(y.len());
+        // SAFETY: 2 * (n / 2) <= n <= both lengths.
+        let (xp, yp) = unsafe { (x.get_unchecked(..n & !1), y.get_unchecked(..n & !1)) };
+        blocks_d!(xp, yp, BlockIq4Nl, BlockQ8_0, d4, |k, bx, by, d| {
+            // SAFETY: 32 readable bytes.
+            let qy = unsafe { _mm256_loadu_si256(by.qs.as_ptr() as *const __m256i) };
+            let s = iq4_nl_lanes(&bx.qs, qy);
+            if k & 1 == 0 {
+                acc1 = _mm256_fmadd_ps(d, s, acc1);
+            } else {
+                acc2 = _mm256_fmadd_ps(d, s, acc2);
             }
-        );
-        let mut sumf = hsum8(_mm256_add_ps(acc1, acc2));
-        for (bx, by) in x.iter().zip(y).skip(2 * pairs) {
-            sumf += crate::quant::iq4_nl::tail_block(bx, by);
+        });
+        let sumf = hsum8(_mm256_add_ps(acc1, acc2));
+        if n & 1 == 1 {
+            // SAFETY: n >= 1 is within both lengths.
+            let (bx, by) = unsafe { (x.get_unchecked(n - 1), y.get_unchecked(n - 1)) };
+            return crate::quant::iq4_nl::tail_add(sumf, bx, by);
         }
         sumf
     }
