@@ -608,6 +608,38 @@ fn format_pairs() {
     family("K×V formats", cases, 2);
 }
 
+/// Decode with q8_0/q4_0 K: `Precision::Default` may quantize Q like upstream (AVX-512 VNNI),
+/// `Precision::F32` keeps Q in f32 and must be near-exact against the f64 oracle (and both
+/// within the bound of upstream).
+#[test]
+fn decode_precision() {
+    let seed = diff::seed("attn_diff precision");
+    let mut r = diff::rng(seed);
+    let mut fam = Family::new("precision");
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        for (d, n_kv, gqa) in [(64usize, 1500usize, 3usize), (128, 700, 4), (256, 300, 2)] {
+            for prec in [Precision::Default, Precision::F32] {
+                let c = Case {
+                    prec,
+                    mask: MaskKind::Causal,
+                    ..Case::base(d, n_kv, 1, gqa, ty)
+                };
+                run_case(&mut fam, &mut r, &c, 2);
+                if prec == Precision::F32 {
+                    let inp = make_inputs(&mut r, &c);
+                    let (q, k, v, m) = (inp.q(), inp.k(c.kt), inp.v(c.vt), inp.mask());
+                    let ours = attn::attend(&q, &k, &v, m.as_ref(), None, &inp.params, 2).unwrap();
+                    let exact = fattn::oracle(&q, &k, &v, m.as_ref(), None, &inp.params);
+                    let e = fattn::nmse(&ours, &exact);
+                    assert!(e <= 1e-10, "{}: F32 precision NMSE vs f64 {e:e}", c.name());
+                }
+            }
+        }
+    }
+    fam.report();
+    fam.check();
+}
+
 /// Every SIMD variant this CPU can run, on a small grid.
 #[test]
 fn isa_variants() {

@@ -17,15 +17,22 @@
 //! `-inf` are skipped; output `Σ softmax(s)_j v_j` with the optional sink logit joining the
 //! softmax denominator; a row with no live entry (and no sink) gives zeros.
 //!
-//! Numerics: unlike upstream (which converts Q to K's `vec_dot_type` — f16 or q8_0/q8_1 — and
-//! accumulates f16 V in an f16 vector), Q stays f32, K/V rows are dequantized exactly (bit-
-//! identical to upstream's `to_float`) and all accumulation is f32. Both `Precision`s
-//! therefore compute the same (as on upstream's CPU backend, where both take the same path).
+//! Numerics: upstream converts Q to K's `vec_dot_type` (f16, or q8_0/q8_1) and accumulates f16
+//! V in an f16 vector. Here K/V values are exact (bit-identical to upstream's `to_float`) and
+//! all accumulation is f32; Q stays f32, except in one case: decode (few query rows per KV
+//! head) with q8_0/q4_0 K on AVX-512 VNNI and `Precision::Default`, where Q is quantized to
+//! q8_0 exactly as upstream does (the CPU backend's `from_float`) and K·Q is computed as
+//! exact integer block dots (`vpdpbusd`), like upstream's `vec_dot`. `Precision::F32` keeps
+//! Q in f32 there too (slower, closer to exact). q8_0/q4_0 V in decode folds the block scale
+//! into the softmax weight (`(p·d)·q` instead of `p·(q·d)`: one rounding moved).
 //!
 //! Work is split over (sequence, KV-head group, block of query rows) and, when there is only
 //! one block of query rows and the KV is long, over fixed KV chunks of [`SPLIT_CHUNK`] rows
 //! whose partial results are combined in chunk order. The split depends on shapes only,
-//! never on the thread count, so the result is bit-identical for any `n_threads`.
+//! never on the thread count, so the result is bit-identical for any `n_threads`. Decode
+//! runs the KV-head groups of a chunk together, tile by tile (one pass over the cache rows
+//! of a chunk, whose KV heads are adjacent in llama.cpp's cache), with fused kernels that
+//! read f16/q8_0/q4_0 rows straight from the cache (AVX-512).
 use crate::error::{Error, Result};
 use crate::simd;
 use crate::types::GgmlType;
@@ -243,6 +250,7 @@ struct Plan<'a> {
     scale: f32,
     softcap: f32,
     max_bias: f32,
+    precision: Precision,
     m0: f32,
     m1: f32,
     n_head_log2: u32,
@@ -403,6 +411,7 @@ fn plan<'a>(
         scale,
         softcap: p.logit_softcap,
         max_bias: p.max_bias,
+        precision: p.precision,
         m0,
         m1,
         n_head_log2,
@@ -569,7 +578,7 @@ impl Plan<'_> {
             }
             sc.q[m_real * dk..mp * dk].fill(0.0);
             let decode = mp < ROWMAJOR_BELOW;
-            let int8_k = decode && kn.int8_k(fused.0, dk);
+            let int8_k = decode && self.precision == Precision::Default && kn.int8_k(fused.0, dk);
             if let (true, Some(f)) = (int8_k, fused.0) {
                 kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
             }
