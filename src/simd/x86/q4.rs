@@ -6,6 +6,19 @@
 //! `x*id + c`, `vcvttps2dq` + low-byte truncation, and the vec_dots' per-block
 //! `fma(dx*dy, (float)lane, acc)` over 8 float lanes followed by `hsum_float_8`.
 //!
+//! Speed (rows are often 4 blocks, so per-call work counts as much as per-block work):
+//! * vec_dot: 4 blocks per iteration; the 8 f16 scales of 4 block pairs are loaded straight
+//!   into one vector each side (`vmovd` + `vpinsrd`), converted with one `vcvtph2ps` and
+//!   multiplied with one `vmulps` (F16C gives the same values as ggml's f16 table); the
+//!   integer lane sums of all 4 blocks are independent of the accumulator, so the FMA chain
+//!   (in ggml's block order) is the only serial dependency. Lane sums of `(u - c) * y` use
+//!   `u*y - c*y` (two `vpdpbusd`, or two `vpmaddubsw` and one 16-bit subtract) instead of
+//!   the sign trick: the same exact integers. The safe wrappers reach the kernels with
+//!   a tail call and no stack frame ([`dot_kernel_fast`]).
+//! * iq4_nl quantize: the nearest-value search is branch-free across 8 lanes (upstream's
+//!   binary search mispredicts on every element); the weighted sums stay scalar and in
+//!   upstream's order, two blocks interleaved.
+//!
 //! Callers guarantee: `x.len() == 32 * y.len()` for (de)quantization, equal block counts for
 //! vec_dot, and that the CPU has the enabled features.
 use crate::quant::fp16::f32_to_f16le;
@@ -446,7 +459,9 @@ pub fn dot_kernel_fast() -> Option<DotKernel> {
 /// Stamps out one vec_dot body three times: AVX2 (`vpmaddubsw` + `vpmaddwd`), AVX-512 VNNI
 /// (`vpdpbusd`, what the reference uses where its helpers do) and the `Isa::Avx512` entry
 /// that picks VNNI when the CPU has it. The integer lane sums are exact either way (no
-/// saturation is possible for these operands), so all three give the same bits.
+/// saturation is possible for these operands), so all three give the same bits. (On this
+/// machine, gathering the scales with AVX-512BW masked loads + `vpermw`/`vpermt2w` measured
+/// slower than `vpinsrd`, and the unsigned-offset form for iq4_nl slower than the sign trick.)
 macro_rules! dot_kernels {
     ($avx2:ident, $vnni:ident, $avx512:ident, $tx:ty, $ty:ty, |$x:ident, $y:ident| $body:block) => {
         #[doc = concat!("`", stringify!($avx2), "`: AVX2 + FMA + F16C.")]
