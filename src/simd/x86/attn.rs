@@ -801,6 +801,19 @@ pub unsafe fn pv_fused_avx512<const F: u8>(
 // horizontal sums. Per 32-element block: `acc_int - off·Σq` is the exact integer block dot
 // (off = 8 for q4_0 nibbles, 128 for the q8_0 bias), then `s = fma(float(dot), dk·dq, s)`.
 
+/// The f16 block scales at byte `offs[j] + boff` of `base` for 16 rows, as f32 (scalar loads:
+/// cheaper than a gather on some cores).
+#[inline(always)]
+unsafe fn scales16(base: *const u8, offs: &[usize; 16], boff: usize) -> __m512 {
+    unsafe {
+        let mut h = [0u16; 16];
+        for j in 0..16 {
+            h[j] = (base.add(offs[j] + boff) as *const u16).read_unaligned();
+        }
+        _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
+    }
+}
+
 /// Rows `p[j] + off` (16 bytes each) → `out[c]`, lane j = dword c of row j.
 #[inline(always)]
 unsafe fn transpose16x4(p: &[*const u8; 16], off: usize) -> [__m512i; 4] {
@@ -830,7 +843,7 @@ unsafe fn transpose16x4(p: &[*const u8; 16], off: usize) -> [__m512i; 4] {
 /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr`, K rows (q8_0 or q4_0, `dk % 32 == 0`) at
 /// `k + t·nb1`. `q8` `[mr][dk]` Q quantized to q8_0 (the quants, natural order), `qd`
 /// `[mr][dk/32]` its block scales, `qc` `[mr][dk/32]` = off·Σ(quants of the block). Row byte
-/// offsets `t·nb1` (+ block offsets) must fit in i32 (the caller checks).
+/// offsets are `t·nb1` (+ block offsets).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn qk_i8_avx512<const F: u8>(
@@ -871,11 +884,10 @@ pub unsafe fn qk_i8_avx512<const F: u8>(
                     prefetch_row(p.wrapping_add(pf * nb1), lines);
                 }
             }
-            let mut idx = [0i32; 16];
+            let mut offs = [0usize; 16];
             for j in 0..16 {
-                idx[j] = (ts[j] * nb1) as i32;
+                offs[j] = ts[j] * nb1;
             }
-            let idx = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
             for m in sacc.iter_mut().take(mr) {
                 *m = _mm512_setzero_ps();
             }
@@ -906,9 +918,7 @@ pub unsafe fn qk_i8_avx512<const F: u8>(
                         _mm512_and_si512(_mm512_srli_epi32::<4>(x[3]), m4),
                     ]
                 };
-                let boff = _mm512_set1_epi32((bs * b) as i32);
-                let dh = _mm512_i32gather_epi32::<1>(_mm512_add_epi32(idx, boff), k as *const i32);
-                let dkv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+                let dkv = scales16(k, &offs, bs * b);
                 for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
                     let qr = q8.add(m * dk + 32 * b) as *const i32;
                     let mut acc = _mm512_setzero_si512();
@@ -1053,7 +1063,7 @@ unsafe fn pv_q_rows<const F: u8, const R: usize>(
 
 /// `o[m][:dv] += Σ_i p[m][t_i] · d_{t_i,b} · q_{t_i}[:]` for `t_i = active[i]`, `m < mr` (≤ 16),
 /// V rows q8_0/q4_0 (`dv % 32 == 0`) at `v + t·nb1`; the weights `p·d` are formed in `w`
-/// (`[dv/32][mr][64]` floats of scratch). Row byte offsets must fit in i32 (caller checks).
+/// (`[dv/32][mr][64]` floats of scratch).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn pv_q_avx512<const F: u8>(
@@ -1076,21 +1086,18 @@ pub unsafe fn pv_q_avx512<const F: u8>(
         let mut i = 0;
         while i < na {
             let n = (na - i).min(16);
-            let mut idx = [0i32; 16];
             let mut tsi = [0i32; 16];
+            let mut offs = [0usize; 16];
             for j in 0..16 {
                 let t = active[i + j.min(n - 1)] as usize;
                 tsi[j] = t as i32;
-                idx[j] = (t * nb1) as i32;
+                offs[j] = t * nb1;
             }
             let contiguous = tsi[n - 1] - tsi[0] == n as i32 - 1;
-            let idx = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
             let tsv = _mm512_loadu_si512(tsi.as_ptr() as *const __m512i);
             let km: __mmask16 = ((1u32 << n) - 1) as u16;
             for b in 0..nb {
-                let boff = _mm512_set1_epi32((bs * b) as i32);
-                let dh = _mm512_i32gather_epi32::<1>(_mm512_add_epi32(idx, boff), v as *const i32);
-                let dvv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+                let dvv = scales16(v, &offs, bs * b);
                 for m in 0..mr {
                     let prow = p.add(m * T);
                     let pv = if contiguous {
