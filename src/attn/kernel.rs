@@ -712,13 +712,12 @@ mod tests {
                                     for i in 0..32 {
                                         let kv = deqd[t * d + 32 * b + i];
                                         let ki = if dk == 0.0 {
-                                            let byte = if ty == GgmlType::Q8_0 {
+                                            if ty == GgmlType::Q8_0 {
                                                 row[bs * b + 2 + i] as i8 as i32
                                             } else {
                                                 let by = row[bs * b + 2 + i % 16];
                                                 (if i < 16 { by & 15 } else { by >> 4 }) as i32 - 8
-                                            };
-                                            byte
+                                            }
                                         } else {
                                             (kv / dk) as i32
                                         };

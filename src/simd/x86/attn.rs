@@ -1188,11 +1188,11 @@ pub unsafe fn transpose_tile_avx512(src: *const f32, dst: *mut f32, dk: usize) {
 // tanh: |x| < 0.625: x + x·z·P(z), z = x² (Cephes `tanhf` polynomial); otherwise
 // 1 - 2/(e^{2|x|} + 1) with the vector exp; |x| ≥ 9 gives ±1 exactly; sign restored.
 const TANH_P: [f32; 5] = [
-    -5.704_988_7e-3,
-    2.063_908_9e-2,
-    -5.373_971_6e-2,
-    1.333_144_2e-1,
-    -3.333_328_2e-1,
+    -0.005_704_988_7,
+    0.020_639_088,
+    -0.053_739_715,
+    0.133_314_42,
+    -0.333_332_8,
 ];
 
 #[inline(always)]
