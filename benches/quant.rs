@@ -71,7 +71,10 @@ fn typed_row<B: BlockFormat>(f: &Fmt, r: usize) -> f32 {
     B::vec_dot(x, y)
 }
 
-fn typed_dot_fn(ty: GgmlType) -> (fn(&Fmt) -> f32, fn(&Fmt, usize) -> f32) {
+/// All rows, and one row, through the typed `BlockFormat::vec_dot` of a format.
+type TypedDot = (fn(&Fmt) -> f32, fn(&Fmt, usize) -> f32);
+
+fn typed_dot_fn(ty: GgmlType) -> TypedDot {
     match ty {
         GgmlType::F16 => (typed_rows::<BlockF16>, typed_row::<BlockF16>),
         GgmlType::BF16 => (typed_rows::<BlockBf16>, typed_row::<BlockBf16>),
