@@ -173,10 +173,9 @@ pub fn run(mut a: Args) -> Result<()> {
             &t,
             "-fa",
             "1",
-            "-ngl",
-            "0",
             "-o",
             "json",
+            "-v",
         ]);
         cmd.env_remove("GGML_BACKEND_PATH")
             .env_remove("LLAMA_ATTN_ROT_DISABLE");
@@ -204,8 +203,12 @@ pub fn run(mut a: Args) -> Result<()> {
                     .join("\n")
             );
         }
-        if kern == "attnrot" && !err.contains("AttnRot") {
-            bail!("llama-bench ran without the attnrot backend (no 'AttnRot' in its log)");
+        let loaded = err.contains(crate::upstream::LOADED_LINE);
+        if (kern == "attnrot") != loaded {
+            bail!(
+                "llama-bench {kern} run: attnrot backend loaded = {loaded}, expected {}",
+                kern == "attnrot"
+            );
         }
         for (test, depth, mut ts) in parse_bench_json(&String::from_utf8_lossy(&out.stdout))? {
             let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);

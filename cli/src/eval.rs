@@ -32,8 +32,9 @@ pub struct Args {
     /// Also evaluate at context 2048 (slower).
     #[arg(long)]
     pub long: bool,
-    /// Chunks of --ctx tokens to evaluate (default keeps the run near 10 minutes on 2 cores).
-    #[arg(long, default_value_t = 6)]
+    /// Chunks of --ctx tokens to evaluate (the default keeps the whole run well under 10
+    /// minutes on 2 cores).
+    #[arg(long, default_value_t = 4)]
     pub chunks: usize,
     /// Threads for llama-perplexity.
     #[arg(long, default_value_t = 2)]
@@ -181,8 +182,8 @@ fn run_perplexity(
         &cfg.type_v,
         "-fa",
         "on",
-        "-ngl",
-        "0",
+        // ggml's loader then logs which backends it loaded, checked below
+        "-v",
     ]);
     cmd.env_remove("GGML_BACKEND_PATH")
         .env_remove("LLAMA_ATTN_ROT_DISABLE");
@@ -213,8 +214,12 @@ fn run_perplexity(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    if cfg.kernels == "attnrot" && !log.contains("AttnRot") {
+    let loaded = log.contains(crate::upstream::LOADED_LINE);
+    if cfg.kernels == "attnrot" && !loaded {
         bail!("llama-perplexity ran without the attnrot backend (GGML_BACKEND_PATH was ignored?) for {cfg:?}");
+    }
+    if cfg.kernels == "stock" && loaded {
+        bail!("the stock run loaded the attnrot backend (GGML_BACKEND_DIR or a copy next to llama-perplexity?)");
     }
     Ok((log, secs))
 }
@@ -300,7 +305,7 @@ pub fn run(a: Args) -> Result<()> {
             "-t",
             &a.threads.to_string(),
         ]);
-        cmd.args(["-ctk", "f16", "-ctv", "f16", "-fa", "on", "-ngl", "0"]);
+        cmd.args(["-ctk", "f16", "-ctv", "f16", "-fa", "on"]);
         cmd.env_remove("GGML_BACKEND_PATH");
         let out = cmd
             .stdin(Stdio::null())

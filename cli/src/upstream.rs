@@ -4,6 +4,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// What ggml's loader logs (at -v) when it has loaded our backend.
+pub const LOADED_LINE: &str = "loaded AttnRot backend from";
+
 /// The repository root (the CLI drives the project's own scripts).
 pub fn repo_root() -> PathBuf {
     match std::env::var_os("ATTNROT_ROOT") {
