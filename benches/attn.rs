@@ -10,7 +10,10 @@
 //! Before the criterion groups, a summary pass times each case (median of a few runs) and
 //! prints `ours`, `upstream`, the ratio and the bandwidth figures. `ATTNROT_BENCH_SUMMARY_ONLY=1`
 //! skips the criterion groups; `ATTNROT_BENCH_FILTER=sub1,sub2` keeps only the cases whose
-//! label contains one of the substrings (e.g. `kv=32768`).
+//! label contains one of the substrings (e.g. `kv=32768`); `ATTNROT_BENCH_CPUTIME=1` times
+//! with the process CPU clock (use with `ATTNROT_BENCH_THREADS=1` on a loaded machine: time
+//! slices lost to other processes do not count); `ATTNROT_BENCH_OURS_ONLY=1` skips upstream and
+//! `ATTNROT_BENCH_NO_PROBE=1` the bandwidth probe (quick runs, profiling).
 use attnrot::attn::{self, Params, Tensor};
 use attnrot::quant::fp16::f32_to_f16;
 use attnrot::GgmlType;
