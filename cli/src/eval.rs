@@ -316,7 +316,8 @@ pub fn run(a: Args) -> Result<()> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        if !out.status.success() || !base.exists() {
+        // llama-perplexity can exit 0 after an error: a finished base run prints its estimate
+        if !out.status.success() || !base.exists() || !log.contains("Final estimate: PPL") {
             if log.contains("you need at least") || log.contains("not enough for a context") {
                 bail!(
                     "the text {} is too short for {} chunks of {ctx} tokens: use fewer --chunks or a longer --text",
