@@ -4,9 +4,17 @@ use crate::types::GgmlType;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("length {len} is not a multiple of the block size {block} of {ty}")]
-    NotBlockMultiple { ty: GgmlType, len: usize, block: usize },
+    NotBlockMultiple {
+        ty: GgmlType,
+        len: usize,
+        block: usize,
+    },
     #[error("buffer too small: {what} needs {need} but has {have}")]
-    BufferTooSmall { what: &'static str, need: usize, have: usize },
+    BufferTooSmall {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     #[error("unsupported type {0:?} for this operation")]
     UnsupportedType(GgmlType),
     #[error("unknown ggml type id {0}")]

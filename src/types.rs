@@ -109,9 +109,15 @@ impl GgmlType {
     pub fn row_bytes(self, n: usize) -> crate::Result<usize> {
         let b = self.block_size();
         if n % b != 0 {
-            return Err(crate::Error::NotBlockMultiple { ty: self, len: n, block: b });
+            return Err(crate::Error::NotBlockMultiple {
+                ty: self,
+                len: n,
+                block: b,
+            });
         }
-        (n / b).checked_mul(self.block_bytes()).ok_or(crate::Error::Overflow)
+        (n / b)
+            .checked_mul(self.block_bytes())
+            .ok_or(crate::Error::Overflow)
     }
 }
 

@@ -39,17 +39,28 @@ const CXX_SOURCES: &[&str] = &[
     "ggml/src/ggml-cpu/tiled/tiled.cpp",
     "ggml/src/ggml-cpu/tiled/tiled-kernel.cpp",
 ];
-const ARCH_FLAGS: &[&str] = &["-march=native", "-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"];
+const ARCH_FLAGS: &[&str] = &[
+    "-march=native",
+    "-mno-amx-tile",
+    "-mno-amx-int8",
+    "-mno-amx-bf16",
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.join("../..").canonicalize().unwrap();
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed={}", root.join("vendor/fetch.sh").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("vendor/fetch.sh").display()
+    );
     println!("cargo:rerun-if-env-changed=ATTNROT_LLAMA_CPP_DIR");
 
     let tree = fetch_tree(&root);
-    println!("cargo:rerun-if-changed={}", tree.join("ggml/src/ggml.c").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tree.join("ggml/src/ggml.c").display()
+    );
     let ggml = tree.join("ggml");
 
     let version = read_ggml_version(&ggml.join("CMakeLists.txt"));
@@ -62,9 +73,19 @@ fn main() {
 
     // The pinned tree is identified by its sdist checksum (vendor/fetch.sh writes it), a
     // user-provided tree by its path.
-    let ident = std::fs::read_to_string(tree.join(".attnrot-pin")).unwrap_or_else(|_| tree.display().to_string());
+    let ident = std::fs::read_to_string(tree.join(".attnrot-pin"))
+        .unwrap_or_else(|_| tree.display().to_string());
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (ident.trim(), C_SOURCES, CXX_SOURCES, ARCH_FLAGS, &version, cc_version, 4u32).hash(&mut h);
+    (
+        ident.trim(),
+        C_SOURCES,
+        CXX_SOURCES,
+        ARCH_FLAGS,
+        &version,
+        cc_version,
+        4u32,
+    )
+        .hash(&mut h);
     let key = format!("{:016x}", h.finish());
     let cache = cache_root().join("ref-build").join(&key);
     let done = cache.join(".complete");
@@ -118,7 +139,12 @@ fn main() {
         if std::fs::rename(&stage, &cache).is_err() {
             // another build finished the same key first: use theirs
             let _ = std::fs::remove_dir_all(&stage);
-            assert!(done.exists(), "attnrot-ref: could not move {} to {}", stage.display(), cache.display());
+            assert!(
+                done.exists(),
+                "attnrot-ref: could not move {} to {}",
+                stage.display(),
+                cache.display()
+            );
         }
     }
 
@@ -128,7 +154,10 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=stdc++");
     println!("cargo:rustc-link-lib=dylib=m");
     println!("cargo:rustc-link-lib=dylib=pthread");
-    println!("cargo:rustc-env=ATTNROT_REF_ARCH_FLAGS={}", ARCH_FLAGS.join(" "));
+    println!(
+        "cargo:rustc-env=ATTNROT_REF_ARCH_FLAGS={}",
+        ARCH_FLAGS.join(" ")
+    );
     println!("cargo:rustc-env=ATTNROT_REF_TREE={}", tree.display());
     println!("cargo:rustc-env=ATTNROT_REF_LIB_DIR={}", cache.display());
     println!("cargo:tree={}", tree.display());
@@ -164,8 +193,17 @@ fn read_ggml_version(cmake: &Path) -> String {
     let text = std::fs::read_to_string(cmake).expect("ggml/CMakeLists.txt");
     let get = |k: &str| {
         text.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("set({k} ")).map(|r| r.trim_end_matches(')').trim().to_string()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("set({k} "))
+                    .map(|r| r.trim_end_matches(')').trim().to_string())
+            })
             .unwrap_or_else(|| panic!("{k} not found in ggml/CMakeLists.txt"))
     };
-    format!("{}.{}.{}", get("GGML_VERSION_MAJOR"), get("GGML_VERSION_MINOR"), get("GGML_VERSION_PATCH"))
+    format!(
+        "{}.{}.{}",
+        get("GGML_VERSION_MAJOR"),
+        get("GGML_VERSION_MINOR"),
+        get("GGML_VERSION_PATCH")
+    )
 }
