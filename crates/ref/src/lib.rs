@@ -22,7 +22,11 @@ static INIT: Once = Once::new();
 pub fn init() {
     INIT.call_once(|| unsafe {
         // ggml_cpu_init is idempotent upstream; a throwaway context initialises ggml-base tables.
-        let ctx = sys::ggml_init(sys::ggml_init_params { mem_size: 1024, mem_buffer: std::ptr::null_mut(), no_alloc: true });
+        let ctx = sys::ggml_init(sys::ggml_init_params {
+            mem_size: 1024,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        });
         sys::ggml_free(ctx);
         sys::ggml_cpu_init();
     });
@@ -30,25 +34,47 @@ pub fn init() {
 
 /// ggml's version string (`ggml_version()`), e.g. "0.25.3".
 pub fn version() -> String {
-    unsafe { CStr::from_ptr(sys::ggml_version()).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(sys::ggml_version())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// ggml's commit string (`ggml_commit()`).
 pub fn commit() -> String {
-    unsafe { CStr::from_ptr(sys::ggml_commit()).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(sys::ggml_commit())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// Which x86 features the reference's CPU backend was compiled with.
 pub fn cpu_features() -> Vec<&'static str> {
     let mut v = Vec::new();
     unsafe {
-        if sys::ggml_cpu_has_avx2() != 0 { v.push("avx2") }
-        if sys::ggml_cpu_has_fma() != 0 { v.push("fma") }
-        if sys::ggml_cpu_has_f16c() != 0 { v.push("f16c") }
-        if sys::ggml_cpu_has_avx512() != 0 { v.push("avx512") }
-        if sys::ggml_cpu_has_avx512_vnni() != 0 { v.push("avx512_vnni") }
-        if sys::ggml_cpu_has_avx512_bf16() != 0 { v.push("avx512_bf16") }
-        if sys::ggml_cpu_has_amx_int8() != 0 { v.push("amx_int8") }
+        if sys::ggml_cpu_has_avx2() != 0 {
+            v.push("avx2")
+        }
+        if sys::ggml_cpu_has_fma() != 0 {
+            v.push("fma")
+        }
+        if sys::ggml_cpu_has_f16c() != 0 {
+            v.push("f16c")
+        }
+        if sys::ggml_cpu_has_avx512() != 0 {
+            v.push("avx512")
+        }
+        if sys::ggml_cpu_has_avx512_vnni() != 0 {
+            v.push("avx512_vnni")
+        }
+        if sys::ggml_cpu_has_avx512_bf16() != 0 {
+            v.push("avx512_bf16")
+        }
+        if sys::ggml_cpu_has_amx_int8() != 0 {
+            v.push("amx_int8")
+        }
     }
     v
 }
@@ -78,7 +104,9 @@ fn row_bytes(ty: GgmlType, n: usize) -> usize {
 /// What the CPU backend's `from_float` (used by SET_ROWS and for Q in attention) writes.
 pub fn quantize_row_cpu(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut y = vec![0u8; row_bytes(ty, x.len())];
-    let f = cpu_traits(ty).from_float.unwrap_or_else(|| panic!("{ty}: no CPU from_float"));
+    let f = cpu_traits(ty)
+        .from_float
+        .unwrap_or_else(|| panic!("{ty}: no CPU from_float"));
     unsafe { f(x.as_ptr(), y.as_mut_ptr().cast(), x.len() as i64) };
     y
 }
@@ -86,22 +114,34 @@ pub fn quantize_row_cpu(ty: GgmlType, x: &[f32]) -> Vec<u8> {
 /// [`quantize_row_cpu`] into a caller's buffer (no allocation; for benches).
 /// `y` must hold at least the row's bytes.
 pub fn quantize_row_cpu_into(ty: GgmlType, x: &[f32], y: &mut [u8]) {
-    assert!(y.len() >= row_bytes(ty, x.len()), "{ty}: output buffer too small");
-    let f = cpu_traits(ty).from_float.unwrap_or_else(|| panic!("{ty}: no CPU from_float"));
+    assert!(
+        y.len() >= row_bytes(ty, x.len()),
+        "{ty}: output buffer too small"
+    );
+    let f = cpu_traits(ty)
+        .from_float
+        .unwrap_or_else(|| panic!("{ty}: no CPU from_float"));
     unsafe { f(x.as_ptr(), y.as_mut_ptr().cast(), x.len() as i64) };
 }
 
 /// [`dequantize_row`] into a caller's buffer (no allocation; for benches): `y.len()` elements.
 pub fn dequantize_row_into(ty: GgmlType, x: &[u8], y: &mut [f32]) {
-    assert!(x.len() >= row_bytes(ty, y.len()), "{ty}: input row too short");
-    let f = traits(ty).to_float.unwrap_or_else(|| panic!("{ty}: no to_float"));
+    assert!(
+        x.len() >= row_bytes(ty, y.len()),
+        "{ty}: input row too short"
+    );
+    let f = traits(ty)
+        .to_float
+        .unwrap_or_else(|| panic!("{ty}: no to_float"));
     unsafe { f(x.as_ptr().cast(), y.as_mut_ptr(), y.len() as i64) };
 }
 
 /// Upstream's `quantize_row_*_ref` (`from_float_ref`).
 pub fn quantize_row_ref(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut y = vec![0u8; row_bytes(ty, x.len())];
-    let f = traits(ty).from_float_ref.unwrap_or_else(|| panic!("{ty}: no from_float_ref"));
+    let f = traits(ty)
+        .from_float_ref
+        .unwrap_or_else(|| panic!("{ty}: no from_float_ref"));
     unsafe { f(x.as_ptr(), y.as_mut_ptr().cast(), x.len() as i64) };
     y
 }
@@ -110,7 +150,9 @@ pub fn quantize_row_ref(ty: GgmlType, x: &[f32]) -> Vec<u8> {
 pub fn dequantize_row(ty: GgmlType, x: &[u8], n: usize) -> Vec<f32> {
     assert_eq!(x.len(), row_bytes(ty, n));
     let mut y = vec![0f32; n];
-    let f = traits(ty).to_float.unwrap_or_else(|| panic!("{ty}: no to_float"));
+    let f = traits(ty)
+        .to_float
+        .unwrap_or_else(|| panic!("{ty}: no to_float"));
     unsafe { f(x.as_ptr().cast(), y.as_mut_ptr(), n as i64) };
     y
 }
@@ -118,12 +160,27 @@ pub fn dequantize_row(ty: GgmlType, x: &[u8], n: usize) -> Vec<f32> {
 /// Upstream's CPU `vec_dot` of `n` elements: `x` of type `ty`, `y` of `ty.vec_dot_type()`.
 pub fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> f32 {
     let t = cpu_traits(ty);
-    assert_eq!(t.vec_dot_type, ty.vec_dot_type() as sys::ggml_type, "vec_dot_type of {ty}");
+    assert_eq!(
+        t.vec_dot_type,
+        ty.vec_dot_type() as sys::ggml_type,
+        "vec_dot_type of {ty}"
+    );
     assert_eq!(x.len(), row_bytes(ty, n));
     assert_eq!(y.len(), row_bytes(ty.vec_dot_type(), n));
     let f = t.vec_dot.unwrap_or_else(|| panic!("{ty}: no vec_dot"));
     let mut s = 0f32;
-    unsafe { f(n as i32, &mut s, 0, x.as_ptr().cast(), 0, y.as_ptr().cast(), 0, 1) };
+    unsafe {
+        f(
+            n as i32,
+            &mut s,
+            0,
+            x.as_ptr().cast(),
+            0,
+            y.as_ptr().cast(),
+            0,
+            1,
+        )
+    };
     s
 }
 
