@@ -20,37 +20,65 @@ unsafe impl BlockFormat for BlockBf16 {
     type Dot = super::BlockBf16;
 
     /// Matches `ggml_cpu_fp32_to_bf16` (ggml-cpu.c; scalar `GGML_FP32_TO_BF16` on x86).
+    #[inline]
     fn quantize_row(x: &[f32], y: &mut [Self]) {
         f32_to_bf16_slice(x, y)
     }
     /// Matches `ggml_fp32_to_bf16_row_ref` (ggml.c): the same conversion.
+    #[inline]
     fn quantize_row_ref(x: &[f32], y: &mut [Self]) {
         f32_to_bf16_slice(x, y)
     }
     /// Matches `ggml_bf16_to_fp32_row` (ggml.c), exact.
+    #[inline]
     fn dequantize_row(x: &[Self], y: &mut [f32]) {
         bf16_to_f32_slice(x, y)
     }
     /// Matches `ggml_vec_dot_bf16` (ggml-cpu/vec.cpp) as built here (`__AVX512BF16__`), bit for
     /// bit under every ISA: the AVX-512 variant runs `vdpbf16ps` when the CPU has it, the
     /// others emulate it exactly ([`dpbf16_step`]). See [`dot_bf16_scalar`] for the order.
+    ///
+    /// The usual case reaches the kernel with a tail call and no stack frame; anything else
+    /// (forced ISA, scalar, first call) goes through [`vec_dot_dispatch`].
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self]) -> f32 {
-        let n = x.len().min(y.len());
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::f16 as k;
+            let n = x.len().min(y.len());
             let (px, py) = (x.as_ptr() as *const u16, y.as_ptr() as *const u16);
-            match simd::isa() {
-                // SAFETY: isa() <= detected() (and avx512bf16 checked); pointers valid for n.
-                Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512bf16") => {
-                    return unsafe { k::dot_bf16_avx512bf16(px, py, n) }
-                }
-                Isa::Avx512 | Isa::Avx2 => return unsafe { k::dot_bf16_avx2(px, py, n) },
-                Isa::Scalar => {}
+            match k::dot_bf16_fast() {
+                // SAFETY: dot_bf16_fast only reports kernels the CPU can run; n elements each.
+                Some(true) => return unsafe { k::dot_bf16_avx512bf16(px, py, n) },
+                // SAFETY: as above.
+                Some(false) => return unsafe { k::dot_bf16_avx2(px, py, n) },
+                None => {}
             }
         }
-        dot_bf16_scalar(&x[..n], &y[..n])
+        vec_dot_dispatch(x, y)
     }
+}
+
+/// The full ISA dispatch of `vec_dot` (forced ISAs, scalar, first call).
+#[cold]
+#[inline(never)]
+fn vec_dot_dispatch(x: &[BlockBf16], y: &[BlockBf16]) -> f32 {
+    let n = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::x86::f16 as k;
+        let (px, py) = (x.as_ptr() as *const u16, y.as_ptr() as *const u16);
+        match simd::isa() {
+            // SAFETY: isa() <= detected() (and avx512bf16 checked); pointers valid for n.
+            Isa::Avx512 if k::has_avx512bf16() => {
+                return unsafe { k::dot_bf16_avx512bf16(px, py, n) }
+            }
+            // SAFETY: as above.
+            Isa::Avx512 | Isa::Avx2 => return unsafe { k::dot_bf16_avx2(px, py, n) },
+            Isa::Scalar => {}
+        }
+    }
+    dot_bf16_scalar(&x[..n], &y[..n])
 }
 
 /// 2^-126 - 2^-151: an f32 result whose exact value is below this in magnitude rounds (with

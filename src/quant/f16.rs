@@ -19,34 +19,62 @@ unsafe impl BlockFormat for BlockF16 {
     type Dot = super::BlockF16;
 
     /// Matches `ggml_cpu_fp32_to_fp16` (ggml-cpu.c): F16C rounding, NaN payload kept.
+    #[inline]
     fn quantize_row(x: &[f32], y: &mut [Self]) {
         f32_to_f16_slice::<_, false>(x, y)
     }
     /// Matches `ggml_fp32_to_fp16_row` (ggml.c): NaN -> 0x7E00 | sign.
+    #[inline]
     fn quantize_row_ref(x: &[f32], y: &mut [Self]) {
         f32_to_f16_slice::<_, true>(x, y)
     }
     /// Matches `ggml_fp16_to_fp32_row` (ggml.c), exact.
+    #[inline]
     fn dequantize_row(x: &[Self], y: &mut [f32]) {
         f16_to_f32_slice(x, y)
     }
     /// Matches `ggml_vec_dot_f16` (ggml-cpu/vec.cpp) as built with AVX-512F on this machine,
     /// bit for bit under every ISA; see [`dot_f16_scalar`] for the order.
+    ///
+    /// The usual case reaches the kernel with a tail call and no stack frame; anything else
+    /// (forced ISA, scalar) goes through [`vec_dot_dispatch`].
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self]) -> f32 {
-        let n = x.len().min(y.len());
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::f16 as k;
+            let n = x.len().min(y.len());
             let (px, py) = (x.as_ptr() as *const u16, y.as_ptr() as *const u16);
-            match simd::isa() {
-                // SAFETY: isa() <= detected(); both pointers valid for n elements.
-                Isa::Avx512 => return unsafe { k::dot_f16_avx512(px, py, n) },
-                Isa::Avx2 => return unsafe { k::dot_f16_avx2(px, py, n) },
-                Isa::Scalar => {}
+            match simd::isa_fast() {
+                // SAFETY: isa_fast() <= detected(); both pointers valid for n elements.
+                Some(Isa::Avx512) => return unsafe { k::dot_f16_avx512(px, py, n) },
+                // SAFETY: as above.
+                Some(Isa::Avx2) => return unsafe { k::dot_f16_avx2(px, py, n) },
+                _ => {}
             }
         }
-        dot_f16_scalar(&x[..n], &y[..n])
+        vec_dot_dispatch(x, y)
     }
+}
+
+/// The full ISA dispatch of `vec_dot` (forced ISAs, scalar).
+#[cold]
+#[inline(never)]
+fn vec_dot_dispatch(x: &[BlockF16], y: &[BlockF16]) -> f32 {
+    let n = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::x86::f16 as k;
+        let (px, py) = (x.as_ptr() as *const u16, y.as_ptr() as *const u16);
+        match simd::isa() {
+            // SAFETY: isa() <= detected(); both pointers valid for n elements.
+            Isa::Avx512 => return unsafe { k::dot_f16_avx512(px, py, n) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { k::dot_f16_avx2(px, py, n) },
+            Isa::Scalar => {}
+        }
+    }
+    dot_f16_scalar(&x[..n], &y[..n])
 }
 
 /// Portable `ggml_vec_dot_f16` with the AVX-512 build's order: 64 f32 accumulator lanes

@@ -234,86 +234,83 @@ pub fn f32_row_to_bf16<T: Bits16>(src: &[f32], dst: &mut [T]) -> Result<()> {
 }
 
 // Unchecked-length internals (process the common length), used by the block formats.
+//
+// Each has a fast path that reaches the kernel with a tail call and no stack frame (rows are
+// often only 128 elements, where the per-call glue counts) and an out-of-line full dispatch
+// for the rest (forced ISA, scalar).
 
-#[inline]
-pub(crate) fn f16_to_f32_slice<T: Bits16>(src: &[T], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::x86::f16 as k;
-        let (s, d) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
-        match simd::isa() {
-            // SAFETY: isa() <= detected(); both pointers are valid for n elements.
-            Isa::Avx512 => return unsafe { k::f16_to_f32_avx512(s, d, n) },
-            Isa::Avx2 => return unsafe { k::f16_to_f32_avx2(s, d, n) },
-            Isa::Scalar => {}
+macro_rules! row_dispatch {
+    ($(#[$m:meta])* $name:ident, $slow:ident, <$($g:ident $(: $b:path)?),* $(; const $c:ident: bool)?>,
+     $src:ident: &[$st:ty], $dst:ident: &mut [$dt:ty], $sp:ty, $dp:ty,
+     $avx512:path, $avx2:path, |$i:ident, $o:ident| $scalar:expr) => {
+        $(#[$m])*
+        #[inline(always)]
+        pub(crate) fn $name<$($g $(: $b)?),* $(, const $c: bool)?>($src: &[$st], $dst: &mut [$dt]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let n = $src.len().min($dst.len());
+                let (s, d) = ($src.as_ptr() as $sp, $dst.as_mut_ptr() as $dp);
+                match simd::isa_fast() {
+                    // SAFETY: isa_fast() <= detected(); both pointers are valid for n elements.
+                    Some(Isa::Avx512) => return unsafe { $avx512(s, d, n) },
+                    // SAFETY: as above.
+                    Some(Isa::Avx2) => return unsafe { $avx2(s, d, n) },
+                    _ => {}
+                }
+            }
+            $slow::<$($g),* $(, $c)?>($src, $dst)
         }
-    }
-    for (o, h) in dst[..n].iter_mut().zip(&src[..n]) {
-        *o = f16_to_f32(h.to_bits());
-    }
+
+        #[cold]
+        #[inline(never)]
+        fn $slow<$($g $(: $b)?),* $(, const $c: bool)?>($src: &[$st], $dst: &mut [$dt]) {
+            let n = $src.len().min($dst.len());
+            #[cfg(target_arch = "x86_64")]
+            {
+                let (s, d) = ($src.as_ptr() as $sp, $dst.as_mut_ptr() as $dp);
+                match simd::isa() {
+                    // SAFETY: isa() <= detected(); both pointers are valid for n elements.
+                    Isa::Avx512 => return unsafe { $avx512(s, d, n) },
+                    // SAFETY: as above.
+                    Isa::Avx2 => return unsafe { $avx2(s, d, n) },
+                    Isa::Scalar => {}
+                }
+            }
+            for ($o, $i) in $dst[..n].iter_mut().zip(&$src[..n]) {
+                *$o = $scalar;
+            }
+        }
+    };
 }
 
-#[inline]
-pub(crate) fn f32_to_f16_slice<T: Bits16, const CANON: bool>(src: &[f32], dst: &mut [T]) {
-    let n = src.len().min(dst.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::x86::f16 as k;
-        let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut u16);
-        match simd::isa() {
-            // SAFETY: isa() <= detected(); both pointers are valid for n elements.
-            Isa::Avx512 => return unsafe { k::f32_to_f16_avx512::<CANON>(s, d, n) },
-            Isa::Avx2 => return unsafe { k::f32_to_f16_avx2::<CANON>(s, d, n) },
-            Isa::Scalar => {}
-        }
-    }
-    for (o, f) in dst[..n].iter_mut().zip(&src[..n]) {
-        *o = T::from_bits(if CANON {
-            f32_to_f16(*f)
-        } else {
-            f32_to_f16_f16c(*f)
-        });
-    }
-}
+row_dispatch!(
+    f16_to_f32_slice, f16_to_f32_slow, <T: Bits16>,
+    src: &[T], dst: &mut [f32], *const u16, *mut f32,
+    crate::simd::x86::f16::f16_to_f32_avx512, crate::simd::x86::f16::f16_to_f32_avx2,
+    |h, o| f16_to_f32(h.to_bits())
+);
 
-#[inline]
-pub(crate) fn bf16_to_f32_slice<T: Bits16>(src: &[T], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::x86::f16 as k;
-        let (s, d) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
-        match simd::isa() {
-            // SAFETY: isa() <= detected(); both pointers are valid for n elements.
-            Isa::Avx512 => return unsafe { k::bf16_to_f32_avx512(s, d, n) },
-            Isa::Avx2 => return unsafe { k::bf16_to_f32_avx2(s, d, n) },
-            Isa::Scalar => {}
-        }
-    }
-    for (o, h) in dst[..n].iter_mut().zip(&src[..n]) {
-        *o = bf16_to_f32(h.to_bits());
-    }
-}
+row_dispatch!(
+    f32_to_f16_slice, f32_to_f16_slow, <T: Bits16; const CANON: bool>,
+    src: &[f32], dst: &mut [T], *const f32, *mut u16,
+    crate::simd::x86::f16::f32_to_f16_avx512::<CANON>,
+    crate::simd::x86::f16::f32_to_f16_avx2::<CANON>,
+    |f, o| T::from_bits(if CANON { f32_to_f16(*f) } else { f32_to_f16_f16c(*f) })
+);
 
-#[inline]
-pub(crate) fn f32_to_bf16_slice<T: Bits16>(src: &[f32], dst: &mut [T]) {
-    let n = src.len().min(dst.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::x86::f16 as k;
-        let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut u16);
-        match simd::isa() {
-            // SAFETY: isa() <= detected(); both pointers are valid for n elements.
-            Isa::Avx512 => return unsafe { k::f32_to_bf16_avx512(s, d, n) },
-            Isa::Avx2 => return unsafe { k::f32_to_bf16_avx2(s, d, n) },
-            Isa::Scalar => {}
-        }
-    }
-    for (o, f) in dst[..n].iter_mut().zip(&src[..n]) {
-        *o = T::from_bits(f32_to_bf16(*f));
-    }
-}
+row_dispatch!(
+    bf16_to_f32_slice, bf16_to_f32_slow, <T: Bits16>,
+    src: &[T], dst: &mut [f32], *const u16, *mut f32,
+    crate::simd::x86::f16::bf16_to_f32_avx512, crate::simd::x86::f16::bf16_to_f32_avx2,
+    |h, o| bf16_to_f32(h.to_bits())
+);
+
+row_dispatch!(
+    f32_to_bf16_slice, f32_to_bf16_slow, <T: Bits16>,
+    src: &[f32], dst: &mut [T], *const f32, *mut u16,
+    crate::simd::x86::f16::f32_to_bf16_avx512, crate::simd::x86::f16::f32_to_bf16_avx2,
+    |f, o| T::from_bits(f32_to_bf16(*f))
+);
 
 #[cfg(test)]
 mod tests {

@@ -181,21 +181,22 @@ unsafe impl BlockFormat for BlockQ8_0 {
     type Dot = super::BlockQ8_0;
 
     /// Matches the x86 `quantize_row_q8_0` (ggml-cpu/arch/x86/quants.c, AVX2 path).
+    #[inline]
     fn quantize_row(x: &[f32], y: &mut [Self]) {
         let nb = y.len().min(x.len() / 32);
-        let (x, y) = (&x[..nb * 32], &mut y[..nb]);
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::q8 as k;
             let (px, py) = (x.as_ptr(), y.as_mut_ptr() as *mut u8);
-            match simd::isa() {
-                // SAFETY: isa() <= detected(); x has nb*32 floats, y nb blocks.
-                Isa::Avx512 => return unsafe { k::quantize_q8_avx512::<false>(px, py, nb) },
-                Isa::Avx2 => return unsafe { k::quantize_q8_avx2::<false>(px, py, nb) },
-                Isa::Scalar => {}
+            match simd::isa_fast() {
+                // SAFETY: isa_fast() <= detected(); x has nb*32 floats, y nb blocks.
+                Some(Isa::Avx512) => return unsafe { k::quantize_q8_avx512::<false>(px, py, nb) },
+                // SAFETY: as above.
+                Some(Isa::Avx2) => return unsafe { k::quantize_q8_avx2::<false>(px, py, nb) },
+                _ => {}
             }
         }
-        quantize_scalar(x, y)
+        quantize_dispatch(x, y)
     }
     /// Matches `quantize_row_q8_0_ref` (ggml-quants.c).
     fn quantize_row_ref(x: &[f32], y: &mut [Self]) {
@@ -215,38 +216,109 @@ unsafe impl BlockFormat for BlockQ8_0 {
         quantize_ref_scalar(x, y)
     }
     /// Matches `dequantize_row_q8_0` (ggml-quants.c).
+    #[inline]
     fn dequantize_row(x: &[Self], y: &mut [f32]) {
         let nb = x.len().min(y.len() / 32);
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::q8 as k;
             let (px, py) = (x.as_ptr() as *const u8, y.as_mut_ptr());
-            match simd::isa() {
+            match simd::isa_fast() {
                 // SAFETY: x has nb blocks, y nb*32 floats.
-                Isa::Avx512 => return unsafe { k::dequantize_q8_avx512::<34, 2>(px, py, nb) },
-                Isa::Avx2 => return unsafe { k::dequantize_q8_avx2::<34, 2>(px, py, nb) },
-                Isa::Scalar => {}
+                Some(Isa::Avx512) => {
+                    return unsafe { k::dequantize_q8_avx512::<34, 2>(px, py, nb) }
+                }
+                // SAFETY: as above.
+                Some(Isa::Avx2) => return unsafe { k::dequantize_q8_avx2::<34, 2>(px, py, nb) },
+                _ => {}
             }
         }
-        dequantize_scalar(&x[..nb], &mut y[..nb * 32])
+        dequantize_dispatch(x, y)
     }
     /// Matches the x86 `ggml_vec_dot_q8_0_q8_0` as built here (AVX2 + AVX512-VNNI): per
     /// block `acc = fma(dx*dy, float(dpbusd lanes), acc)` on 8 lanes, then `hsum_float_8`.
+    ///
+    /// Rows are often 4 blocks, so the usual case reaches the kernel with a tail call and no
+    /// stack frame; anything else (forced ISA, scalar, first call) goes through
+    /// [`vec_dot_dispatch`].
+    #[inline]
     fn vec_dot(x: &[Self], y: &[Self]) -> f32 {
-        let nb = x.len().min(y.len());
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::q8 as k;
+            let nb = x.len().min(y.len());
             let (px, py) = (x.as_ptr() as *const u8, y.as_ptr() as *const u8);
-            match simd::isa() {
-                // SAFETY: both hold nb blocks.
-                Isa::Avx512 => return unsafe { k::dot_q8_0_avx512(px, py, nb) },
-                Isa::Avx2 => return unsafe { k::dot_q8_0_avx2(px, py, nb) },
-                Isa::Scalar => {}
+            match k::dot_q8_0_fast() {
+                // SAFETY: dot_q8_0_fast only reports kernels the CPU can run; nb blocks each.
+                Some(true) => return unsafe { k::dot_q8_0_vnni(px, py, nb) },
+                // SAFETY: as above.
+                Some(false) => return unsafe { k::dot_q8_0_avx2(px, py, nb) },
+                None => {}
             }
         }
-        dot_scalar(&x[..nb], &y[..nb])
+        vec_dot_dispatch(x, y)
     }
+}
+
+/// The full ISA dispatch of `quantize_row` (forced ISAs, scalar).
+#[cold]
+#[inline(never)]
+fn quantize_dispatch(x: &[f32], y: &mut [BlockQ8_0]) {
+    let nb = y.len().min(x.len() / 32);
+    let (x, y) = (&x[..nb * 32], &mut y[..nb]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::x86::q8 as k;
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr() as *mut u8);
+        match simd::isa() {
+            // SAFETY: isa() <= detected(); x has nb*32 floats, y nb blocks.
+            Isa::Avx512 => return unsafe { k::quantize_q8_avx512::<false>(px, py, nb) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { k::quantize_q8_avx2::<false>(px, py, nb) },
+            Isa::Scalar => {}
+        }
+    }
+    quantize_scalar(x, y)
+}
+
+/// The full ISA dispatch of `dequantize_row` (forced ISAs, scalar).
+#[cold]
+#[inline(never)]
+fn dequantize_dispatch(x: &[BlockQ8_0], y: &mut [f32]) {
+    let nb = x.len().min(y.len() / 32);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::x86::q8 as k;
+        let (px, py) = (x.as_ptr() as *const u8, y.as_mut_ptr());
+        match simd::isa() {
+            // SAFETY: x has nb blocks, y nb*32 floats.
+            Isa::Avx512 => return unsafe { k::dequantize_q8_avx512::<34, 2>(px, py, nb) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { k::dequantize_q8_avx2::<34, 2>(px, py, nb) },
+            Isa::Scalar => {}
+        }
+    }
+    dequantize_scalar(&x[..nb], &mut y[..nb * 32])
+}
+
+/// The full ISA dispatch of `vec_dot` (forced ISAs, scalar, first call).
+#[cold]
+#[inline(never)]
+fn vec_dot_dispatch(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let nb = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::x86::q8 as k;
+        let (px, py) = (x.as_ptr() as *const u8, y.as_ptr() as *const u8);
+        match simd::isa() {
+            // SAFETY: both hold nb blocks; isa() <= detected().
+            Isa::Avx512 => return unsafe { k::dot_q8_0_avx512(px, py, nb) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { k::dot_q8_0_avx2(px, py, nb) },
+            Isa::Scalar => {}
+        }
+    }
+    dot_scalar(&x[..nb], &y[..nb])
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! features named in `#[target_feature]`. Semantics of each kernel are documented on the safe
 //! wrapper; here only the instruction-level order is described where it matters for bits.
 use core::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::simd::Isa;
 
 use crate::quant::bf16::DP_TINY_LIMIT as TINY_LIMIT;
 use crate::quant::fp16::{f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_f16_f16c};
@@ -373,6 +376,39 @@ pub unsafe fn dot_f16_avx2(x: *const u16, y: *const u16, n: usize) -> f32 {
             i += 1;
         }
         sumf as f32
+    }
+}
+
+/// Whether the CPU has AVX512-BF16: 0 = not asked yet, 1 = no, 2 = yes.
+static BF16: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the CPU has AVX512-BF16 (detected once, cached for [`dot_bf16_fast`]).
+pub fn has_avx512bf16() -> bool {
+    match BF16.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => {
+            let v = std::arch::is_x86_feature_detected!("avx512bf16");
+            BF16.store(1 + v as u8, Ordering::Relaxed);
+            v
+        }
+    }
+}
+
+/// Which bf16 vec_dot kernel to run, decided without any call (see
+/// [`crate::simd::isa_fast`]): `Some(true)` = [`dot_bf16_avx512bf16`], `Some(false)` =
+/// [`dot_bf16_avx2`], `None` = ask the full dispatch (forced ISA, scalar, first call).
+/// Only ever reports a kernel the CPU can run.
+#[inline(always)]
+pub fn dot_bf16_fast() -> Option<bool> {
+    match crate::simd::isa_fast()? {
+        Isa::Avx2 => Some(false),
+        Isa::Avx512 => match BF16.load(Ordering::Relaxed) {
+            2 => Some(true),
+            1 => Some(false),
+            _ => None,
+        },
+        Isa::Scalar => None,
     }
 }
 

@@ -9,7 +9,8 @@
 use core::arch::x86_64::*;
 
 use crate::quant::fp16::{f32_to_f16, f32_to_f16_f16c};
-use crate::quant::q8_0::{cpu_block, hsum_float_8, ref_block};
+use crate::quant::q8_0::{cpu_block, ref_block};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 #[inline(always)]
 const fn layout(q81: bool) -> (usize, usize) {
@@ -444,7 +445,45 @@ pub unsafe fn dequantize_q8_avx512<const STRIDE: usize, const QOFF: usize>(
 // vec_dot q8_0 x q8_0 (x86 `ggml_vec_dot_q8_0_q8_0`, AVX2 + AVX512-VNNI build)
 // ---------------------------------------------------------------------------------------------
 
-/// `dx * dy` of two blocks, both scales converted with F16C.
+/// The first 32 bits of each of 4 q8_0 blocks (34 bytes apart: `d` and the first two
+/// quants) in the 4 lanes of a vector, loaded straight into it (`vmovd` + 3 `vpinsrd` with
+/// memory operands: no GPRs).
+///
+/// # Safety
+/// 4 whole q8_0 blocks at `p`; SSE4.1 (implied by AVX2 in every caller).
+#[inline(always)]
+unsafe fn dwords4(p: *const u8) -> __m128i {
+    // SAFETY: forwarded.
+    unsafe {
+        let r = |k: usize| (p.add(34 * k) as *const i32).read_unaligned();
+        let v = _mm_cvtsi32_si128(r(0));
+        let v = _mm_insert_epi32::<1>(v, r(1));
+        let v = _mm_insert_epi32::<2>(v, r(2));
+        _mm_insert_epi32::<3>(v, r(3))
+    }
+}
+
+/// `f16(x_k.d) * f16(y_k.d)` of 4 consecutive block pairs in lanes `2k` (the odd lanes hold
+/// products of quant bytes read as f16, unused): one `vcvtph2ps` per side and one `vmulps`,
+/// the same IEEE product of exactly converted scales as upstream's table lookups + `vmulss`.
+///
+/// # Safety
+/// 4 whole q8_0 blocks at `px` and at `py`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn d4(px: *const u8, py: *const u8) -> __m256 {
+    // SAFETY: forwarded.
+    unsafe { _mm256_mul_ps(_mm256_cvtph_ps(dwords4(px)), _mm256_cvtph_ps(dwords4(py))) }
+}
+
+/// Lane `2K` of `v` broadcast to 8 lanes (one `vpermps`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn splat_even<const K: i32>(v: __m256) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(2 * K))
+}
+
+/// `dx * dy` of one block pair, both scales converted with F16C, broadcast.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn scale_product(xd: u16, yd: u16) -> __m256 {
@@ -471,66 +510,131 @@ fn dot_lanes_avx2(qx: __m256i, qy: __m256i) -> __m256i {
     _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo, hi))
 }
 
+/// The same lanes with `vpdpbusd` (upstream's `__AVX512VNNI__ && __AVX512VL__` helper).
+#[inline]
+#[target_feature(enable = "avx512vnni,avx512vl,avx2")]
+fn dot_lanes_vnni(qx: __m256i, qy: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        _mm256_sign_epi8(qx, qx),
+        _mm256_sign_epi8(qy, qx),
+    )
+}
+
+/// ggml's `hsum_float_8`: `(hi + lo)`, then lanes `0+2`, `1+3`, then the two.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum8(acc: __m256) -> f32 {
-    let mut v = [0f32; 8];
-    // SAFETY: v has 8 floats.
-    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), acc) };
-    hsum_float_8(&v)
+fn hsum8(x: __m256) -> f32 {
+    let mut r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
 }
 
-/// [`dot_q8_0_avx512`]'s bits without VNNI.
+/// One vec_dot body, stamped out for the AVX2 and the VNNI lane sums: 4 blocks per
+/// iteration, their 4 scale products from one [`d4`], their integer lane sums independent of
+/// the accumulator, so the FMA chain (in upstream's block order) is the only serial
+/// dependency.
+macro_rules! dot_q8_0_body {
+    ($x:ident, $y:ident, $nb:ident, $lanes:ident) => {{
+        let mut acc = _mm256_setzero_ps();
+        let mut b = 0;
+        // SAFETY (whole body): blocks 0..nb exist in both rows.
+        unsafe {
+            while b + 4 <= $nb {
+                let (xp, yp) = ($x.add(34 * b), $y.add(34 * b));
+                let dd = d4(xp, yp);
+                let q: [__m256; 4] = core::array::from_fn(|k| {
+                    let qx = _mm256_loadu_si256(xp.add(34 * k + 2) as *const __m256i);
+                    let qy = _mm256_loadu_si256(yp.add(34 * k + 2) as *const __m256i);
+                    _mm256_cvtepi32_ps($lanes(qx, qy))
+                });
+                acc = _mm256_fmadd_ps(splat_even::<0>(dd), q[0], acc);
+                acc = _mm256_fmadd_ps(splat_even::<1>(dd), q[1], acc);
+                acc = _mm256_fmadd_ps(splat_even::<2>(dd), q[2], acc);
+                acc = _mm256_fmadd_ps(splat_even::<3>(dd), q[3], acc);
+                b += 4;
+            }
+            while b < $nb {
+                let (xp, yp) = ($x.add(34 * b), $y.add(34 * b));
+                let d = scale_product(
+                    (xp as *const u16).read_unaligned(),
+                    (yp as *const u16).read_unaligned(),
+                );
+                let qx = _mm256_loadu_si256(xp.add(2) as *const __m256i);
+                let qy = _mm256_loadu_si256(yp.add(2) as *const __m256i);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps($lanes(qx, qy)), acc);
+                b += 1;
+            }
+        }
+        hsum8(acc)
+    }};
+}
+
+/// [`dot_q8_0_vnni`]'s bits without VNNI.
+///
+/// # Safety
+/// `x`, `y` hold `nb` q8_0 blocks; AVX2 + FMA + F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_avx2(x: *const u8, y: *const u8, nb: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..nb {
-        unsafe {
-            let xp = x.add(34 * b);
-            let yp = y.add(34 * b);
-            let d = scale_product(
-                (xp as *const u16).read_unaligned(),
-                (yp as *const u16).read_unaligned(),
-            );
-            let qx = _mm256_loadu_si256(xp.add(2) as *const __m256i);
-            let qy = _mm256_loadu_si256(yp.add(2) as *const __m256i);
-            let q = _mm256_cvtepi32_ps(dot_lanes_avx2(qx, qy));
-            acc = _mm256_fmadd_ps(d, q, acc);
-        }
-    }
-    hsum8(acc)
+    dot_q8_0_body!(x, y, nb, dot_lanes_avx2)
 }
 
+/// x86 `ggml_vec_dot_q8_0_q8_0` as built here (AVX2 + AVX512-VNNI): per block
+/// `acc = fma(dx*dy, float(dpbusd lanes), acc)` on 8 lanes, then `hsum_float_8`.
+///
+/// # Safety
+/// `x`, `y` hold `nb` q8_0 blocks; AVX-512 F/VL/VNNI + AVX2 + FMA + F16C.
 #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_q8_0_vnni(x: *const u8, y: *const u8, nb: usize) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let zero = _mm256_setzero_si256();
-    for b in 0..nb {
-        unsafe {
-            let xp = x.add(34 * b);
-            let yp = y.add(34 * b);
-            let d = scale_product(
-                (xp as *const u16).read_unaligned(),
-                (yp as *const u16).read_unaligned(),
-            );
-            let qx = _mm256_loadu_si256(xp.add(2) as *const __m256i);
-            let qy = _mm256_loadu_si256(yp.add(2) as *const __m256i);
-            let s = _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
-        }
-    }
-    hsum8(acc)
+pub unsafe fn dot_q8_0_vnni(x: *const u8, y: *const u8, nb: usize) -> f32 {
+    dot_q8_0_body!(x, y, nb, dot_lanes_vnni)
 }
 
-/// x86 `ggml_vec_dot_q8_0_q8_0` order: per block `acc = fma(dx*dy, float(lanes), acc)` on 8
-/// lanes, then `hsum_float_8`. Uses `vpdpbusd` when the CPU has AVX512-VNNI.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+/// Whether the CPU has AVX-512 VNNI + VL: 0 = not asked yet, 1 = no, 2 = yes.
+static VNNI: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the CPU has AVX-512 VNNI + VL (detected once, cached for [`dot_q8_0_fast`]).
+pub fn has_vnni() -> bool {
+    match VNNI.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => {
+            let v = std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl");
+            VNNI.store(1 + v as u8, Ordering::Relaxed);
+            v
+        }
+    }
+}
+
+/// Which q8_0 vec_dot kernel to run, decided without any call (see
+/// [`crate::simd::isa_fast`]): `Some(true)` = [`dot_q8_0_vnni`], `Some(false)` =
+/// [`dot_q8_0_avx2`], `None` = ask the full dispatch (forced ISA, scalar, first call).
+/// Only ever reports a kernel the CPU can run.
+#[inline(always)]
+pub fn dot_q8_0_fast() -> Option<bool> {
+    match crate::simd::isa_fast()? {
+        crate::simd::Isa::Avx2 => Some(false),
+        crate::simd::Isa::Avx512 => match VNNI.load(Ordering::Relaxed) {
+            2 => Some(true),
+            1 => Some(false),
+            _ => None,
+        },
+        crate::simd::Isa::Scalar => None,
+    }
+}
+
+/// The `Isa::Avx512` entry: [`dot_q8_0_vnni`] when the CPU has VNNI, else [`dot_q8_0_avx2`].
+///
+/// # Safety
+/// `x`, `y` hold `nb` q8_0 blocks; the CPU has AVX-512 F (and AVX2 + FMA + F16C).
 pub unsafe fn dot_q8_0_avx512(x: *const u8, y: *const u8, nb: usize) -> f32 {
-    if std::arch::is_x86_feature_detected!("avx512vnni")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-    {
-        unsafe { dot_q8_0_vnni(x, y, nb) }
-    } else {
-        unsafe { dot_q8_0_avx2(x, y, nb) }
+    // SAFETY: forwarded; VNNI checked.
+    unsafe {
+        if has_vnni() {
+            dot_q8_0_vnni(x, y, nb)
+        } else {
+            dot_q8_0_avx2(x, y, nb)
+        }
     }
 }
