@@ -98,27 +98,17 @@ pub fn block_bytes<B: BlockFormat>(blocks: &[B]) -> &[u8] {
     }
 }
 
-fn check_row<B: BlockFormat>(n: usize, bytes: usize) -> Result<usize> {
-    let need = B::TYPE.row_bytes(n)?;
-    if bytes < need {
-        return Err(Error::BufferTooSmall {
-            what: "row",
-            need,
-            have: bytes,
-        });
-    }
-    Ok(need)
-}
-
 /// Type-erased operations of one format, for code that picks the format at run time.
 #[derive(Clone, Copy)]
 pub struct FormatOps {
     pub ty: GgmlType,
-    quantize: fn(&[f32], &mut [u8]) -> Result<()>,
-    quantize_ref: fn(&[f32], &mut [u8]) -> Result<()>,
-    dequantize: fn(&[u8], &mut [f32]) -> Result<()>,
-    /// `vec_dot` on rows already checked by [`FormatOps::vec_dot`] (exact lengths).
-    vec_dot: fn(&[u8], &[u8]) -> f32,
+    /// Kernels on rows already checked by the `FormatOps` methods: a block count and raw
+    /// pointers to exactly that many blocks (the checks run inline in the caller; the
+    /// indirect call goes to a glue that tail-calls the format's kernel).
+    quantize: unsafe fn(&[f32], *mut u8, usize),
+    quantize_ref: unsafe fn(&[f32], *mut u8, usize),
+    dequantize: unsafe fn(*const u8, usize, &mut [f32]),
+    vec_dot: unsafe fn(usize, *const u8, *const u8) -> f32,
     /// the `vec_dot_type` (`<B::Dot>::TYPE`)
     dot_ty: GgmlType,
     /// log2 of the block size of this format and of `vec_dot_type` (both powers of two)
@@ -128,62 +118,80 @@ pub struct FormatOps {
 }
 
 impl FormatOps {
+    /// Blocks and bytes of a row of `n` elements of this format (`i = 0`) or of its
+    /// `vec_dot_type` (`i = 1`), if `n` is a whole number of blocks and the size fits.
+    #[inline(always)]
+    fn blocks(&self, i: usize, n: usize) -> Option<(usize, usize)> {
+        let s = self.qk_shift[i];
+        let nb = n >> s;
+        if nb << s != n {
+            return None;
+        }
+        nb.checked_mul(self.blk_bytes[i]).map(|bytes| (nb, bytes))
+    }
+
     /// The CPU backend's `from_float`: quantize `x` into `y` (exactly `row_bytes(x.len())` bytes used).
+    #[inline]
     pub fn quantize_row(&self, x: &[f32], y: &mut [u8]) -> Result<()> {
-        (self.quantize)(x, y)
+        match self.blocks(0, x.len()) {
+            // SAFETY: y holds at least nb blocks (checked), x exactly nb * QK floats.
+            Some((nb, bytes)) if y.len() >= bytes => unsafe {
+                (self.quantize)(x, y.as_mut_ptr(), nb)
+            },
+            _ => return Err(self.row_error(self.ty, x.len(), y.len())),
+        }
+        Ok(())
     }
     /// Upstream's `quantize_row_*_ref`.
+    #[inline]
     pub fn quantize_row_ref(&self, x: &[f32], y: &mut [u8]) -> Result<()> {
-        (self.quantize_ref)(x, y)
+        match self.blocks(0, x.len()) {
+            // SAFETY: as in quantize_row.
+            Some((nb, bytes)) if y.len() >= bytes => unsafe {
+                (self.quantize_ref)(x, y.as_mut_ptr(), nb)
+            },
+            _ => return Err(self.row_error(self.ty, x.len(), y.len())),
+        }
+        Ok(())
     }
     /// Upstream's `to_float`: dequantize `y.len()` elements from `x`.
+    #[inline]
     pub fn dequantize_row(&self, x: &[u8], y: &mut [f32]) -> Result<()> {
-        (self.dequantize)(x, y)
+        match self.blocks(0, y.len()) {
+            // SAFETY: x holds at least nb blocks (checked), y exactly nb * QK floats.
+            Some((nb, bytes)) if x.len() >= bytes => unsafe {
+                (self.dequantize)(x.as_ptr(), nb, y)
+            },
+            _ => return Err(self.row_error(self.ty, y.len(), x.len())),
+        }
+        Ok(())
     }
     /// Upstream's CPU `vec_dot` over `n` elements: `x` in this format, `y` in `vec_dot_type`.
-    ///
-    /// The checks run inline in the caller and the indirect call goes straight to a
-    /// frameless glue that tail-calls the kernel (rows are often only 4 blocks long).
     #[inline]
     pub fn vec_dot(&self, n: usize, x: &[u8], y: &[u8]) -> Result<f32> {
-        // The checks of `row_bytes` with shifts; anything unusual goes the slow way, which
-        // reports the exact error.
-        let [sx, sy] = self.qk_shift;
-        let [bx, by] = self.blk_bytes;
-        if (n >> sx) << sx == n && (n >> sy) << sy == n {
-            if let (Some(nx), Some(ny)) = ((n >> sx).checked_mul(bx), (n >> sy).checked_mul(by)) {
-                if x.len() >= nx && y.len() >= ny {
-                    return Ok((self.vec_dot)(&x[..nx], &y[..ny]));
-                }
+        if let (Some((nb, bx)), Some((nby, by))) = (self.blocks(0, n), self.blocks(1, n)) {
+            if x.len() >= bx && y.len() >= by && nb == nby {
+                // SAFETY: both rows hold nb blocks (checked).
+                return Ok(unsafe { (self.vec_dot)(nb, x.as_ptr(), y.as_ptr()) });
             }
         }
-        self.vec_dot_checked(n, x, y)
+        let e =
+            check_row_ty(self.ty, n, x.len()).and_then(|_| check_row_ty(self.dot_ty, n, y.len()));
+        Err(e.err().unwrap_or(Error::BadShape(format!(
+            "{} and {} rows of {n} differ in blocks",
+            self.ty, self.dot_ty
+        ))))
     }
 
+    /// The exact error for a row of `n` elements in a buffer of `bytes` (cold path).
     #[cold]
     #[inline(never)]
-    fn vec_dot_checked(&self, n: usize, x: &[u8], y: &[u8]) -> Result<f32> {
-        let nx = check_row_ty(self.ty, n, x.len())?;
-        let ny = check_row_ty(self.dot_ty, n, y.len())?;
-        Ok((self.vec_dot)(&x[..nx], &y[..ny]))
+    fn row_error(&self, ty: GgmlType, n: usize, bytes: usize) -> Error {
+        match check_row_ty(ty, n, bytes) {
+            Err(e) => e,
+            Ok(_) => Error::Overflow,
+        }
     }
-}
-
-fn q_generic<B: BlockFormat>(x: &[f32], y: &mut [u8], reference: bool) -> Result<()> {
-    let need = check_row::<B>(x.len(), y.len())?;
-    let blocks = as_blocks_mut::<B>(&mut y[..need])?;
-    if reference {
-        B::quantize_row_ref(x, blocks)
-    } else {
-        B::quantize_row(x, blocks)
-    }
-    Ok(())
-}
-
-fn dq_generic<B: BlockFormat>(x: &[u8], y: &mut [f32]) -> Result<()> {
-    let need = check_row::<B>(y.len(), x.len())?;
-    B::dequantize_row(as_blocks::<B>(&x[..need])?, y);
-    Ok(())
 }
 
 fn check_row_ty(ty: GgmlType, n: usize, bytes: usize) -> Result<usize> {
@@ -198,17 +206,39 @@ fn check_row_ty(ty: GgmlType, n: usize, bytes: usize) -> Result<usize> {
     Ok(need)
 }
 
-/// `x`, `y`: rows of exactly `n / QK` blocks each, checked by [`FormatOps::vec_dot`].
-fn dot_generic<B: BlockFormat>(x: &[u8], y: &[u8]) -> f32 {
-    // SAFETY: BlockFormat guarantees alignment 1, no padding, every bit pattern valid; the
-    // lengths are whole numbers of blocks (row_bytes of the same n for both types).
+/// # Safety
+/// `y` points to `nb` writable blocks of `B`, `x.len() == nb * B::QK`.
+unsafe fn q_glue<B: BlockFormat>(x: &[f32], y: *mut u8, nb: usize) {
+    // SAFETY: caller; BlockFormat blocks have alignment 1 and no invalid bit patterns.
+    B::quantize_row(x, unsafe {
+        std::slice::from_raw_parts_mut(y as *mut B, nb)
+    })
+}
+
+/// # Safety
+/// As [`q_glue`].
+unsafe fn qr_glue<B: BlockFormat>(x: &[f32], y: *mut u8, nb: usize) {
+    // SAFETY: caller.
+    B::quantize_row_ref(x, unsafe {
+        std::slice::from_raw_parts_mut(y as *mut B, nb)
+    })
+}
+
+/// # Safety
+/// `x` points to `nb` readable blocks of `B`, `y.len() == nb * B::QK`.
+unsafe fn dq_glue<B: BlockFormat>(x: *const u8, nb: usize, y: &mut [f32]) {
+    // SAFETY: caller.
+    B::dequantize_row(unsafe { std::slice::from_raw_parts(x as *const B, nb) }, y)
+}
+
+/// # Safety
+/// `x` and `y` point to `nb` readable blocks of `B` and `B::Dot`.
+unsafe fn dot_glue<B: BlockFormat>(nb: usize, x: *const u8, y: *const u8) -> f32 {
+    // SAFETY: caller.
     let (xb, yb) = unsafe {
         (
-            std::slice::from_raw_parts(x.as_ptr() as *const B, x.len() / std::mem::size_of::<B>()),
-            std::slice::from_raw_parts(
-                y.as_ptr() as *const B::Dot,
-                y.len() / std::mem::size_of::<B::Dot>(),
-            ),
+            std::slice::from_raw_parts(x as *const B, nb),
+            std::slice::from_raw_parts(y as *const B::Dot, nb),
         )
     };
     B::vec_dot(xb, yb)
@@ -218,10 +248,10 @@ const fn ops<B: BlockFormat>() -> FormatOps {
     assert!(B::QK.is_power_of_two() && <B::Dot as BlockFormat>::QK.is_power_of_two());
     FormatOps {
         ty: B::TYPE,
-        quantize: |x, y| q_generic::<B>(x, y, false),
-        quantize_ref: |x, y| q_generic::<B>(x, y, true),
-        dequantize: dq_generic::<B>,
-        vec_dot: dot_generic::<B>,
+        quantize: q_glue::<B>,
+        quantize_ref: qr_glue::<B>,
+        dequantize: dq_glue::<B>,
+        vec_dot: dot_glue::<B>,
         dot_ty: <B::Dot as BlockFormat>::TYPE,
         qk_shift: [
             B::QK.trailing_zeros(),
