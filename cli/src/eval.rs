@@ -403,6 +403,8 @@ pub fn print_table(rows: &[Row], model: &Path, text: &Path, a: &Args) {
         "{:<12} {:>4} {:>5} {:<8} {:>18} {:>20} {:>9} {:>15} {:>8}",
         "cache K/V", "ctx", "rot", "kernels", "PPL", "mean KLD", "KLD p99", "same top %", "t/s"
     );
+    // -0.000000: a KLD of -1e-9 is the base run's own logits, print it as 0
+    let z = |v: f64| if v.abs() < 5e-7 { 0.0 } else { v };
     for r in rows {
         let c = &r.config;
         let s = &r.stats;
@@ -414,7 +416,7 @@ pub fn print_table(rows: &[Row], model: &Path, text: &Path, a: &Args) {
             c.kernels,
             s.ppl,
             s.ppl_err,
-            s.kld_mean,
+            z(s.kld_mean),
             s.kld_err,
             s.kld_p99,
             s.same_top,
