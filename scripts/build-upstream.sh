@@ -2,10 +2,21 @@
 # Build stock upstream llama.cpp (the pinned tree from vendor/fetch.sh) with upstream's own
 # CMake: GGML_BACKEND_DL=ON, BUILD_SHARED_LIBS=ON, CPU only, no network code.
 #
-# cmake and ninja come from PyPI (pinned) in a project-local venv (.venv, git-ignored), so a
-# fresh machine needs only python3 + a C/C++ compiler. The build goes to
-# vendor/.upstream-build/<isa-tag> (git-ignored) and is cached: a second run that finds the
-# binaries newer than its inputs returns at once.
+# Everything lives in the attnrot cache, outside the checkout, keyed by the pin, so every clone
+# (CI runs in a fresh one) and every target dir on the machine shares one build:
+#   $cache = ${ATTNROT_CACHE:-${XDG_CACHE_HOME:-~/.cache}/attnrot}
+#   $cache/venv                              cmake + ninja from PyPI (pinned): needs only python3
+#   $cache/upstream-src-<sha12>              a private copy of the pinned tree: cmake's build dir
+#                                            remembers its source dir, so the build must not
+#                                            depend on which clone's vendor/ it came from
+#   $cache/upstream-build/<isa-tag>-<sha12>  the build; its bin/ is printed on stdout
+# (<sha12> = the first 12 hex digits of the pinned sdist's sha256 in vendor/fetch.sh.)
+#
+# Up to date = every product exists, is newer than the tree's pin stamp, and the build's stamp
+# records this script's content (content, not mtime: a fresh clone's files are all new).
+# Otherwise, under a lock (tests start in parallel): reconfigure if the configuration changed,
+# then ninja (incremental: seconds when nothing changed). The source copy appears atomically
+# (copied to a temporary directory, then renamed).
 #
 # ISA: GGML_NATIVE is refused by GGML_BACKEND_DL, and -march=native would turn AMX on (its
 # ggml-cpu AMX path crashes llama-perplexity on this machine kind, see DESIGN.md). So the flags
@@ -25,10 +36,20 @@ CMAKE_VERSION=3.31.10
 NINJA_VERSION=1.13.2
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tree=$("$root/vendor/fetch.sh")
+self="$root/scripts/build-upstream.sh"
 jobs=${ATTNROT_UPSTREAM_JOBS:-2}
+cache="${ATTNROT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/attnrot}"
 
 log() { echo "attnrot: $*" >&2; }
+
+pin=$(sed -n 's/^SHA256=\([0-9a-f]\{64\}\)$/\1/p' "$root/vendor/fetch.sh")
+if [ -z "$pin" ]; then
+  log "no SHA256=<64 hex> line in vendor/fetch.sh"
+  exit 1
+fi
+sha12=${pin:0:12}
+src="$cache/upstream-src-$sha12"
+script_sum=$(sha256sum "$self" | cut -d' ' -f1)
 
 # --- ISA flags from the running CPU (x86-64 only) -------------------------------------------
 isa_args=()
@@ -52,18 +73,20 @@ if [ "$(uname -m)" = "x86_64" ]; then
   [ -n "$tag" ] || tag=x64
 fi
 
-build="$root/vendor/.upstream-build/$tag"
+build="$cache/upstream-build/$tag-$sha12"
 bin="$build/bin"
+done_stamp="$build/.attnrot-built"
 targets=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops ggml-cpu)
 products=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops libggml-cpu.so libggml-base.so libggml.so libllama.so)
 
-# --- fast path: everything built and newer than the tree's pin stamp and this script ---------
+# --- fast path: built by this script's content, products newer than the pin stamp ------------
 up_to_date() {
   local p
+  [ -f "$src/.attnrot-pin" ] && [ "$(cat "$src/.attnrot-pin")" = "$pin" ] || return 1
+  [ -f "$done_stamp" ] && [ "$(cat "$done_stamp")" = "$script_sum" ] || return 1
   for p in "${products[@]}"; do
     [ -e "$bin/$p" ] || return 1
-    [ "$bin/$p" -nt "$tree/.attnrot-pin" ] || return 1
-    [ "$bin/$p" -nt "${BASH_SOURCE[0]}" ] || return 1
+    [ "$bin/$p" -nt "$src/.attnrot-pin" ] || return 1
   done
 }
 if up_to_date; then
@@ -71,20 +94,37 @@ if up_to_date; then
   exit 0
 fi
 
-# --- cmake + ninja from PyPI in the project venv ---------------------------------------------
-venv="$root/.venv"
-py=$(command -v python3 || command -v python || true)
-if [ -z "$py" ]; then
-  log "python3 is needed to obtain cmake (pip package cmake==$CMAKE_VERSION)"
-  exit 1
-fi
-# Two builds may start at once (tests in parallel): serialize the whole build.
-mkdir -p "$root/vendor/.upstream-build"
-exec 9>"$root/vendor/.upstream-build/.lock"
+# Two builds may start at once (tests in parallel, several clones): serialize the whole build.
+mkdir -p "$cache/upstream-build"
+exec 9>"$cache/upstream-build/.lock"
 flock 9
 if up_to_date; then
   echo "$bin"
   exit 0
+fi
+
+# --- the pinned tree, copied once into the cache ---------------------------------------------
+if [ ! -f "$src/.attnrot-pin" ] || [ "$(cat "$src/.attnrot-pin")" != "$pin" ]; then
+  tree=$("$root/vendor/fetch.sh")
+  log "copying the pinned tree $tree to $src"
+  stage=$(mktemp -d "$cache/.upstream-src.XXXXXX")
+  trap 'rm -rf "$stage"' EXIT
+  cp -a "$tree/." "$stage/"
+  # The pin stamp of the copy is the pin this script checked (an ATTNROT_LLAMA_CPP_DIR tree
+  # has none of its own); keep the original's mtime when it has one.
+  echo "$pin" >"$stage/.attnrot-pin"
+  [ -f "$tree/.attnrot-pin" ] && touch -r "$tree/.attnrot-pin" "$stage/.attnrot-pin"
+  rm -rf "$src"
+  mv -T "$stage" "$src"
+  trap - EXIT
+fi
+
+# --- cmake + ninja from PyPI in the cache's venv ---------------------------------------------
+venv="$cache/venv"
+py=$(command -v python3 || command -v python || true)
+if [ -z "$py" ]; then
+  log "python3 is needed to obtain cmake (pip package cmake==$CMAKE_VERSION)"
+  exit 1
 fi
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
@@ -124,20 +164,21 @@ cfg=(
   -DLLAMA_BUILD_UI=OFF
 )
 stamp="$build/.attnrot-configure"
-want_cfg="$(printf '%s\n' "${cfg[@]}" "$tree" "$(cat "$tree/.attnrot-pin" 2>/dev/null)")"
+want_cfg="$(printf '%s\n' "${cfg[@]}" "$src" "$pin")"
 start=$(date +%s)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_cfg" ]; then
-  log "configuring upstream llama.cpp ($tree) in $build"
+  log "configuring upstream llama.cpp ($src) in $build"
   rm -rf "$build"
   mkdir -p "$build"
-  "$cmake" -S "$tree" -B "$build" "${cfg[@]}" >"$build/configure.log" 2>&1 || {
+  "$cmake" -S "$src" -B "$build" "${cfg[@]}" >"$build/configure.log" 2>&1 || {
     tail -n 40 "$build/configure.log" >&2
     log "cmake configure failed (full log: $build/configure.log)"
     exit 1
   }
   printf '%s' "$want_cfg" >"$stamp"
 fi
-log "building ${targets[*]} with -j$jobs (first time: about 15-25 minutes on 2 cores)"
+rm -f "$done_stamp"
+log "building ${targets[*]} with -j$jobs in $build (first time: about 15-25 minutes on 2 cores)"
 "$cmake" --build "$build" -j "$jobs" --target "${targets[@]}" >"$build/build.log" 2>&1 || {
   tail -n 40 "$build/build.log" >&2
   log "upstream build failed (full log: $build/build.log)"
@@ -150,5 +191,6 @@ for p in "${products[@]}"; do
   fi
   touch "$bin/$p"
 done
+echo "$script_sum" >"$done_stamp"
 log "upstream built in $(($(date +%s) - start)) s: $bin"
 echo "$bin"
