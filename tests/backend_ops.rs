@@ -15,6 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `ATTNROT_FA_ALL`: also claim FLASH_ATTN_EXT with an unquantized V ([`attnrot::ggml::ops`]).
+const FA_ALL: &str = attnrot::ggml::ops::FA_ALL_ENV;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -275,11 +278,22 @@ fn var<'a>(vars: &'a str, key: &str) -> Option<&'a str> {
 /// `test-backend-ops support -b AttnRot -o <op>`: which of all the op's cases we claim (no
 /// computation). Returns (claimed, total) and checks the claim rule on every case.
 fn support_ops(op: &str, must_claim: &dyn Fn(&str) -> bool) -> (usize, usize) {
+    support_ops_env(op, &[], must_claim)
+}
+
+/// [`support_ops`] with extra environment variables for the tool (e.g. `ATTNROT_FA_ALL=1`).
+fn support_ops_env(
+    op: &str,
+    env: &[(&str, &str)],
+    must_claim: &dyn Fn(&str) -> bool,
+) -> (usize, usize) {
     let so = cdylib();
     let bin = upstream_bin();
     let out = Command::new(bin.join("test-backend-ops"))
         .args(["support", "-b", "AttnRot", "-o", op])
         .env("GGML_BACKEND_PATH", &so)
+        .env_remove(FA_ALL)
+        .envs(env.iter().copied())
         .current_dir(&bin)
         .output()
         .expect("run test-backend-ops support");
@@ -305,17 +319,31 @@ fn support_ops(op: &str, must_claim: &dyn Fn(&str) -> bool) -> (usize, usize) {
         refused.is_empty(),
         "{op} cases we implement were refused: {refused:#?}"
     );
-    eprintln!("test-backend-ops support -o {op}: AttnRot claims {claimed} of {total} cases");
+    eprintln!(
+        "test-backend-ops support -o {op} {env:?}: AttnRot claims {claimed} of {total} cases"
+    );
     (claimed, total)
 }
 
 /// Run `test-backend-ops test -b AttnRot -o <op> [-p <filter>]`, check it, print counts.
 fn run_ops(op: &str, params: Option<&str>, must_claim: impl Fn(&str) -> bool) {
+    run_ops_env(op, params, &[], must_claim);
+}
+
+/// [`run_ops`] with extra environment variables for the tool.
+fn run_ops_env(
+    op: &str,
+    params: Option<&str>,
+    env: &[(&str, &str)],
+    must_claim: impl Fn(&str) -> bool,
+) -> Report {
     let so = cdylib();
     let bin = upstream_bin();
     let mut cmd = Command::new(bin.join("test-backend-ops"));
     cmd.args(["test", "-b", "AttnRot", "-o", op])
         .env("GGML_BACKEND_PATH", &so)
+        .env_remove(FA_ALL)
+        .envs(env.iter().copied())
         .current_dir(&bin);
     if let Some(p) = params {
         cmd.args(["-p", p]);
@@ -393,6 +421,7 @@ fn run_ops(op: &str, params: Option<&str>, must_claim: impl Fn(&str) -> bool) {
         refused.is_empty(),
         "cases we implement were refused: {refused:#?}"
     );
+    r
 }
 
 #[test]
@@ -431,14 +460,14 @@ fn test_backend_ops_mul_mat_hadamard() {
     assert_eq!(claimed, 0, "AttnRot must not claim un-hinted MUL_MAT");
 }
 
-fn fa_must_claim(vars: &str) -> bool {
-    let ours: Vec<&str> = attnrot::ggml::ops::FLASH_ATTN_KV_TYPES
-        .iter()
-        .map(|t| t.name())
-        .collect();
-    let k = var(vars, "type_K").unwrap_or("");
-    let v = var(vars, "type_V").unwrap_or("");
-    ours.contains(&k) && ours.contains(&v)
+/// The K/V type pairs FLASH_ATTN_EXT is claimed for, under the default policy (`fa_all` =
+/// false: quantized V only) or with `ATTNROT_FA_ALL=1`.
+fn fa_must_claim(vars: &str, fa_all: bool) -> bool {
+    let ty = |key| var(vars, key).and_then(attnrot::GgmlType::from_name);
+    match (ty("type_K"), ty("type_V")) {
+        (Some(k), Some(v)) => attnrot::ggml::ops::fa_claims_types(k, v, fa_all),
+        _ => false,
+    }
 }
 
 /// `ATTNROT_OPS_ALL=1`: run every case of every op (several minutes on 2 cores).
@@ -446,17 +475,63 @@ fn all() -> bool {
     std::env::var_os("ATTNROT_OPS_ALL").is_some_and(|v| v != "0")
 }
 
-/// All FLASH_ATTN_EXT cases in support mode (which we claim: 5,300 of 5,308), then a computed
-/// subset of ~330 cases (~25 s): SmolLM2's shape (head size 64, GQA 4:1) at kv=512 with one,
-/// three and 75 query rows in every K/V type pair upstream lists, plus upstream's hand-picked
-/// odd head sizes (65/67/72), mixed K/V types, sinks, ALiBi and softcap cases.
-/// `ATTNROT_OPS_ALL=1` computes all of them (~390 s of CPU reference alone).
+/// All FLASH_ATTN_EXT cases in support mode, twice: with the default policy (unquantized V
+/// left to the CPU so that llama.cpp's `-fa auto` keeps flash attention, see
+/// [`attnrot::ggml::ops::fa_claims_unquantized_v`]) and with `ATTNROT_FA_ALL=1` (every K/V
+/// pair we implement: 5,300 of 5,308). Then, with `ATTNROT_FA_ALL=1` so the f16-V kernels are
+/// checked too, a computed subset of ~330 cases (~25 s): SmolLM2's shape (head size 64, GQA
+/// 4:1) at kv=512 with one, three and 75 query rows in every K/V type pair upstream lists,
+/// plus upstream's hand-picked odd head sizes (65/67/72), mixed K/V types, sinks, ALiBi and
+/// softcap cases. `ATTNROT_OPS_ALL=1` computes all of them (~390 s of CPU reference alone).
 #[test]
 fn test_backend_ops_flash_attn_ext() {
-    let (claimed, total) = support_ops("FLASH_ATTN_EXT", &fa_must_claim);
-    assert!(claimed > 0 && total > claimed / 2);
+    let (claimed_default, total) =
+        support_ops_env("FLASH_ATTN_EXT", &[], &|v| fa_must_claim(v, false));
+    let (claimed_all, total_all) = support_ops_env("FLASH_ATTN_EXT", &[(FA_ALL, "1")], &|v| {
+        fa_must_claim(v, true)
+    });
+    eprintln!(
+        "FLASH_ATTN_EXT claimed: {claimed_default} of {total} by default (quantized V), {claimed_all} of {total_all} with {FA_ALL}=1"
+    );
+    assert_eq!(total, total_all);
+    assert!(claimed_default > 0 && claimed_all > claimed_default && total > claimed_all / 2);
     let filter = (!all()).then_some(
         r"^hsk=64,hsv=64,nh=4,nr23=\[4,1\],kv=512,nb=(1|3|75),|^hsk=(72|65|64),hsv=(64|67|72),nh=4,nr23=\[1,1\],kv=(256|113|17|128|96),nb=(2|75),",
     );
-    run_ops("FLASH_ATTN_EXT", filter, fa_must_claim);
+    run_ops_env("FLASH_ATTN_EXT", filter, &[(FA_ALL, "1")], |v| {
+        fa_must_claim(v, true)
+    });
+}
+
+/// The default policy claims no FLASH_ATTN_EXT case with an unquantized V, and every case with
+/// a quantized V that `ATTNROT_FA_ALL=1` claims (computed: only the quantized-V part of the
+/// subset, ~15 s).
+#[test]
+fn test_backend_ops_flash_attn_ext_default_policy() {
+    let filter = r"^hsk=64,hsv=64,nh=4,nr23=\[4,1\],kv=512,nb=(1|3),";
+    let r = run_ops_env("FLASH_ATTN_EXT", Some(filter), &[], |v| {
+        fa_must_claim(v, false)
+    });
+    let ran: Vec<&Case> = r
+        .cases
+        .iter()
+        .filter(|c| c.status != Status::NotSupported)
+        .collect();
+    let unquantized_v: Vec<&&Case> = ran
+        .iter()
+        .filter(|c| !fa_must_claim(&c.vars, false))
+        .collect();
+    eprintln!(
+        "default policy: {} of {} FLASH_ATTN_EXT cases claimed (all with a quantized V)",
+        ran.len(),
+        r.cases.len()
+    );
+    assert!(
+        unquantized_v.is_empty(),
+        "claimed by default although V is not quantized: {unquantized_v:#?}"
+    );
+    assert!(
+        ran.len() < r.cases.len(),
+        "the subset has f16-V cases left to the CPU"
+    );
 }

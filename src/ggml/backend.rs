@@ -107,13 +107,18 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
         || match init_global() {
             Ok(g) => {
                 host::log_info(&format!(
-                "backend {} registered (host ggml {} commit {}, backend API {}; claims: SET_ROWS into {}, MUL_MAT with the Hadamard hint, FLASH_ATTN_EXT)",
-                NAME.to_string_lossy(),
-                g.host.version,
-                g.host.commit,
-                host::PINNED_API_VERSION,
-                ops::SET_ROWS_TYPES.iter().map(|t| t.name()).collect::<Vec<_>>().join("/"),
-            ));
+                    "backend {} registered (host ggml {} commit {}, backend API {})",
+                    NAME.to_string_lossy(),
+                    g.host.version,
+                    g.host.commit,
+                    host::PINNED_API_VERSION,
+                ));
+                // Loud (WARN): what runs here and what does not, once per process.
+                host::log_warn(&format!(
+                    "backend {} {}",
+                    NAME.to_string_lossy(),
+                    ops::claims_summary()
+                ));
                 &g.reg as *const _ as sys::ggml_backend_reg_t
             }
             Err(why) => {

@@ -39,6 +39,58 @@ pub const FLASH_ATTN_KV_TYPES: &[GgmlType] = &[
     GgmlType::IQ4_NL,
 ];
 
+/// Environment variable: `ATTNROT_FA_ALL=1` also claims FLASH_ATTN_EXT with an unquantized
+/// (f32/f16/bf16) V; see [`fa_claims_unquantized_v`].
+pub const FA_ALL_ENV: &str = "ATTNROT_FA_ALL";
+
+/// Does the backend claim FLASH_ATTN_EXT when V is not quantized (f32/f16/bf16)?
+///
+/// Default: no. llama.cpp's default `-fa auto` enables flash attention tentatively and then
+/// (`llama_context::resolve_fused_ops`, llama-context.cpp) turns it off for the whole model
+/// when any FLASH_ATTN_EXT node is assigned to another device than its layer's ("Flash
+/// Attention not supported, set to disabled"). A quantized V cache forces flash attention on
+/// before that probe (`llama_init_from_model`: "enabling flash_attn since it is required for
+/// quantized V cache"), so claiming it there is harmless; with an f16/bf16/f32 V it would make
+/// the default run fall back to the slower non-fused attention. Those nodes are left to ggml's
+/// CPU backend. `ATTNROT_FA_ALL=1` (read once per process) claims them too — for
+/// test-backend-ops, or for runs with an explicit `-fa on`.
+pub fn fa_claims_unquantized_v() -> bool {
+    static ALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALL.get_or_init(|| std::env::var(FA_ALL_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Is a FLASH_ATTN_EXT with this K/V type pair claimed (types only; shapes are checked by
+/// [`classify`])? `fa_all` = [`fa_claims_unquantized_v`].
+pub fn fa_claims_types(k: GgmlType, v: GgmlType, fa_all: bool) -> bool {
+    FLASH_ATTN_KV_TYPES.contains(&k)
+        && FLASH_ATTN_KV_TYPES.contains(&v)
+        && (fa_all || v.is_quantized())
+}
+
+/// One line for the log at init: what is claimed, what is left to the CPU, and why.
+pub fn claims_summary() -> String {
+    let names =
+        |ts: &mut dyn Iterator<Item = GgmlType>| ts.map(|t| t.name()).collect::<Vec<_>>().join("/");
+    let set_rows = names(&mut SET_ROWS_TYPES.iter().copied());
+    let quant_v = names(
+        &mut FLASH_ATTN_KV_TYPES
+            .iter()
+            .copied()
+            .filter(|t| t.is_quantized()),
+    );
+    let fa = if fa_claims_unquantized_v() {
+        format!(
+            "FLASH_ATTN_EXT for K,V in {} ({FA_ALL_ENV}=1: unquantized V claimed too; with llama.cpp's default -fa auto an f16/bf16/f32 V cache then turns flash attention OFF for the whole model — run with -fa on)",
+            names(&mut FLASH_ATTN_KV_TYPES.iter().copied())
+        )
+    } else {
+        format!(
+            "FLASH_ATTN_EXT only with a quantized V cache ({quant_v}); with an f16/bf16/f32 V cache the attention stays on the CPU backend, because llama.cpp's default -fa auto would otherwise turn flash attention off for the whole model (slower than stock); {FA_ALL_ENV}=1 claims those too"
+        )
+    };
+    format!("claims SET_ROWS into {set_rows}; MUL_MAT with the Hadamard hint (attn-rot); {fa}; everything else stays on the CPU backend")
+}
+
 /// Is `t` something the backend does? `Err` carries the reason it is refused.
 pub fn classify(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
     if t::is_noop(node.op) {
@@ -101,9 +153,81 @@ fn set_rows_ok(dst: &sys::ggml_tensor) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A raw pointer that may cross to the worker threads of [`par_ranges`] (each thread writes
+/// disjoint rows).
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut u8);
+// SAFETY: only used for disjoint writes / shared reads inside one `par_ranges` call.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `SyncPtr`, not its field).
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// Minimum elements of work per thread before SET_ROWS / the Hadamard product use more than
+/// one: a scoped thread costs ~10-20 µs to start, quantizing or rotating 32K elements
+/// ~10-30 µs. Decode-sized nodes (one token: a few hundred elements) stay on the caller's
+/// thread, prompt-sized ones (hundreds of tokens) use `n_threads`.
+pub const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
+
+/// How many threads `work` elements are worth, at most `n_threads`.
+pub fn threads_for(work: usize, n_threads: usize) -> usize {
+    (work / MIN_ELEMS_PER_THREAD).clamp(1, n_threads.max(1))
+}
+
+/// Run `f` over `0..n` in `nt` contiguous ranges, the first on the calling thread, the others
+/// on scoped threads (with the caller's forced ISA, if any). `nt <= 1`: just `f(0..n)`, no
+/// thread, no allocation. The first error wins; a worker's panic is resumed here.
+fn par_ranges<F>(n: usize, nt: usize, f: F) -> Result<(), String>
+where
+    F: Fn(std::ops::Range<usize>) -> Result<(), String> + Sync,
+{
+    let nt = nt.min(n);
+    if nt <= 1 {
+        return f(0..n);
+    }
+    let isa = crate::simd::isa();
+    let chunk = n.div_ceil(nt);
+    std::thread::scope(|sc| {
+        let f = &f;
+        let handles: Vec<_> = (1..nt)
+            .map(|t| {
+                let r = (t * chunk).min(n)..((t + 1) * chunk).min(n);
+                sc.spawn(move || {
+                    crate::simd::with_isa(isa, || f(r))
+                        .unwrap_or_else(|| Err("forced ISA not available".into()))
+                })
+            })
+            .collect();
+        let mut res = f(0..chunk.min(n));
+        for h in handles {
+            let r = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            if res.is_ok() {
+                res = r;
+            }
+        }
+        res
+    })
+}
+
+thread_local! {
+    /// The f32 row buffer of SET_ROWS from f16 (or unaligned f32) rows, reused across calls.
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `ggml_compute_forward_set_rows` (ggml-cpu/ops.cpp): every row `i` of `b` (plane i02,
+/// i03) goes through the destination type's `from_float` into row `c[i, i02 % ne11,
+/// i03 % ne12]` of `dst`; f16 -> f16 is a copy. Rows are split among `n_threads` threads when
+/// the node is big enough ([`threads_for`]) and no destination row is written twice (with
+/// duplicate indices the last write wins, as on one thread).
+///
 /// # Safety
 /// `dst` passed [`set_rows_ok`], its data and its sources' data are valid for their extents.
-unsafe fn set_rows(dst: &sys::ggml_tensor) -> Result<(), String> {
+unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), String> {
     let b = src(dst, 0)?;
     let c = src(dst, 1)?;
     let dty = t::ty(dst).ok_or("type")?;
@@ -118,19 +242,20 @@ unsafe fn set_rows(dst: &sys::ggml_tensor) -> Result<(), String> {
     }
     let row_bytes = dty.row_bytes(nc).map_err(|e| e.to_string())?;
     let (db, bb, cb) = (
-        dst.data as *mut u8,
-        b.data as *const u8,
-        c.data as *const u8,
+        SyncPtr(dst.data as *mut u8),
+        SyncPtr(b.data as *mut u8),
+        SyncPtr(c.data as *mut u8),
     );
+    let (c_nb, b_nb, d_nb) = (c.nb, b.nb, dst.nb);
 
     let index = |i: usize, i02: usize, i03: usize| -> i64 {
-        let off = i * c.nb[0] + (i02 % ne11) * c.nb[1] + (i03 % ne12) * c.nb[2];
+        let off = i * c_nb[0] + (i02 % ne11) * c_nb[1] + (i03 % ne12) * c_nb[2];
         // SAFETY: inside c's extent (shape checked); unaligned reads allowed.
         unsafe {
             if isz == 8 {
-                std::ptr::read_unaligned(cb.add(off) as *const i64)
+                std::ptr::read_unaligned(cb.get().add(off) as *const i64)
             } else {
-                std::ptr::read_unaligned(cb.add(off) as *const i32) as i64
+                std::ptr::read_unaligned(cb.get().add(off) as *const i32) as i64
             }
         }
     };
@@ -145,21 +270,52 @@ unsafe fn set_rows(dst: &sys::ggml_tensor) -> Result<(), String> {
             }
         }
     }
-    let mut row = vec![0f32; nc];
-    for i03 in 0..ne03 {
-        for i02 in 0..ne02 {
-            for i in 0..nr {
+    let total = nr * ne02 * ne03;
+    let mut nt = threads_for(total * nc, n_threads);
+    if nt > 1 {
+        // Several threads only if no destination row of a plane is written twice.
+        let mut seen = vec![0u64; (ne1 as usize).div_ceil(64)];
+        'planes: for i03 in 0..ne03 {
+            for i02 in 0..ne02 {
+                seen.fill(0);
+                for i in 0..nr {
+                    let i1 = index(i, i02, i03) as usize;
+                    let (w, bit) = (i1 / 64, 1u64 << (i1 % 64));
+                    if seen[w] & bit != 0 {
+                        nt = 1;
+                        break 'planes;
+                    }
+                    seen[w] |= bit;
+                }
+            }
+        }
+    }
+    par_ranges(total, nt, |range| {
+        ROW.with(|row| {
+            let mut row = row.borrow_mut();
+            if row.len() < nc {
+                row.resize(nc, 0.0);
+            }
+            let row = &mut row[..nc];
+            for u in range {
+                let (i, p) = (u % nr, u / nr);
+                let (i02, i03) = (p % ne02, p / ne02);
                 let i1 = index(i, i02, i03) as usize;
-                // SAFETY: offsets inside the tensors' extents (shape and index checked).
+                // SAFETY: offsets inside the tensors' extents (shape and indices checked);
+                // rows written by one thread only (distinct targets, or one thread).
                 unsafe {
-                    let s = bb.add(i * b.nb[1] + i02 * b.nb[2] + i03 * b.nb[3]);
+                    let s = bb.get().add(i * b_nb[1] + i02 * b_nb[2] + i03 * b_nb[3]) as *const u8;
                     let d = std::slice::from_raw_parts_mut(
-                        db.add(i1 * dst.nb[1] + i02 * dst.nb[2] + i03 * dst.nb[3]),
+                        db.get().add(i1 * d_nb[1] + i02 * d_nb[2] + i03 * d_nb[3]),
                         row_bytes,
                     );
-                    match bty {
+                    let x: &[f32] = match bty {
+                        GgmlType::F32 if s as usize % 4 == 0 => {
+                            std::slice::from_raw_parts(s as *const f32, nc)
+                        }
                         GgmlType::F32 => {
                             std::ptr::copy_nonoverlapping(s, row.as_mut_ptr() as *mut u8, nc * 4);
+                            row
                         }
                         _ if dty == GgmlType::F16 => {
                             // f16 -> f16 is a copy (ggml_compute_forward_set_rows_impl).
@@ -167,18 +323,18 @@ unsafe fn set_rows(dst: &sys::ggml_tensor) -> Result<(), String> {
                             continue;
                         }
                         _ => {
-                            for (j, o) in row.iter_mut().enumerate() {
-                                let h = std::ptr::read_unaligned(s.add(2 * j) as *const u16);
-                                *o = crate::quant::fp16::f16_to_f32(h);
-                            }
+                            let h = std::slice::from_raw_parts(s as *const [u8; 2], nc);
+                            crate::quant::fp16::f16_row_to_f32(h, row)
+                                .map_err(|e| e.to_string())?;
+                            row
                         }
-                    }
-                    fmt.quantize_row(&row, d).map_err(|e| e.to_string())?;
+                    };
+                    fmt.quantize_row(x, d).map_err(|e| e.to_string())?;
                 }
             }
-        }
-    }
-    Ok(())
+            Ok(())
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -226,9 +382,13 @@ fn hadamard_ok(dst: &sys::ggml_tensor) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `ggml_compute_forward_fwht` (ggml-cpu/ops.cpp): every row of `x` rotated into `dst`.
+/// Rows (over all planes) are split among `n_threads` threads when the node is big enough
+/// ([`threads_for`]); each row's numbers do not depend on the split.
+///
 /// # Safety
 /// `dst` passed [`hadamard_ok`]; data pointers valid for the tensors' extents.
-unsafe fn hadamard(dst: &sys::ggml_tensor) -> Result<(), String> {
+unsafe fn hadamard(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), String> {
     let x = src(dst, 1)?;
     let xty = t::ty(x).ok_or("type")?;
     let [n, rows, ne12, ne13] = t::dims(x).ok_or("dims")?;
@@ -239,32 +399,73 @@ unsafe fn hadamard(dst: &sys::ggml_tensor) -> Result<(), String> {
     let (xs, ds) = (x.nb[1] / es, dst.nb[1] / 4);
     let src_len = (rows - 1) * xs + n;
     let dst_len = (rows - 1) * ds + n;
+    let (x0, xnb, d0, dnb) = (x.data as usize, x.nb, dst.data as usize, dst.nb);
+    let plane = move |i12: usize, i13: usize| -> (usize, usize) {
+        (
+            x0 + i12 * xnb[2] + i13 * xnb[3],
+            d0 + i12 * dnb[2] + i13 * dnb[3],
+        )
+    };
+    // Fast path: no plane's source overlaps its destination, sources aligned. Otherwise the
+    // careful one-thread path below (copies through a buffer).
+    let mut plain = true;
     for i13 in 0..ne13 {
         for i12 in 0..ne12 {
-            // SAFETY: offsets inside the extents; the slices below do not outlive the call.
-            unsafe {
-                let sp = (x.data as *const u8).add(i12 * x.nb[2] + i13 * x.nb[3]);
-                let dp = (dst.data as *mut u8).add(i12 * dst.nb[2] + i13 * dst.nb[3]) as *mut f32;
-                let (s0, s1) = (sp as usize, sp as usize + src_len * es);
-                let (d0, d1) = (dp as usize, dp as usize + dst_len * 4);
-                let overlap = s0 < d1 && d0 < s1;
-                let d = std::slice::from_raw_parts_mut(dp, dst_len);
-                let r = if xty == GgmlType::F32 {
-                    if overlap || sp as usize % 4 != 0 {
-                        let mut tmp = vec![0f32; src_len];
-                        std::ptr::copy(sp, tmp.as_mut_ptr() as *mut u8, src_len * 4);
-                        crate::rotate::rotate_rows(n, n, rows, &tmp, xs, d, ds)
+            let (sp, dp) = plane(i12, i13);
+            let overlap = sp < dp + dst_len * 4 && dp < sp + src_len * es;
+            plain &= !overlap && sp % es == 0;
+        }
+    }
+    if plain {
+        let total = rows * ne12 * ne13;
+        let nt = threads_for(total * n, n_threads);
+        return par_ranges(total, nt, |range| {
+            let mut u = range.start;
+            while u < range.end {
+                let (r0, p) = (u % rows, u / rows);
+                let cnt = (rows - r0).min(range.end - u);
+                let (sp, dp) = plane(p % ne12, p / ne12);
+                // SAFETY: rows r0..r0+cnt of one plane, inside the extents; destination rows
+                // are disjoint between ranges; sources do not overlap destinations.
+                let r = unsafe {
+                    let d = std::slice::from_raw_parts_mut(
+                        (dp as *mut f32).add(r0 * ds),
+                        (cnt - 1) * ds + n,
+                    );
+                    if xty == GgmlType::F32 {
+                        let s = std::slice::from_raw_parts(
+                            (sp as *const f32).add(r0 * xs),
+                            (cnt - 1) * xs + n,
+                        );
+                        crate::rotate::rotate_rows(n, n, cnt, s, xs, d, ds)
                     } else {
-                        let s = std::slice::from_raw_parts(sp as *const f32, src_len);
-                        crate::rotate::rotate_rows(n, n, rows, s, xs, d, ds)
+                        let s = std::slice::from_raw_parts(
+                            (sp as *const u16).add(r0 * xs),
+                            (cnt - 1) * xs + n,
+                        );
+                        crate::rotate::rotate_rows_f16(n, n, cnt, s, xs, d, ds)
                     }
-                } else if overlap || sp as usize % 2 != 0 {
-                    let mut tmp = vec![0u16; src_len];
-                    std::ptr::copy(sp, tmp.as_mut_ptr() as *mut u8, src_len * 2);
-                    crate::rotate::rotate_rows_f16(n, n, rows, &tmp, xs, d, ds)
+                };
+                r.map_err(|e| e.to_string())?;
+                u += cnt;
+            }
+            Ok(())
+        });
+    }
+    for i13 in 0..ne13 {
+        for i12 in 0..ne12 {
+            let (sp, dp) = plane(i12, i13);
+            // SAFETY: offsets inside the extents; the source is copied out first.
+            unsafe {
+                let d = std::slice::from_raw_parts_mut(dp as *mut f32, dst_len);
+                let r = if xty == GgmlType::F32 {
+                    let mut tmp = vec![0f32; src_len];
+                    std::ptr::copy(sp as *const u8, tmp.as_mut_ptr() as *mut u8, src_len * 4);
+                    crate::rotate::rotate_rows(n, n, rows, &tmp, xs, d, ds)
                 } else {
-                    let s = std::slice::from_raw_parts(sp as *const u16, src_len);
-                    crate::rotate::rotate_rows_f16(n, n, rows, s, xs, d, ds)
+                    let mut tmp = vec![0u16; src_len];
+                    std::ptr::copy(sp as *const u8, tmp.as_mut_ptr() as *mut u8, src_len * 2);
+                    crate::rotate::rotate_rows_f16(n, n, rows, &tmp, xs, d, ds)
                 };
                 r.map_err(|e| e.to_string())?;
             }
@@ -299,6 +500,9 @@ fn flash_attn_ok(dst: &sys::ggml_tensor) -> Result<(), &'static str> {
     let vty = t::ty(v)
         .filter(|ty| FLASH_ATTN_KV_TYPES.contains(ty))
         .ok_or("V type not implemented")?;
+    if !fa_claims_types(kty, vty, fa_claims_unquantized_v()) {
+        return Err("V not quantized: left to the CPU backend so that -fa auto keeps flash attention (ATTNROT_FA_ALL=1 claims it)");
+    }
     let (qd, kd, vd, dd) = (
         t::dims(q).ok_or("bad dims")?,
         t::dims(k).ok_or("bad dims")?,
@@ -415,56 +619,183 @@ unsafe fn attn_view<'a>(x: &'a sys::ggml_tensor) -> Result<crate::attn::Tensor<'
     })
 }
 
+/// The type the CPU backend converts Q to before its K·Q dot products, if any
+/// (`ggml_compute_forward_flash_attn_ext_f16`, ggml-cpu/ops.cpp): the one-chunk kernel
+/// (`…_f16_one_chunk`) runs `q_to_vec_dot` = `from_float` of K's `vec_dot_type` (q8_0 for
+/// q8_0/q4_0/q5_0/iq4_nl K, q8_1 for q4_1/q5_1, f16, bf16) on every Q row; only the tiled
+/// kernel (f32/f16 K of the same type as V, ≥ `GGML_FA_TILE_Q` = 64 query rows, not the
+/// split-KV decode path: one query row, one sequence, ≥ 512 KV rows) and f32 K use Q as f32.
+///
+/// [`crate::attn`] keeps Q in f32 (closer to exact) except in its int8 decode kernel. The
+/// backend rounds Q the CPU's way first (`to_float(from_float(q))`, which the int8 kernel
+/// re-quantizes to the same bytes), so that it computes what stock llama.cpp computes:
+/// on FLASH_ATTN_EXT inputs dumped from llama-perplexity on SmolLM2 (f16 K, q8_0 V, 256
+/// query rows) the output's NMSE vs the stock CPU kernel is 1.2e-13 with the rounding and
+/// 1.7e-7 without. (q4_1/q5_1 K: stock's q8_1 Q also carries an f16-rounded block sum for
+/// the `m` term, which f32 Q does not reproduce — a rounding-level difference.)
+pub fn q_rounding(
+    k: GgmlType,
+    v: GgmlType,
+    n_q: usize,
+    n_seq: usize,
+    n_kv: usize,
+) -> Option<GgmlType> {
+    let vdt = k.vec_dot_type();
+    if vdt == GgmlType::F32 {
+        return None;
+    }
+    let kv_f32_or_f16 = matches!(k, GgmlType::F32 | GgmlType::F16);
+    let split_kv = n_q == 1 && n_seq == 1 && kv_f32_or_f16 && k == v && n_kv >= 512;
+    let tiled = !split_kv && kv_f32_or_f16 && k == v && n_q >= 64;
+    (!tiled).then_some(vdt)
+}
+
+thread_local! {
+    /// Q rounded to K's `vec_dot_type` (f32 values), reused across calls.
+    static QROUND: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// One Q row in K's `vec_dot_type` (bytes).
+    static QROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Q (`[dk, n_q, n_head, n_seq]`, any row strides) rounded through `ty` into `out`, packed
+/// (`out[((i3·n_head + i2)·n_q + i1)·dk ..]`): `to_float(from_float(row))`, the values the
+/// CPU's `vec_dot` sees. Rows are split among threads like SET_ROWS.
+///
+/// # Safety
+/// `q.data` valid for its extent, f32 rows contiguous.
+unsafe fn round_q(
+    q: &sys::ggml_tensor,
+    ty: GgmlType,
+    out: &mut [f32],
+    n_threads: usize,
+) -> Result<(), String> {
+    let fmt = crate::quant::format(ty).map_err(|e| e.to_string())?;
+    let [dk, n_q, n_head, n_seq] = t::dims(q).ok_or("dims")?;
+    let rows = n_q * n_head * n_seq;
+    let row_bytes = ty.row_bytes(dk).map_err(|e| e.to_string())?;
+    let (q0, nb) = (SyncPtr(q.data as *mut u8), q.nb);
+    let o0 = SyncPtr(out.as_mut_ptr() as *mut u8);
+    if out.len() < rows * dk {
+        return Err("Q buffer too small".into());
+    }
+    par_ranges(rows, threads_for(rows * dk, n_threads), |range| {
+        QROW.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < row_bytes {
+                b.resize(row_bytes, 0);
+            }
+            let qb = &mut b[..row_bytes];
+            for r in range {
+                let (i1, p) = (r % n_q, r / n_q);
+                let (i2, i3) = (p % n_head, p / n_head);
+                // SAFETY: row inside q's extent (caller) and inside `out` (checked above);
+                // rows of `out` are written by one thread each.
+                unsafe {
+                    let s = q0.get().add(i1 * nb[1] + i2 * nb[2] + i3 * nb[3]);
+                    let d = std::slice::from_raw_parts_mut((o0.get() as *mut f32).add(r * dk), dk);
+                    if s as usize % 4 == 0 {
+                        let x = std::slice::from_raw_parts(s as *const f32, dk);
+                        fmt.quantize_row(x, qb).map_err(|e| e.to_string())?;
+                    } else {
+                        std::ptr::copy_nonoverlapping(s, d.as_mut_ptr() as *mut u8, dk * 4);
+                        fmt.quantize_row(d, qb).map_err(|e| e.to_string())?;
+                    }
+                    fmt.dequantize_row(qb, d).map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
 /// # Safety
 /// `dst` passed [`flash_attn_ok`]; data pointers valid for the tensors' extents; `dst` does
 /// not overlap its sources.
 unsafe fn flash_attn(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), String> {
     // SAFETY: caller's contract.
     unsafe {
-        let q = attn_view(src(dst, 0)?)?;
+        let qt = src(dst, 0)?;
         let k = attn_view(src(dst, 1)?)?;
         let v = attn_view(src(dst, 2)?)?;
-        let mask = match opt_src(dst, 3) {
-            Some(m) => Some(attn_view(m)?),
-            None => None,
-        };
-        let sinks: Option<Vec<f32>> = opt_src(dst, 4).map(|sk| {
-            let n = sk.ne[0] as usize;
-            let mut out = vec![0f32; n];
-            std::ptr::copy_nonoverlapping(sk.data as *const u8, out.as_mut_ptr() as *mut u8, n * 4);
-            out
-        });
-        let prec = if t::param_i32(dst, 3) == sys::ggml_prec_GGML_PREC_F32 as i32 {
-            crate::attn::Precision::F32
-        } else {
-            crate::attn::Precision::Default
-        };
-        let params = crate::attn::Params {
-            scale: t::param_f32(dst, 0),
-            max_bias: t::param_f32(dst, 1),
-            logit_softcap: t::param_f32(dst, 2),
-            precision: prec,
-        };
-        let len = t::extent(dst, GgmlType::F32).ok_or("extent")?;
-        if dst.data.is_null() {
-            return Err("tensor without data".into());
-        }
-        let mut out = crate::attn::TensorMut {
-            data: std::slice::from_raw_parts_mut(dst.data as *mut u8, len),
-            ne: t::dims(dst).ok_or("dims")?,
-            nb: dst.nb,
-        };
-        crate::attn::flash_attn_ext(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            sinks.as_deref(),
-            &params,
-            &mut out,
-            n_threads.max(1),
-        )
-        .map_err(|e| e.to_string())
+        let [dk, n_q, n_head, n_seq] = t::dims(qt).ok_or("dims")?;
+        let round = q_rounding(k.ty, v.ty, n_q, n_seq, k.ne[1]);
+        QROUND.with(|qbuf| -> Result<(), String> {
+            let mut qbuf = qbuf.borrow_mut();
+            let q = match round {
+                None => attn_view(qt)?,
+                Some(ty) => {
+                    let n = dk * n_q * n_head * n_seq;
+                    if qbuf.len() < n {
+                        qbuf.resize(n, 0.0);
+                    }
+                    round_q(qt, ty, &mut qbuf[..n], n_threads)?;
+                    let ne = [dk, n_q, n_head, n_seq];
+                    crate::attn::Tensor {
+                        data: std::slice::from_raw_parts(qbuf.as_ptr() as *const u8, n * 4),
+                        ty: GgmlType::F32,
+                        ne,
+                        nb: crate::attn::contiguous_strides(GgmlType::F32, ne)
+                            .map_err(|e| e.to_string())?,
+                    }
+                }
+            };
+            let mask = match opt_src(dst, 3) {
+                Some(m) => Some(attn_view(m)?),
+                None => None,
+            };
+            // Sinks (one f32 per head) copied out: on the stack for up to 256 heads.
+            let mut sinks_buf = [0f32; 256];
+            let mut sinks_vec = Vec::new();
+            let sinks: Option<&[f32]> = match opt_src(dst, 4) {
+                None => None,
+                Some(sk) => {
+                    let n = sk.ne[0] as usize;
+                    let out: &mut [f32] = if n <= sinks_buf.len() {
+                        &mut sinks_buf[..n]
+                    } else {
+                        sinks_vec.resize(n, 0f32);
+                        &mut sinks_vec[..]
+                    };
+                    std::ptr::copy_nonoverlapping(
+                        sk.data as *const u8,
+                        out.as_mut_ptr() as *mut u8,
+                        n * 4,
+                    );
+                    Some(out)
+                }
+            };
+            let prec = if t::param_i32(dst, 3) == sys::ggml_prec_GGML_PREC_F32 as i32 {
+                crate::attn::Precision::F32
+            } else {
+                crate::attn::Precision::Default
+            };
+            let params = crate::attn::Params {
+                scale: t::param_f32(dst, 0),
+                max_bias: t::param_f32(dst, 1),
+                logit_softcap: t::param_f32(dst, 2),
+                precision: prec,
+            };
+            let len = t::extent(dst, GgmlType::F32).ok_or("extent")?;
+            if dst.data.is_null() {
+                return Err("tensor without data".into());
+            }
+            let mut out = crate::attn::TensorMut {
+                data: std::slice::from_raw_parts_mut(dst.data as *mut u8, len),
+                ne: t::dims(dst).ok_or("dims")?,
+                nb: dst.nb,
+            };
+            crate::attn::flash_attn_ext(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                sinks,
+                &params,
+                &mut out,
+                n_threads.max(1),
+            )
+            .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -489,10 +820,110 @@ pub unsafe fn compute(node: *mut sys::ggml_tensor, n_threads: usize) -> Result<(
     // SAFETY: classified; caller's contract on data.
     unsafe {
         match kind {
-            Kind::SetRows => set_rows(node),
-            Kind::Hadamard => hadamard(node),
+            Kind::SetRows => set_rows(node, n_threads),
+            Kind::Hadamard => hadamard(node, n_threads),
             Kind::FlashAttn => flash_attn(node, n_threads),
             Kind::NoOp => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_rounding_follows_the_cpu_kernel_choice() {
+        use GgmlType::*;
+        // quantized K: always the one-chunk kernel, Q -> vec_dot_type
+        assert_eq!(q_rounding(Q8_0, Q8_0, 256, 1, 256), Some(Q8_0));
+        assert_eq!(q_rounding(Q4_0, Q4_0, 1, 1, 4096), Some(Q8_0));
+        assert_eq!(q_rounding(Q4_1, Q8_0, 3, 1, 96), Some(Q8_1));
+        assert_eq!(q_rounding(Q5_1, Q5_1, 3, 1, 96), Some(Q8_1));
+        assert_eq!(q_rounding(IQ4_NL, F16, 3, 1, 96), Some(Q8_0));
+        assert_eq!(q_rounding(BF16, BF16, 256, 1, 256), Some(BF16));
+        // f16 K: tiled (f32 Q) only with V of the same type and >= 64 query rows
+        assert_eq!(q_rounding(F16, F16, 64, 1, 256), None);
+        assert_eq!(q_rounding(F16, F16, 63, 1, 256), Some(F16));
+        assert_eq!(q_rounding(F16, Q8_0, 256, 1, 256), Some(F16));
+        // split-KV decode path (one row, one sequence, >= 512 KV) is one-chunk too
+        assert_eq!(q_rounding(F16, F16, 1, 1, 512), Some(F16));
+        assert_eq!(q_rounding(F16, F16, 1, 2, 512), Some(F16));
+        // f32 K: Q stays f32
+        assert_eq!(q_rounding(F32, F32, 1, 1, 16), None);
+        assert_eq!(q_rounding(F32, Q8_0, 1, 1, 16), None);
+    }
+
+    /// Rounding Q through q8_0 (f16, bf16) and quantizing the result again (what the int8
+    /// decode kernel of `crate::attn` does) gives the same bytes; q8_1 the same quants.
+    #[test]
+    fn q_rounding_is_idempotent() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q8_1,
+            GgmlType::F16,
+            GgmlType::BF16,
+        ] {
+            let f = crate::quant::format(ty).unwrap();
+            for trial in 0..200 {
+                let scale = 10f32.powi(trial % 7 - 3);
+                let x: Vec<f32> = (0..128).map(|_| next() * scale).collect();
+                let n = ty.row_bytes(x.len()).unwrap();
+                let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+                let mut r = vec![0f32; x.len()];
+                f.quantize_row(&x, &mut a).unwrap();
+                f.dequantize_row(&a, &mut r).unwrap();
+                f.quantize_row(&r, &mut b).unwrap();
+                if ty == GgmlType::Q8_1 {
+                    // Same d and quants; the f16 block sum `s` (bytes 2..4) is recomputed from
+                    // the rounded values (used by q4_1/q5_1 K only, not by the int8 kernel).
+                    for (ba, bb) in a.chunks(36).zip(b.chunks(36)) {
+                        assert_eq!((&ba[..2], &ba[4..]), (&bb[..2], &bb[4..]), "q8_1 {trial}");
+                    }
+                } else {
+                    assert_eq!(a, b, "{ty:?} trial {trial}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_for_thresholds() {
+        assert_eq!(threads_for(0, 4), 1);
+        assert_eq!(threads_for(192, 2), 1);
+        assert_eq!(threads_for(MIN_ELEMS_PER_THREAD * 2, 2), 2);
+        assert_eq!(threads_for(MIN_ELEMS_PER_THREAD * 100, 2), 2);
+        assert_eq!(threads_for(MIN_ELEMS_PER_THREAD * 100, 0), 1);
+    }
+
+    #[test]
+    fn par_ranges_covers_every_index_once() {
+        for (n, nt) in [(0, 3), (1, 4), (7, 3), (100, 2), (5, 8)] {
+            let hits: Vec<std::sync::atomic::AtomicUsize> =
+                (0..n).map(|_| Default::default()).collect();
+            par_ranges(n, nt, |r| {
+                for i in r {
+                    hits[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert!(hits
+                .iter()
+                .all(|h| h.load(std::sync::atomic::Ordering::Relaxed) == 1));
+        }
+        let e = par_ranges(
+            10,
+            2,
+            |r| if r.start > 0 { Err("x".into()) } else { Ok(()) },
+        );
+        assert!(e.is_err());
     }
 }
