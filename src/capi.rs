@@ -649,7 +649,8 @@ pub unsafe extern "C" fn attnrot_attention(
         }
         let n_qf = mul(mul(nh, nq)?, dk)?;
         let n_out = mul(mul(nq, nh)?, dv)?;
-        let n_mask = mul(nq, nkv)?;
+        // The mask's size only matters when there is a mask.
+        let n_mask = if mask.is_null() { 0 } else { mul(nq, nkv)? };
         let qr = region(q.cast(), mul(n_qf, 4)?, 4)?;
         let kr = region(k.cast(), k_need, 1)?;
         let vr = region(v.cast(), v_need, 1)?;

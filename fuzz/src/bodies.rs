@@ -730,6 +730,7 @@ pub fn capi_attention(data: &[u8]) {
         if with_sinks { mulc(nh, 4, 1) } else { Some(0) },
     ];
     if lens.iter().any(|l| l.is_none()) {
+        // the same optional pointers as the oracle assumed (the overflow may be theirs)
         let buf = vec![0f32; 64];
         let mut out = vec![1.5f32; 64];
         let st = unsafe {
@@ -740,8 +741,12 @@ pub fn capi_attention(data: &[u8]) {
                 256,
                 buf.as_ptr().cast(),
                 256,
-                null(),
-                null(),
+                if with_mask {
+                    buf.as_ptr().cast()
+                } else {
+                    null()
+                },
+                if with_sinks { buf.as_ptr() } else { null() },
                 out.as_mut_ptr(),
             )
         };
