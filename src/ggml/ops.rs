@@ -174,6 +174,14 @@ impl SyncPtr {
 /// thread, prompt-sized ones (hundreds of tokens) use `n_threads`.
 pub const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
 
+/// Minimum multiply-adds of attention (`n_q·n_head·n_kv·(dk+dv)`) per thread before
+/// FLASH_ATTN_EXT uses more than one: a decode step at short context (SmolLM2, 512 KV rows:
+/// 0.6 M) runs on the calling thread. Besides the ~20 µs a scoped thread costs, extra threads
+/// at that size only compete with the host's OpenMP workers, which spin for a while after
+/// each CPU split of the graph (measured: llama-bench tg128 at 3.9 t/s instead of 12 on a
+/// loaded 2-core machine with a thread per FA node).
+pub const MIN_FA_MACS_PER_THREAD: usize = 1 << 21;
+
 /// How many threads `work` elements are worth, at most `n_threads`.
 pub fn threads_for(work: usize, n_threads: usize) -> usize {
     (work / MIN_ELEMS_PER_THREAD).clamp(1, n_threads.max(1))
@@ -784,17 +792,13 @@ unsafe fn flash_attn(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Str
                 ne: t::dims(dst).ok_or("dims")?,
                 nb: dst.nb,
             };
-            crate::attn::flash_attn_ext(
-                &q,
-                &k,
-                &v,
-                mask.as_ref(),
-                sinks,
-                &params,
-                &mut out,
-                n_threads.max(1),
-            )
-            .map_err(|e| e.to_string())
+            let macs = n_q
+                .saturating_mul(n_head)
+                .saturating_mul(k.ne[1])
+                .saturating_mul(dk + v.ne[0]);
+            let nt = (macs / MIN_FA_MACS_PER_THREAD).clamp(1, n_threads.max(1));
+            crate::attn::flash_attn_ext(&q, &k, &v, mask.as_ref(), sinks, &params, &mut out, nt)
+                .map_err(|e| e.to_string())
         })
     }
 }
