@@ -65,29 +65,19 @@ fn sanitize_flags() -> Vec<&'static str> {
 }
 
 /// The upstream ggml static libraries the `attnrot-ref` build script compiled:
-/// `ATTNROT_GGML_REF_LIB_DIR` if set, else the most recently completed `vendor/.build/<key>`.
+/// `ATTNROT_GGML_REF_LIB_DIR` if set, else the directory where the `attnrot-ref` build
+/// script cached the reference ggml (`attnrot_ref::LIB_DIR`, the same build this test links).
 fn ggml_lib_dir() -> PathBuf {
     if let Ok(d) = std::env::var("ATTNROT_GGML_REF_LIB_DIR") {
         return PathBuf::from(d);
     }
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for e in std::fs::read_dir(root().join("vendor/.build"))
-        .expect("vendor/.build (built by attnrot-ref)")
-    {
-        let p = e.unwrap().path();
-        let done = p.join(".complete");
-        if done.exists()
-            && p.join("libggml_ref_c.a").exists()
-            && p.join("libggml_ref_cxx.a").exists()
-        {
-            let t = done.metadata().and_then(|m| m.modified()).unwrap();
-            if best.as_ref().map(|(bt, _)| t > *bt).unwrap_or(true) {
-                best = Some((t, p));
-            }
-        }
-    }
-    best.expect("no complete vendor/.build/<key> with libggml_ref_c.a and libggml_ref_cxx.a")
-        .1
+    let d = PathBuf::from(attnrot_ref::LIB_DIR);
+    assert!(
+        d.join("libggml_ref_c.a").is_file() && d.join("libggml_ref_cxx.a").is_file(),
+        "{} has no libggml_ref_c.a / libggml_ref_cxx.a (built by attnrot-ref)",
+        d.display()
+    );
+    d
 }
 
 fn run_example(exe: &Path) -> String {

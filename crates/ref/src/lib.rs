@@ -15,6 +15,9 @@ pub mod setrows;
 pub const ARCH_FLAGS: &str = env!("ATTNROT_REF_ARCH_FLAGS");
 /// The unpacked upstream tree the reference was built from.
 pub const TREE: &str = env!("ATTNROT_REF_TREE");
+/// Directory holding the reference static libraries (`libggml_ref_c.a`, `libggml_ref_cxx.a`),
+/// for tests that link C/C++ programs against the same upstream build.
+pub const LIB_DIR: &str = env!("ATTNROT_REF_LIB_DIR");
 
 static INIT: Once = Once::new();
 
