@@ -930,4 +930,95 @@ mod tests {
         );
         assert!(e.is_err());
     }
+
+    /// A contiguous tensor description over `data`.
+    fn tensor(ty: sys::ggml_type, es: usize, ne: [usize; 4], data: *mut u8) -> sys::ggml_tensor {
+        let mut x = t::zeroed();
+        x.type_ = ty;
+        let row = if ty == sys::ggml_type_GGML_TYPE_Q8_0 {
+            ne[0] / 32 * 34
+        } else {
+            ne[0] * es
+        };
+        x.ne = ne.map(|n| n as i64);
+        x.nb = [es, row, row * ne[1], row * ne[1] * ne[2]];
+        x.data = data as *mut std::ffi::c_void;
+        x
+    }
+
+    /// SET_ROWS split over threads writes exactly what one thread writes, and what
+    /// `quantize_row` gives row by row; duplicate targets fall back to one thread (last wins).
+    #[test]
+    fn set_rows_threads_match_one_thread() {
+        let (nc, nr, ne1) = (256usize, 600usize, 700usize);
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut src: Vec<f32> = (0..nc * nr)
+            .map(|_| (rnd() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            .collect();
+        let fmt = crate::quant::format(GgmlType::Q8_0).unwrap();
+        let rb = GgmlType::Q8_0.row_bytes(nc).unwrap();
+        for dup in [false, true] {
+            // a permutation of 0..ne1 (first nr), or with a duplicated target
+            let mut perm: Vec<i64> = (0..ne1 as i64).collect();
+            for i in (1..ne1).rev() {
+                perm.swap(i, (rnd() % (i as u64 + 1)) as usize);
+            }
+            let mut idx: Vec<i64> = perm[..nr].to_vec();
+            if dup {
+                idx[nr - 1] = idx[3];
+            }
+            let mut outs = Vec::new();
+            for nt in [1usize, 2, 3] {
+                let mut dst = vec![0u8; rb * ne1];
+                let b = tensor(
+                    sys::ggml_type_GGML_TYPE_F32,
+                    4,
+                    [nc, nr, 1, 1],
+                    src.as_mut_ptr() as *mut u8,
+                );
+                let c = tensor(
+                    sys::ggml_type_GGML_TYPE_I64,
+                    8,
+                    [nr, 1, 1, 1],
+                    idx.as_mut_ptr() as *mut u8,
+                );
+                let mut d = tensor(
+                    sys::ggml_type_GGML_TYPE_Q8_0,
+                    34,
+                    [nc, ne1, 1, 1],
+                    dst.as_mut_ptr(),
+                );
+                d.op = sys::ggml_op_GGML_OP_SET_ROWS;
+                let (mut b, mut c) = (b, c);
+                d.src[0] = &mut b;
+                d.src[1] = &mut c;
+                assert_eq!(classify(&d), Ok(Kind::SetRows));
+                assert!(threads_for(nc * nr, nt) == nt.min(4));
+                // SAFETY: the descriptions point at live buffers of the right sizes.
+                unsafe { compute(&mut d, nt) }.unwrap();
+                outs.push(dst);
+            }
+            assert_eq!(outs[0], outs[1], "dup={dup}");
+            assert_eq!(outs[0], outs[2], "dup={dup}");
+            let mut want = vec![0u8; rb];
+            for (i, &r) in idx.iter().enumerate() {
+                if dup && i == 3 {
+                    continue; // overwritten by the last row
+                }
+                fmt.quantize_row(&src[i * nc..(i + 1) * nc], &mut want)
+                    .unwrap();
+                assert_eq!(
+                    &outs[0][r as usize * rb..][..rb],
+                    &want[..],
+                    "row {i} dup={dup}"
+                );
+            }
+        }
+    }
 }
