@@ -824,6 +824,13 @@ fn bad_input() {
         "heads not multiple",
         attn::attend(&q3t, &kt, &vt, None, None, &p, 1),
     );
+    // no query heads at all (found by fuzzing the C API: divided by zero)
+    let q0: Vec<f32> = Vec::new();
+    let q0t = Tensor::from_f32(&q0, [64, 2, 0, 1]).unwrap();
+    expect_err(
+        "zero query heads",
+        attn::attend(&q0t, &kt, &vt, None, None, &p, 1),
+    );
     // mask too short (columns), too few rows
     let short = vec![0u16; 15 * 2];
     expect_err(

@@ -289,7 +289,13 @@ fn plan<'a>(
     if dk == 0 || dv == 0 {
         return Err(bad("head size 0"));
     }
-    if n_head_k == 0 || n_head_v == 0 || n_head % n_head_k != 0 || n_head % n_head_v != 0 {
+    // n_head == 0 too: an attention without query heads is rejected, not divided by
+    if n_head == 0
+        || n_head_k == 0
+        || n_head_v == 0
+        || n_head % n_head_k != 0
+        || n_head % n_head_v != 0
+    {
         return Err(bad(format!(
             "query heads {n_head} must be a multiple of K heads {n_head_k} and V heads {n_head_v}"
         )));
