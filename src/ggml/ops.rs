@@ -318,7 +318,7 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
                         row_bytes,
                     );
                     let x: &[f32] = match bty {
-                        GgmlType::F32 if s as usize % 4 == 0 => {
+                        GgmlType::F32 if (s as usize).is_multiple_of(4) => {
                             std::slice::from_raw_parts(s as *const f32, nc)
                         }
                         GgmlType::F32 => {
@@ -384,7 +384,7 @@ fn hadamard_ok(dst: &sys::ggml_tensor) -> Result<(), &'static str> {
     if x.nb[0] != es || dst.nb[0] != 4 {
         return Err("rows not contiguous");
     }
-    if (1..4).any(|i| x.nb[i] % es != 0 || dst.nb[i] % 4 != 0) {
+    if (1..4).any(|i| !x.nb[i].is_multiple_of(es) || !dst.nb[i].is_multiple_of(4)) {
         return Err("strides not whole elements");
     }
     Ok(())
@@ -594,11 +594,11 @@ fn is_contiguous(x: &sys::ggml_tensor, ty: GgmlType) -> bool {
         return false;
     }
     let mut next = ty.block_bytes() * (d[0] / ty.block_size());
-    for i in 1..4 {
-        if d[i] != 1 && x.nb[i] != next {
+    for (&n, &nb) in d.iter().zip(x.nb.iter()).skip(1) {
+        if n != 1 && nb != next {
             return false;
         }
-        next *= d[i];
+        next *= n;
     }
     true
 }
@@ -701,7 +701,7 @@ unsafe fn round_q(
                 unsafe {
                     let s = q0.get().add(i1 * nb[1] + i2 * nb[2] + i3 * nb[3]);
                     let d = std::slice::from_raw_parts_mut((o0.get() as *mut f32).add(r * dk), dk);
-                    if s as usize % 4 == 0 {
+                    if (s as usize).is_multiple_of(4) {
                         let x = std::slice::from_raw_parts(s as *const f32, dk);
                         fmt.quantize_row(x, qb).map_err(|e| e.to_string())?;
                     } else {

@@ -32,7 +32,7 @@ pub fn param_f32(t: &sys::ggml_tensor, i: usize) -> f32 {
 
 /// `ggml_is_empty`: some dimension is 0.
 pub fn is_empty(t: &sys::ggml_tensor) -> bool {
-    t.ne.iter().any(|&n| n == 0)
+    t.ne.contains(&0)
 }
 
 /// Non-negative dimensions as usize (ggml never has negative ones; refuse if it did).
@@ -55,7 +55,9 @@ pub fn index_size(t: &sys::ggml_tensor) -> Option<usize> {
 
 /// The first-dimension stride equals the element (block) size: rows are contiguous.
 pub fn rows_contiguous(t: &sys::ggml_tensor, ty: GgmlType) -> bool {
-    t.nb[0] == ty.block_bytes() && t.ne[0] >= 0 && (t.ne[0] as usize) % ty.block_size() == 0
+    t.nb[0] == ty.block_bytes()
+        && t.ne[0] >= 0
+        && (t.ne[0] as usize).is_multiple_of(ty.block_size())
 }
 
 /// Byte extent touched by the tensor: `sum((ne[i]-1)*nb[i]) + row bytes` (0 if empty).
@@ -65,8 +67,8 @@ pub fn extent(t: &sys::ggml_tensor, ty: GgmlType) -> Option<usize> {
     }
     let d = dims(t)?;
     let mut e = ty.row_bytes(d[0]).ok()?;
-    for i in 1..4 {
-        e = e.checked_add((d[i] - 1).checked_mul(t.nb[i])?)?;
+    for (&n, &nb) in d.iter().zip(t.nb.iter()).skip(1) {
+        e = e.checked_add((n - 1).checked_mul(nb)?)?;
     }
     Some(e)
 }
