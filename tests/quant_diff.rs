@@ -38,27 +38,7 @@ fn run(ty: GgmlType) {
             rep.dot_mismatch.len(),
             rep.dot_worst_rel
         );
-        let show = |v: &Vec<String>| v.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
-        assert!(
-            rep.quantize_cpu_mismatch.is_empty(),
-            "{ty} {isa:?} quantize vs CPU from_float:\n  {}",
-            show(&rep.quantize_cpu_mismatch)
-        );
-        assert!(
-            rep.quantize_ref_mismatch.is_empty(),
-            "{ty} {isa:?} quantize vs _ref:\n  {}",
-            show(&rep.quantize_ref_mismatch)
-        );
-        assert!(
-            rep.dequantize_mismatch.is_empty(),
-            "{ty} {isa:?} dequantize:\n  {}",
-            show(&rep.dequantize_mismatch)
-        );
-        assert!(
-            rep.dot_mismatch.is_empty(),
-            "{ty} {isa:?} vec_dot:\n  {}",
-            show(&rep.dot_mismatch)
-        );
+        rep.assert_exact(&format!("{ty} {isa:?}"));
         assert!(rep.blocks >= BLOCKS, "only {} blocks checked", rep.blocks);
     }
     assert!(simd::available().contains(&Isa::Scalar));

@@ -34,27 +34,7 @@ fn run(ty: GgmlType) {
             rep.dequantize_mismatch.len(),
             rep.dot_mismatch.len()
         );
-        let show = |v: &Vec<String>| v.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
-        assert!(
-            rep.quantize_cpu_mismatch.is_empty(),
-            "{ty} {isa:?} quantize(cpu):\n  {}",
-            show(&rep.quantize_cpu_mismatch)
-        );
-        assert!(
-            rep.quantize_ref_mismatch.is_empty(),
-            "{ty} {isa:?} quantize(ref):\n  {}",
-            show(&rep.quantize_ref_mismatch)
-        );
-        assert!(
-            rep.dequantize_mismatch.is_empty(),
-            "{ty} {isa:?} dequantize:\n  {}",
-            show(&rep.dequantize_mismatch)
-        );
-        assert!(
-            rep.dot_mismatch.is_empty(),
-            "{ty} {isa:?} vec_dot:\n  {}",
-            show(&rep.dot_mismatch)
-        );
+        rep.assert_exact(&format!("{ty} {isa:?}"));
     }
 }
 

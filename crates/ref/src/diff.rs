@@ -203,6 +203,20 @@ pub struct FormatReport {
 }
 
 impl FormatReport {
+    /// Panic with the first mismatches (up to 5 per kernel) unless quantize (CPU and ref),
+    /// dequantize and vec_dot all matched upstream; `what` names the format and ISA.
+    pub fn assert_exact(&self, what: &str) {
+        let show = |v: &Vec<String>| v.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
+        for (kernel, v) in [
+            ("quantize vs CPU from_float", &self.quantize_cpu_mismatch),
+            ("quantize vs _ref", &self.quantize_ref_mismatch),
+            ("dequantize", &self.dequantize_mismatch),
+            ("vec_dot", &self.dot_mismatch),
+        ] {
+            assert!(v.is_empty(), "{what} {kernel}:\n  {}", show(v));
+        }
+    }
+
     pub fn exact(&self) -> bool {
         self.quantize_cpu_mismatch.is_empty()
             && self.quantize_ref_mismatch.is_empty()
