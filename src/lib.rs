@@ -12,6 +12,7 @@ pub mod attn;
 pub mod capi;
 pub mod error;
 pub mod ggml;
+pub mod par;
 pub mod quant;
 pub mod rotate;
 pub mod simd;

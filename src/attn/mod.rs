@@ -833,7 +833,8 @@ fn prefetch_rows() -> usize {
     v
 }
 
-/// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it).
+/// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it);
+/// the threads are scoped threads started for this call ([`crate::par::Scoped`]).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_ext(
     q: &Tensor,
@@ -848,6 +849,24 @@ pub fn flash_attn_ext(
     if n_threads == 0 {
         return Err(Error::BadParam("n_threads must be at least 1".into()));
     }
+    let team = crate::par::Scoped::new(n_threads);
+    flash_attn_ext_team(q, k, v, mask, sinks, params, dst, &team)
+}
+
+/// [`flash_attn_ext`] on the threads of `team` (the result does not depend on the team). With
+/// a single batch of work, or a team of one, everything runs on the calling thread.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_ext_team(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    sinks: Option<&[f32]>,
+    params: &Params,
+    dst: &mut TensorMut,
+    team: &dyn crate::par::Team,
+) -> Result<()> {
+    let n_threads = team.size().max(1);
     let pl = plan(q, k, v, mask, sinks, params, dst.ne, dst.nb, dst.data.len())?;
     let isa = simd::isa();
     let kn = Kernels::new(isa);
@@ -926,27 +945,24 @@ pub fn flash_attn_ext(
         }
         parts
     };
-    let nt = n_threads.min(n_batches).max(1);
     let mut parts: Vec<Option<Partial>> =
         (0..if split { n_items } else { 0 }).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (1..nt)
-            .map(|_| s.spawn(|| simd::with_isa(isa, &worker).unwrap_or_default()))
-            .collect();
+    if n_threads == 1 || n_batches == 1 {
         for (i, p) in worker() {
             parts[i] = Some(p);
         }
-        for h in handles {
-            match h.join() {
-                Ok(v) => {
-                    for (i, p) in v {
-                        parts[i] = Some(p);
-                    }
+    } else {
+        let shared = std::sync::Mutex::new(&mut parts);
+        team.run(&|_| {
+            let mine = worker();
+            if !mine.is_empty() {
+                let mut ps = shared.lock().unwrap_or_else(|e| e.into_inner());
+                for (i, p) in mine {
+                    ps[i] = Some(p);
                 }
-                Err(e) => std::panic::resume_unwind(e),
             }
-        }
-    });
+        });
+    }
     if split {
         // Combine the chunks of each item group in chunk order (deterministic).
         let dvp = pl.dvp;

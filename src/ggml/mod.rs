@@ -21,3 +21,5 @@ pub mod host;
 pub mod ops;
 /// Tensor facts from the struct layout.
 pub mod tensor;
+/// The threads the backend's kernels run on (the host's OpenMP team).
+pub mod team;

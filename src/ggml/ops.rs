@@ -169,57 +169,70 @@ impl SyncPtr {
 }
 
 /// Minimum elements of work per thread before SET_ROWS / the Hadamard product use more than
-/// one: a scoped thread costs ~10-20 µs to start, quantizing or rotating 32K elements
-/// ~10-30 µs. Decode-sized nodes (one token: a few hundred elements) stay on the caller's
-/// thread, prompt-sized ones (hundreds of tokens) use `n_threads`.
+/// one, when the threads are scoped threads of our own (no OpenMP in the host): a thread costs
+/// ~10-20 µs to start, quantizing or rotating 32K elements ~10-30 µs. Decode-sized nodes (one
+/// token: a few hundred elements) stay on the caller's thread, prompt-sized ones (hundreds of
+/// tokens) use `n_threads`.
 pub const MIN_ELEMS_PER_THREAD: usize = 1 << 15;
 
+/// Same, when the threads are the host's OpenMP workers ([`super::team`]): handing work to a
+/// spinning worker costs a few µs, so 8K elements per thread are worth it.
+pub const MIN_ELEMS_PER_THREAD_OMP: usize = 1 << 13;
+
 /// Minimum multiply-adds of attention (`n_q·n_head·n_kv·(dk+dv)`) per thread before
-/// FLASH_ATTN_EXT uses more than one: a decode step at short context (SmolLM2, 512 KV rows:
-/// 0.6 M) runs on the calling thread. Besides the ~20 µs a scoped thread costs, extra threads
-/// at that size only compete with the host's OpenMP workers, which spin for a while after
-/// each CPU split of the graph (measured: llama-bench tg128 at 3.9 t/s instead of 12 on a
-/// loaded 2-core machine with a thread per FA node).
+/// FLASH_ATTN_EXT uses more than one, with scoped threads of our own. Besides the ~20 µs a
+/// scoped thread costs, extra threads compete with the host's OpenMP workers, which spin for a
+/// while after each CPU split of the graph (measured: llama-bench tg128 at 3.9 t/s instead of
+/// 12 on a loaded 2-core machine with a thread per FA node).
 pub const MIN_FA_MACS_PER_THREAD: usize = 1 << 21;
+
+/// Same, on the host's OpenMP workers: 256K multiply-adds are ~10 µs of our decode kernel,
+/// several times what the hand-over costs (SmolLM2 decode uses both threads from ~300 KV rows).
+pub const MIN_FA_MACS_PER_THREAD_OMP: usize = 1 << 18;
 
 /// How many threads `work` elements are worth, at most `n_threads`.
 pub fn threads_for(work: usize, n_threads: usize) -> usize {
-    (work / MIN_ELEMS_PER_THREAD).clamp(1, n_threads.max(1))
+    let min = if super::team::have_openmp() {
+        MIN_ELEMS_PER_THREAD_OMP
+    } else {
+        MIN_ELEMS_PER_THREAD
+    };
+    (work / min).clamp(1, n_threads.max(1))
 }
 
-/// Run `f` over `0..n` in `nt` contiguous ranges, the first on the calling thread, the others
-/// on scoped threads (with the caller's forced ISA, if any). `nt <= 1`: just `f(0..n)`, no
-/// thread, no allocation. The first error wins; a worker's panic is resumed here.
+/// How many threads an attention node of `macs` multiply-adds is worth, at most `n_threads`.
+pub fn fa_threads_for(macs: usize, n_threads: usize) -> usize {
+    let min = if super::team::have_openmp() {
+        MIN_FA_MACS_PER_THREAD_OMP
+    } else {
+        MIN_FA_MACS_PER_THREAD
+    };
+    (macs / min).clamp(1, n_threads.max(1))
+}
+
+/// Run `f` over `0..n` in `nt` contiguous ranges on a [`super::team`] of `nt` threads (the
+/// host's OpenMP workers, or scoped threads with the caller's forced ISA). `nt <= 1`: just
+/// `f(0..n)` on the calling thread. The first error (by range) wins; a panic is resumed here.
 fn par_ranges<F>(n: usize, nt: usize, f: F) -> Result<(), String>
 where
     F: Fn(std::ops::Range<usize>) -> Result<(), String> + Sync,
 {
+    use crate::par::Team;
     let nt = nt.min(n);
     if nt <= 1 {
         return f(0..n);
     }
-    let isa = crate::simd::isa();
     let chunk = n.div_ceil(nt);
-    std::thread::scope(|sc| {
-        let f = &f;
-        let handles: Vec<_> = (1..nt)
-            .map(|t| {
-                let r = (t * chunk).min(n)..((t + 1) * chunk).min(n);
-                sc.spawn(move || {
-                    crate::simd::with_isa(isa, || f(r))
-                        .unwrap_or_else(|| Err("forced ISA not available".into()))
-                })
-            })
-            .collect();
-        let mut res = f(0..chunk.min(n));
-        for h in handles {
-            let r = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            if res.is_ok() {
-                res = r;
-            }
-        }
-        res
-    })
+    let results: Vec<std::sync::Mutex<Result<(), String>>> =
+        (0..nt).map(|_| std::sync::Mutex::new(Ok(()))).collect();
+    super::team::team(nt).run(&|t| {
+        let r = f((t * chunk).min(n)..((t + 1) * chunk).min(n));
+        *results[t].lock().unwrap_or_else(|e| e.into_inner()) = r;
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
 }
 
 thread_local! {
@@ -796,9 +809,18 @@ unsafe fn flash_attn(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Str
                 .saturating_mul(n_head)
                 .saturating_mul(k.ne[1])
                 .saturating_mul(dk + v.ne[0]);
-            let nt = (macs / MIN_FA_MACS_PER_THREAD).clamp(1, n_threads.max(1));
-            crate::attn::flash_attn_ext(&q, &k, &v, mask.as_ref(), sinks, &params, &mut out, nt)
-                .map_err(|e| e.to_string())
+            let team = super::team::team(fa_threads_for(macs, n_threads));
+            crate::attn::flash_attn_ext_team(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                sinks,
+                &params,
+                &mut out,
+                &team,
+            )
+            .map_err(|e| e.to_string())
         })
     }
 }
@@ -905,6 +927,9 @@ mod tests {
         assert_eq!(threads_for(MIN_ELEMS_PER_THREAD * 2, 2), 2);
         assert_eq!(threads_for(MIN_ELEMS_PER_THREAD * 100, 2), 2);
         assert_eq!(threads_for(MIN_ELEMS_PER_THREAD * 100, 0), 1);
+        assert_eq!(fa_threads_for(0, 4), 1);
+        assert_eq!(fa_threads_for(MIN_FA_MACS_PER_THREAD * 3, 2), 2);
+        assert_eq!(fa_threads_for(MIN_FA_MACS_PER_THREAD_OMP - 1, 4), 1);
     }
 
     #[test]
