@@ -75,7 +75,10 @@ mod tests {
             t.run(&|i| {
                 seen[i].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "n = {n}");
+            assert!(
+                seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
         }
     }
 

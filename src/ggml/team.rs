@@ -24,7 +24,8 @@ use std::sync::{Mutex, OnceLock};
 
 /// `void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)`
 /// (libgomp's entry point for `#pragma omp parallel`; also provided by LLVM's libomp).
-type GompParallel = unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+type GompParallel =
+    unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
 
 /// libgomp's `GOMP_parallel`, if the host process already loaded an OpenMP runtime.
 fn gomp_parallel() -> Option<GompParallel> {
