@@ -39,6 +39,11 @@ pub struct Args {
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also measure what one graph split costs: decode at depth 0, stock vs the backend
+    /// claiming only the Hadamard products (`ATTNROT_OPS=hadamard`: ~free nodes, 4 extra
+    /// splits per layer), per extra split.
+    #[arg(long)]
+    pub split_cost: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,6 +56,8 @@ pub struct Sample {
     pub median_ts: f64,
     pub min_ts: f64,
     pub max_ts: f64,
+    /// Graph splits of the decode (tg) graph, from llama.cpp's `sched_reserve` log line.
+    pub splits_tg: Option<usize>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -93,6 +100,135 @@ pub fn parse_bench_json(s: &str) -> Result<Vec<(String, usize, Vec<f64>)>> {
         out.push((test, nd, ts));
     }
     Ok(out)
+}
+
+/// Splits of the decode graph from the last `sched_reserve: graph…: … splits = N[ / M] …`
+/// line llama.cpp logged (llama-context.cpp: `M` is the tg graph when pp and tg differ).
+pub fn parse_tg_splits(log: &str) -> Option<usize> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("sched_reserve: graph"))?;
+    let rest = &line[line.find("splits = ")? + "splits = ".len()..];
+    let field = rest.split(',').next()?;
+    field.split('/').next_back()?.trim().parse().ok()
+}
+
+/// One llama-bench run: `(test, depth, samples_ts)` rows and the decode graph's splits.
+/// Checks that our backend loaded exactly when `lib` is given.
+fn llama_bench(
+    bin: &std::path::Path,
+    args: &[String],
+    lib: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> Result<(Vec<(String, usize, Vec<f64>)>, Option<usize>)> {
+    let mut cmd = Command::new(bin.join("llama-bench"));
+    cmd.args(args).args(["-o", "json", "-v"]);
+    cmd.env_remove("GGML_BACKEND_PATH")
+        .env_remove("LLAMA_ATTN_ROT_DISABLE")
+        .env_remove("ATTNROT_OPS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(lib) = lib {
+        cmd.env("GGML_BACKEND_PATH", lib);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run llama-bench")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let tail: Vec<&str> = err.lines().rev().take(12).collect();
+        bail!(
+            "llama-bench failed ({}):\n{}",
+            args.join(" "),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let loaded = err.contains(crate::upstream::LOADED_LINE);
+    if lib.is_some() != loaded {
+        bail!(
+            "llama-bench run: attnrot backend loaded = {loaded}, expected {}",
+            lib.is_some()
+        );
+    }
+    let rows = parse_bench_json(&String::from_utf8_lossy(&out.stdout))?;
+    Ok((rows, parse_tg_splits(&err)))
+}
+
+/// `--split-cost`: decode at depth 0 (q8_0 cache, rotation on), stock vs the backend with
+/// only the Hadamard products claimed; (time per token difference) / (extra splits). The
+/// Hadamard products are a few hundred multiply-adds per token either way, so the difference
+/// is what the extra splits cost (our faster product makes it a slight underestimate).
+fn split_cost(
+    a: &Args,
+    bin: &std::path::Path,
+    lib: &std::path::Path,
+    model: &std::path::Path,
+) -> Result<()> {
+    let args: Vec<String> = [
+        "-m",
+        &model.to_string_lossy(),
+        "-p",
+        "0",
+        "-n",
+        &a.gen.to_string(),
+        "-r",
+        &a.reps.max(3).to_string(),
+        "-t",
+        &a.threads.to_string(),
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "q8_0",
+        "-fa",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut res = Vec::new();
+    for (name, lib, env) in [
+        ("stock", None, vec![]),
+        (
+            "attnrot, hadamard only",
+            Some(lib),
+            vec![("ATTNROT_OPS", "hadamard")],
+        ),
+        ("attnrot", Some(lib), vec![]),
+        ("stock (again)", None, vec![]),
+    ] {
+        let (rows, splits) = llama_bench(bin, &args, lib, &env)?;
+        let mut ts = rows
+            .into_iter()
+            .next()
+            .context("llama-bench gave no rows")?
+            .2;
+        let m = median(&mut ts);
+        let splits = splits.context("no `sched_reserve: graph` line in llama-bench -v output")?;
+        println!(
+            "  {name:<24} tg{} {m:>8.1} t/s  {splits:>4} splits/token",
+            a.gen
+        );
+        res.push((m, splits));
+    }
+    let stock = 0.5 * (1.0 / res[0].0 + 1.0 / res[3].0);
+    let (had, had_splits) = res[1];
+    let extra = had_splits.saturating_sub(res[0].1);
+    if extra > 0 {
+        let us = (1.0 / had - stock) * 1e6 / extra as f64;
+        let noise = (1.0 / res[0].0 - 1.0 / res[3].0).abs() * 1e6 / extra as f64;
+        println!(
+            "  cost per extra split: {us:.1} µs (stock run-to-run difference: {noise:.1} µs per split); \
+             {} extra splits/token with all claims = {:.2} ms/token at that price",
+            res[2].1.saturating_sub(res[0].1),
+            us.max(0.0) * res[2].1.saturating_sub(res[0].1) as f64 / 1e3
+        );
+    } else {
+        println!("  no extra splits with ATTNROT_OPS=hadamard: nothing to measure");
+    }
+    Ok(())
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -152,9 +288,9 @@ pub fn run(mut a: Args) -> Result<()> {
         .join(",");
     for (t, rot, kern) in jobs {
         bar.set_message(format!("{t} rot {} {kern}", if rot { "on" } else { "off" }));
-        let mut cmd = Command::new(bin.join("llama-bench"));
-        cmd.arg("-m").arg(&model);
-        cmd.args([
+        let args: Vec<String> = [
+            "-m",
+            &model.to_string_lossy(),
             "-p",
             &a.prompt.to_string(),
             "-n",
@@ -163,8 +299,6 @@ pub fn run(mut a: Args) -> Result<()> {
             &depths,
             "-r",
             &a.reps.to_string(),
-        ]);
-        cmd.args([
             "-t",
             &a.threads.to_string(),
             "-ctk",
@@ -173,44 +307,23 @@ pub fn run(mut a: Args) -> Result<()> {
             &t,
             "-fa",
             "1",
-            "-o",
-            "json",
-            "-v",
-        ]);
-        cmd.env_remove("GGML_BACKEND_PATH")
-            .env_remove("LLAMA_ATTN_ROT_DISABLE");
-        if !rot {
-            cmd.env("LLAMA_ATTN_ROT_DISABLE", "1");
-        }
-        if kern == "attnrot" {
-            cmd.env("GGML_BACKEND_PATH", &lib);
-        }
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run llama-bench")?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            bail!(
-                "llama-bench failed ({t}, {kern}):\n{}",
-                err.lines()
-                    .rev()
-                    .take(12)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        let loaded = err.contains(crate::upstream::LOADED_LINE);
-        if (kern == "attnrot") != loaded {
-            bail!(
-                "llama-bench {kern} run: attnrot backend loaded = {loaded}, expected {}",
-                kern == "attnrot"
-            );
-        }
-        for (test, depth, mut ts) in parse_bench_json(&String::from_utf8_lossy(&out.stdout))? {
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let env: Vec<(&str, &str)> = if rot {
+            vec![]
+        } else {
+            vec![("LLAMA_ATTN_ROT_DISABLE", "1")]
+        };
+        let (results, splits) = llama_bench(
+            &bin,
+            &args,
+            (kern == "attnrot").then_some(lib.as_path()),
+            &env,
+        )
+        .with_context(|| format!("{t}, rotation {rot}, {kern}"))?;
+        for (test, depth, mut ts) in results {
             let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
             let max = ts.iter().cloned().fold(0.0, f64::max);
             rows.push(Sample {
@@ -222,6 +335,7 @@ pub fn run(mut a: Args) -> Result<()> {
                 median_ts: median(&mut ts),
                 min_ts: min,
                 max_ts: max,
+                splits_tg: splits,
             });
         }
         bar.inc(1);
@@ -232,8 +346,8 @@ pub fn run(mut a: Args) -> Result<()> {
         a.threads, a.reps
     );
     println!(
-        "{:<7} {:>4} {:<7} {:>6} {:>24} {:>24} {:>7}",
-        "cache", "rot", "test", "depth", "stock t/s", "attnrot t/s", "ratio"
+        "{:<7} {:>4} {:<7} {:>6} {:>24} {:>24} {:>7} {:>8}",
+        "cache", "rot", "test", "depth", "stock t/s", "attnrot t/s", "ratio", "splits"
     );
     for s in rows.iter().filter(|s| s.kernels == "stock") {
         let o = rows.iter().find(|o| {
@@ -245,7 +359,7 @@ pub fn run(mut a: Args) -> Result<()> {
         });
         let fmt = |x: &Sample| format!("{:.1} [{:.1}–{:.1}]", x.median_ts, x.min_ts, x.max_ts);
         println!(
-            "{:<7} {:>4} {:<7} {:>6} {:>24} {:>24} {:>7}",
+            "{:<7} {:>4} {:<7} {:>6} {:>24} {:>24} {:>7} {:>8}",
             s.cache,
             if s.cache == "f16" || s.cache == "bf16" {
                 "-"
@@ -259,8 +373,19 @@ pub fn run(mut a: Args) -> Result<()> {
             fmt(s),
             o.map(fmt).unwrap_or_default(),
             o.map(|o| format!("{:.2}x", o.median_ts / s.median_ts))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match (s.splits_tg, o.and_then(|o| o.splits_tg)) {
+                (Some(a), Some(b)) => format!("{a}→{b}"),
+                _ => String::new(),
+            }
         );
+    }
+    println!(
+        "splits = graph splits of one decode step, stock→attnrot (llama.cpp's sched_reserve line)"
+    );
+    if a.split_cost {
+        println!("what a graph split costs (decode, depth 0, q8_0 cache, rotation on):");
+        split_cost(&a, &bin, &lib, &model)?;
     }
     if let Some(j) = &a.json {
         crate::eval::write_atomic(j, serde_json::to_string_pretty(&rows)?.as_bytes())?;
@@ -286,5 +411,14 @@ mod tests {
         assert_eq!(median(&mut v[0].2.clone()), 50.0);
         assert!(parse_bench_json("garbage").is_err());
         assert!(parse_bench_json(r#"[{"n_prompt": 1}]"#).is_err());
+    }
+
+    #[test]
+    fn parses_splits_line() {
+        let same = "x\n0.00.185.344 I sched_reserve: graph: nodes = 1296, splits = 181, input objects = 4, input tensors = 8\n";
+        assert_eq!(parse_tg_splits(same), Some(181));
+        let diff = "sched_reserve: graph (pp bs=512, tg bs=1): nodes = 1300 / 1296, splits = 185 / 181, input objects = 4\n";
+        assert_eq!(parse_tg_splits(diff), Some(181));
+        assert_eq!(parse_tg_splits("no such line"), None);
     }
 }

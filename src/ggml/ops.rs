@@ -59,6 +59,37 @@ pub fn fa_claims_unquantized_v() -> bool {
     *ALL.get_or_init(|| std::env::var(FA_ALL_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
+/// Environment variable: `ATTNROT_OPS=set_rows,hadamard,fa` (any subset, comma-separated)
+/// limits what the backend claims; unset = all three. A diagnostic for measuring what each
+/// kind of node (and the graph splits it causes) costs; see [`enabled_ops`].
+pub const OPS_ENV: &str = "ATTNROT_OPS";
+
+/// The node kinds `ATTNROT_OPS` enables, as `[set_rows, hadamard, fa]`, plus the entries it
+/// did not understand (logged at init). Read once per process.
+pub fn enabled_ops() -> ([bool; 3], &'static [String]) {
+    static OPS: std::sync::OnceLock<([bool; 3], Vec<String>)> = std::sync::OnceLock::new();
+    let (on, bad) = OPS.get_or_init(|| match std::env::var(OPS_ENV) {
+        Err(_) => ([true; 3], Vec::new()),
+        Ok(v) => parse_ops(&v),
+    });
+    (*on, bad)
+}
+
+/// Parse an `ATTNROT_OPS` value: `([set_rows, hadamard, fa], unknown entries)`.
+pub fn parse_ops(v: &str) -> ([bool; 3], Vec<String>) {
+    let mut on = [false; 3];
+    let mut bad = Vec::new();
+    for e in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match e.to_ascii_lowercase().as_str() {
+            "set_rows" => on[0] = true,
+            "hadamard" => on[1] = true,
+            "fa" | "flash_attn_ext" => on[2] = true,
+            _ => bad.push(e.to_string()),
+        }
+    }
+    (on, bad)
+}
+
 /// Is a FLASH_ATTN_EXT with this K/V type pair claimed (types only; shapes are checked by
 /// [`classify`])? `fa_all` = [`fa_claims_unquantized_v`].
 pub fn fa_claims_types(k: GgmlType, v: GgmlType, fa_all: bool) -> bool {
@@ -88,7 +119,33 @@ pub fn claims_summary() -> String {
             "FLASH_ATTN_EXT only with a quantized V cache ({quant_v}); with an f16/bf16/f32 V cache the attention stays on the CPU backend, because llama.cpp's default -fa auto would otherwise turn flash attention off for the whole model (slower than stock); {FA_ALL_ENV}=1 claims those too"
         )
     };
-    format!("claims SET_ROWS into {set_rows}; MUL_MAT with the Hadamard hint (attn-rot); {fa}; everything else stays on the CPU backend")
+    let (on, bad) = enabled_ops();
+    let mut parts = Vec::new();
+    if on[0] {
+        parts.push(format!("SET_ROWS into {set_rows}"));
+    }
+    if on[1] {
+        parts.push("MUL_MAT with the Hadamard hint (attn-rot)".to_string());
+    }
+    if on[2] {
+        parts.push(fa);
+    }
+    let mut s = if parts.is_empty() {
+        "claims nothing".to_string()
+    } else {
+        format!("claims {}", parts.join("; "))
+    };
+    s.push_str("; everything else stays on the CPU backend");
+    if on != [true; 3] {
+        s.push_str(&format!(" ({OPS_ENV} limits the claims)"));
+    }
+    if !bad.is_empty() {
+        s.push_str(&format!(
+            "; {OPS_ENV}: ignored unknown entries {:?} (known: set_rows, hadamard, fa)",
+            bad
+        ));
+    }
+    s
 }
 
 /// Is `t` something the backend does? `Err` carries the reason it is refused.
@@ -96,7 +153,12 @@ pub fn classify(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
     if t::is_noop(node.op) {
         return Ok(Kind::NoOp);
     }
+    let (on, _) = enabled_ops();
+    let off: Result<Kind, &'static str> = Err("not enabled by ATTNROT_OPS");
     match node.op {
+        sys::ggml_op_GGML_OP_SET_ROWS if !on[0] => off,
+        sys::ggml_op_GGML_OP_MUL_MAT if !on[1] => off,
+        sys::ggml_op_GGML_OP_FLASH_ATTN_EXT if !on[2] => off,
         sys::ggml_op_GGML_OP_SET_ROWS => set_rows_ok(node).map(|_| Kind::SetRows),
         sys::ggml_op_GGML_OP_MUL_MAT => hadamard_ok(node).map(|_| Kind::Hadamard),
         sys::ggml_op_GGML_OP_FLASH_ATTN_EXT => flash_attn_ok(node).map(|_| Kind::FlashAttn),
@@ -918,6 +980,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn parse_ops_env() {
+        assert_eq!(parse_ops(""), ([false; 3], vec![]));
+        assert_eq!(parse_ops("hadamard"), ([false, true, false], vec![]));
+        assert_eq!(parse_ops(" FA , set_rows,"), ([true, false, true], vec![]));
+        assert_eq!(
+            parse_ops("fa,rope"),
+            ([false, false, true], vec!["rope".to_string()])
+        );
     }
 
     #[test]
