@@ -6,13 +6,17 @@
 //! * vec_dot: bit-identical to the CPU backend's `vec_dot` (see `DOT_EXACT` for exceptions).
 //!
 //! 1,000,000 random blocks per format and ISA (seed printed; `ATTNROT_SEED` repeats a run),
-//! plus the adversarial rows of `attnrot_ref::diff::adversarial_rows`.
+//! plus the adversarial rows of `attnrot_ref::diff::adversarial_rows` and 256 rows of blocks
+//! with special values at random places (`diff::special_rows`).
 use attnrot::simd::{self, Isa};
 use attnrot::GgmlType;
 use attnrot_ref::diff;
 
 const ROW: usize = 1024;
 const BLOCKS: usize = 1_000_000;
+/// Rows of [`diff::special_rows`] (NaN payloads, ±inf, f16 overflow, subnormals at random
+/// positions of every block) on top of the random ones.
+const SPECIAL_ROWS: usize = 256;
 
 /// Formats whose `vec_dot` we require bit-identical to upstream on this build.
 fn dot_exact(_ty: GgmlType) -> bool {
@@ -24,6 +28,7 @@ fn run(ty: GgmlType) {
     let rows_needed = BLOCKS.div_ceil(ROW / ty.block_size());
     let mut rows = diff::adversarial(ROW);
     rows.extend(diff::adversarial(32));
+    rows.extend(diff::special_rows(seed, SPECIAL_ROWS, ROW));
     rows.extend(diff::random_rows(seed, rows_needed, ROW));
     for isa in simd::available() {
         let rep = diff::compare_format(ty, isa, &rows, dot_exact(ty));

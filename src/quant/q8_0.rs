@@ -3,14 +3,15 @@
 //! Two quantizers exist upstream and they differ on x86 (DESIGN.md):
 //! * the CPU backend's `quantize_row_q8_0` (ggml-cpu/arch/x86/quants.c, AVX2 path, used on
 //!   this machine): `d = amax/127`, `id = 127/amax`, round half to even, saturating packs,
-//!   `d` stored with F16C;
+//!   `d` stored with `GGML_CPU_FP32_TO_FP16`, which on x86 is ggml-base's software conversion
+//!   (NaN -> `0x7E00 | sign`; simd-mappings.h maps only the `_COMPUTE_` macro to F16C);
 //! * `quantize_row_q8_0_ref` (ggml-quants.c): `d = amax/127`, `id = 1/d`, `roundf` (half away
 //!   from zero), C float->int8 conversion, `d` stored with ggml-base's fp16 conversion.
 //!
 //! Both are reproduced bit for bit, NaN/Inf/subnormal blocks included (see [`cpu_block`] and
 //! [`ref_block`]); the SIMD kernels take a fast path for NaN-free blocks and fall back to these
 //! scalar functions for blocks containing a NaN (whose result depends on the max order).
-use super::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_f16c};
+use super::fp16::{f16_to_f32, f32_to_f16};
 use super::BlockFormat;
 use crate::simd::{self, Isa};
 use crate::types::GgmlType;
@@ -75,7 +76,7 @@ pub(crate) fn amax_cpu(x: &[f32]) -> f32 {
 }
 
 /// One block as the x86 CPU backend's `quantize_row_q8_0` / `quantize_row_q8_1` compute it
-/// (AVX2 path): returns `(d, qs, sum)` where `d = amax/127` (to be stored with F16C) and `sum`
+/// (AVX2 path): returns `(d, qs, sum)` where `d = amax/127` (stored with [`f32_to_f16`]) and `sum`
 /// is the wrapping sum of the 32 int32 lanes before the saturating packs (q8_1's `s`).
 pub(crate) fn cpu_block(x: &[f32]) -> (f32, [i8; 32], i32) {
     let amax = amax_cpu(x);
@@ -140,7 +141,7 @@ pub(crate) fn hsum_float_8(v: &[f32; 8]) -> f32 {
 fn quantize_scalar(x: &[f32], y: &mut [BlockQ8_0]) {
     for (b, xb) in y.iter_mut().zip(x.chunks_exact(32)) {
         let (d, qs, _) = cpu_block(xb);
-        b.d = f32_to_f16_f16c(d).to_le_bytes();
+        b.d = f32_to_f16(d).to_le_bytes();
         b.qs = qs;
     }
 }

@@ -4,7 +4,7 @@
 //! (`quantize_row_q8_1_ref`) for this type, but no `to_float` and no CPU `vec_dot`: it only
 //! ever appears as the right-hand side of q4_1/q5_1 dot products. Our `dequantize_row` and
 //! `vec_dot` are therefore our own definitions (documented on each), not upstream's.
-use super::fp16::{f16_to_f32, f32_to_f16, f32_to_f16_f16c};
+use super::fp16::{f16_to_f32, f32_to_f16};
 use super::q8_0::{cpu_block, ref_block};
 use super::BlockFormat;
 use crate::simd::{self, Isa};
@@ -25,8 +25,8 @@ pub struct BlockQ8_1 {
 fn quantize_scalar(x: &[f32], y: &mut [BlockQ8_1]) {
     for (b, xb) in y.iter_mut().zip(x.chunks_exact(32)) {
         let (d, qs, sum) = cpu_block(xb);
-        b.d = f32_to_f16_f16c(d).to_le_bytes();
-        b.s = f32_to_f16_f16c(d * sum as f32).to_le_bytes();
+        b.d = f32_to_f16(d).to_le_bytes();
+        b.s = f32_to_f16(d * sum as f32).to_le_bytes();
         b.qs = qs;
     }
 }
@@ -57,7 +57,8 @@ unsafe impl BlockFormat for BlockQ8_1 {
     type Dot = super::BlockQ8_1;
 
     /// Matches the x86 `quantize_row_q8_1` (ggml-cpu/arch/x86/quants.c, AVX2 path): as q8_0's
-    /// CPU path, plus `s = F16C(d * (wrapping sum of the int32 quants before saturation))`.
+    /// CPU path, plus `s = fp16(d * (wrapping sum of the int32 quants before saturation))`; both halves
+    /// stored with ggml-base's conversion (`GGML_CPU_FP32_TO_FP16` on x86).
     fn quantize_row(x: &[f32], y: &mut [Self]) {
         let nb = y.len().min(x.len() / 32);
         let (x, y) = (&x[..nb * 32], &mut y[..nb]);

@@ -84,6 +84,38 @@ pub fn adversarial_rows(n: usize) -> Vec<(&'static str, Vec<f32>)> {
             })
             .collect(),
     ));
+    // A NaN in the last quarter of a block survives the x86 quantizers' max-reduction lane
+    // order (an earlier one is dropped by `maxps`), so it reaches the f16 scale with its payload.
+    v.push((
+        "nan full payload, late lane",
+        (0..n)
+            .map(|i| match i % 32 {
+                27 => f32::from_bits(0xffff_ffff),
+                _ => 0.5,
+            })
+            .collect(),
+    ));
+    v.push((
+        "signalling nan and -nan payloads",
+        (0..n)
+            .map(|i| match i % 32 {
+                3 => f32::from_bits(0xff80_0001),
+                19 => f32::from_bits(0xffc0_0f00),
+                30 => f32::from_bits(0x7f80_0001),
+                _ => ramp(i),
+            })
+            .collect(),
+    ));
+    v.push((
+        "inf then nan",
+        (0..n)
+            .map(|i| match i % 32 {
+                25 => f32::INFINITY,
+                29 => f32::from_bits(0x7fc1_2345),
+                _ => ramp(i),
+            })
+            .collect(),
+    ));
     v.push((
         "+inf",
         (0..n)
@@ -366,6 +398,39 @@ pub fn random_rows(seed: u64, count: usize, n: usize) -> Vec<(String, Vec<f32>)>
                 format!("random row {i} (seed {seed})"),
                 random_row(&mut r, n),
             )
+        })
+        .collect()
+}
+
+/// `count` seeded rows of `n` elements where every 32-block holds 0–3 special values at
+/// random positions: NaNs with random sign and payload (quiet and signalling), ±inf, values
+/// above the f16 range, f32 subnormals, over a random row. Named by index.
+pub fn special_rows(seed: u64, count: usize, n: usize) -> Vec<(String, Vec<f32>)> {
+    let mut r = rng(seed ^ 0x5eed_0f_5bec1a15);
+    (0..count)
+        .map(|i| {
+            let mut x = random_row(&mut r, n);
+            for b in 0..n / 32 {
+                for _ in 0..r.random_range(0..4) {
+                    let j = b * 32 + r.random_range(0..32);
+                    let sign = if r.random::<bool>() {
+                        0x8000_0000u32
+                    } else {
+                        0
+                    };
+                    x[j] = match r.random_range(0..5) {
+                        0 | 1 => {
+                            // NaN: exponent all ones, non-zero mantissa
+                            let m = r.random_range(1u32..0x0080_0000);
+                            f32::from_bits(sign | 0x7f80_0000 | m)
+                        }
+                        2 => f32::from_bits(sign | 0x7f80_0000),
+                        3 => f32::from_bits(sign) + if sign == 0 { 1e6 } else { -7e4 },
+                        _ => f32::from_bits(sign | r.random_range(1u32..0x0080_0000)),
+                    };
+                }
+            }
+            (format!("special row {i} (seed {seed})"), x)
         })
         .collect()
 }

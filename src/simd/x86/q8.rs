@@ -8,7 +8,7 @@
 //! result depends on the order of the max reduction).
 use core::arch::x86_64::*;
 
-use crate::quant::fp16::{f32_to_f16, f32_to_f16_f16c};
+use crate::quant::fp16::f32_to_f16;
 use crate::quant::q8_0::{cpu_block, ref_block};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -33,11 +33,20 @@ unsafe fn store_scalar(y: *mut u8, qoff: usize, d: u16, s: Option<u16>, qs: &[i8
     }
 }
 
-/// f32 -> f16 with F16C on one value (`_cvtss_sh(x, 0)`).
+/// f32 -> f16 of a block scale the way the x86 CPU quantizers store it: `GGML_CPU_FP32_TO_FP16`,
+/// which on x86 is ggml-impl.h's `GGML_COMPUTE_FP32_TO_FP16` (simd-mappings.h defines only
+/// the `_COMPUTE_` variant for F16C), i.e. [`f32_to_f16`]. F16C's `vcvtps2ph` rounds every
+/// non-NaN the same way, so it is used here; a NaN becomes `0x7E00 | sign` as in ggml
+/// (F16C would keep the payload's top bits).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn f16c1(v: f32) -> u16 {
-    _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))) as u16
+    let h = _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))) as u16;
+    if v.is_nan() {
+        (h & 0x8000) | 0x7e00
+    } else {
+        h
+    }
 }
 
 /// Wrapping horizontal sum of 8 int32 lanes.
@@ -120,11 +129,11 @@ unsafe fn quantize_q8_block512<const Q81: bool>(xp: *const f32, yp: *mut u8) {
         if nan != 0 {
             let (d, qs, sum) = cpu_block(core::slice::from_raw_parts(xp, 32));
             let s = if Q81 {
-                Some(f32_to_f16_f16c(d * sum as f32))
+                Some(f32_to_f16(d * sum as f32))
             } else {
                 None
             };
-            store_scalar(yp, qoff, f32_to_f16_f16c(d), s, &qs);
+            store_scalar(yp, qoff, f32_to_f16(d), s, &qs);
             return;
         }
         let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
