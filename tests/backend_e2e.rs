@@ -7,8 +7,10 @@
 //!   Attention enabled", never "set to disabled"); with `ATTNROT_FA_ALL=1` (FLASH_ATTN_EXT
 //!   claimed with an f16 V too) llama.cpp does turn it off — the reason for the default.
 //! * `greedy_text_matches_stock`: greedy generation (64 tokens, `--temp 0`) with K/V caches
-//!   f16, q8_0, q4_0 and q8_0/q4_0, attn-rot on (default) and off
-//!   (`LLAMA_ATTN_ROT_DISABLE=1`), stock vs `GGML_BACKEND_PATH=libattnrot.so`. The texts must be
+//!   q8_0, q4_0 and q8_0/q4_0, attn-rot on (default) and off (`LLAMA_ATTN_ROT_DISABLE=1`),
+//!   and f16 (left entirely to the CPU by default: one split, as stock; and with
+//!   `ATTNROT_FA_ALL=1 -fa on`, our writes and attention), stock vs
+//!   `GGML_BACKEND_PATH=libattnrot.so`. The texts must be
 //!   identical, or else the difference must be shown to be noise ([`assert_noise`]):
 //!   `llama-perplexity` on real English text (the Jargon File), mean KL divergence of ours vs
 //!   stock (same cache type) within 2x of the rounding-noise floor (ours with another SIMD
@@ -130,29 +132,51 @@ struct Cache {
     v: &'static str,
     /// attn-rot on (llama.cpp's default) or off (`LLAMA_ATTN_ROT_DISABLE=1`).
     rot: bool,
+    /// `ATTNROT_FA_ALL=1` for our runs (attention and cache writes claimed for an f16/bf16
+    /// cache too) and `-fa on` for both sides (llama.cpp's `-fa auto` would turn flash
+    /// attention off once another device claims it).
+    fa_all: bool,
 }
 
 impl Cache {
-    fn args(&self) -> [&'static str; 4] {
-        ["-ctk", self.k, "-ctv", self.v]
+    fn args(&self) -> Vec<&'static str> {
+        let mut a = vec!["-ctk", self.k, "-ctv", self.v];
+        if self.fa_all {
+            a.extend(["-fa", "on"]);
+        }
+        a
+    }
+    /// Environment for our runs of this configuration.
+    fn env(&self) -> Vec<(&'static str, &'static str)> {
+        if self.fa_all {
+            vec![(attnrot::ggml::ops::FA_ALL_ENV, "1")]
+        } else {
+            vec![]
+        }
     }
     fn quantized(&self) -> bool {
         !matches!(self.k, "f32" | "f16" | "bf16") || !matches!(self.v, "f32" | "f16" | "bf16")
     }
     fn label(&self) -> String {
         format!(
-            "K={} V={} rot={}",
+            "K={} V={} rot={}{}",
             self.k,
             self.v,
-            if self.rot { "on" } else { "off" }
+            if self.rot { "on" } else { "off" },
+            if self.fa_all {
+                " ATTNROT_FA_ALL=1 -fa on"
+            } else {
+                ""
+            }
         )
     }
     fn file_tag(&self) -> String {
         format!(
-            "{}-{}-{}",
+            "{}-{}-{}{}",
             self.k,
             self.v,
-            if self.rot { "rot" } else { "norot" }
+            if self.rot { "rot" } else { "norot" },
+            if self.fa_all { "-faall" } else { "" }
         )
     }
 }
@@ -252,7 +276,8 @@ fn generate(cache: Cache, ours: bool) -> Run {
         "-no-cnv", "-lv", "4",
     ];
     args.extend(cache.args());
-    run("llama-completion", &args, ours, cache.rot, &[])
+    let env = if ours { cache.env() } else { vec![] };
+    run("llama-completion", &args, ours, cache.rot, &env)
 }
 
 /// Does the log show llama.cpp rotating this cache (`llama_kv_cache: attn_rot_k = 1`)?
@@ -415,6 +440,7 @@ fn f16_base() -> PathBuf {
             k: "f16",
             v: "f16",
             rot: true,
+            fa_all: false,
         };
         let mut a = ppl_args(text.to_str().unwrap(), t.model.to_str().unwrap(), f16);
         a.extend(["--kl-divergence-base", p.to_str().unwrap()]);
@@ -442,7 +468,8 @@ fn kld(cache: Cache) -> Kld {
     let save = |file: &Path, ours: bool| {
         let mut a = ppl_args(text, model, cache);
         a.extend(["--kl-divergence-base", file.to_str().unwrap()]);
-        run("llama-perplexity", &a, ours, cache.rot, &[]);
+        let env = if ours { cache.env() } else { vec![] };
+        run("llama-perplexity", &a, ours, cache.rot, &env);
     };
     let against = |file: &Path, ours: bool, env: &[(&str, &str)]| -> Run {
         let mut a = ppl_args(text, model, cache);
@@ -451,7 +478,9 @@ fn kld(cache: Cache) -> Kld {
             file.to_str().unwrap(),
             "--kl-divergence",
         ]);
-        run("llama-perplexity", &a, ours, cache.rot, env)
+        let mut e = if ours { cache.env() } else { vec![] };
+        e.extend(env.iter().copied());
+        run("llama-perplexity", &a, ours, cache.rot, &e)
     };
     // ours vs stock of this cache type
     let stock_base = t.tmp.join(format!("stock-{tag}.kld"));
@@ -587,14 +616,25 @@ fn fa_auto_keeps_flash_attention() {
 #[test]
 fn greedy_text_matches_stock() {
     let mut configs = Vec::new();
-    for (k, v) in [
-        ("f16", "f16"),
-        ("q8_0", "q8_0"),
-        ("q4_0", "q4_0"),
-        ("q8_0", "q4_0"),
-    ] {
+    // f16: llama.cpp rotates quantized caches only, so rot on/off is the same run. By default
+    // the backend leaves an f16 cache (writes and attention) to the CPU; with ATTNROT_FA_ALL=1
+    // and -fa on it takes both.
+    for fa_all in [false, true] {
+        configs.push(Cache {
+            k: "f16",
+            v: "f16",
+            rot: true,
+            fa_all,
+        });
+    }
+    for (k, v) in [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "q4_0")] {
         for rot in [true, false] {
-            configs.push(Cache { k, v, rot });
+            configs.push(Cache {
+                k,
+                v,
+                rot,
+                fa_all: false,
+            });
         }
     }
     let mut report = Vec::new();
@@ -604,12 +644,21 @@ fn greedy_text_matches_stock() {
         let (ss, so) = (stock.splits(), ours.splits());
         assert!(ss.iter().all(|&s| s == 1), "stock run has splits {ss:?}");
         let active = so.iter().any(|&s| s > 1);
-        assert!(
-            active,
-            "{}: our backend loaded but claimed nothing (splits {so:?})\n{}",
-            cache.label(),
-            ours.dump()
-        );
+        if cache.quantized() || cache.fa_all {
+            assert!(
+                active,
+                "{}: our backend loaded but claimed nothing (splits {so:?})\n{}",
+                cache.label(),
+                ours.dump()
+            );
+        } else {
+            assert!(
+                !active,
+                "{}: an unquantized cache must stay on the CPU by default (splits {so:?})\n{}",
+                cache.label(),
+                ours.dump()
+            );
+        }
         if cache.quantized() {
             assert_eq!(
                 rot_k(&ours),
@@ -657,6 +706,7 @@ fn perplexity_matches_stock() {
             k: ty,
             v: ty,
             rot: true,
+            fa_all: false,
         };
         let k = kld(cache);
         assert_noise(cache, &k);
@@ -688,6 +738,7 @@ fn declined_work_runs_on_the_cpu() {
         k: "f32",
         v: "f32",
         rot: true,
+        fa_all: false,
     };
     let (stock, ours) = (generate(f32, false), generate(f32, true));
     assert_eq!(
@@ -707,6 +758,7 @@ fn declined_work_runs_on_the_cpu() {
         k: "q4_0",
         v: "f16",
         rot: true,
+        fa_all: false,
     };
     let (stock, ours) = (generate(mixed, false), generate(mixed, true));
     assert!(

@@ -281,12 +281,9 @@ fn support_ops(op: &str, must_claim: &dyn Fn(&str) -> bool) -> (usize, usize) {
     support_ops_env(op, &[], must_claim)
 }
 
-/// [`support_ops`] with extra environment variables for the tool (e.g. `ATTNROT_FA_ALL=1`).
-fn support_ops_env(
-    op: &str,
-    env: &[(&str, &str)],
-    must_claim: &dyn Fn(&str) -> bool,
-) -> (usize, usize) {
+/// `test-backend-ops support -b AttnRot -o <op>` with extra environment variables, parsed;
+/// panics unless our device loaded.
+fn support_report(op: &str, env: &[(&str, &str)]) -> Report {
     let so = cdylib();
     let bin = upstream_bin();
     let out = Command::new(bin.join("test-backend-ops"))
@@ -304,6 +301,16 @@ fn support_ops_env(
         "AttnRot not loaded:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    r
+}
+
+/// [`support_ops`] with extra environment variables for the tool (e.g. `ATTNROT_FA_ALL=1`).
+fn support_ops_env(
+    op: &str,
+    env: &[(&str, &str)],
+    must_claim: &dyn Fn(&str) -> bool,
+) -> (usize, usize) {
+    let r = support_report(op, env);
     let total = r.cases.len();
     let claimed = r
         .cases
@@ -424,26 +431,42 @@ fn run_ops_env(
     r
 }
 
+/// SET_ROWS: claimed for the quantized formats by default, for all eight with
+/// `ATTNROT_FA_ALL=1` (f16/bf16 caches go with their attention, see
+/// [`attnrot::ggml::ops::set_rows_claims_type`]); every case run with `ATTNROT_FA_ALL=1`, so
+/// all eight formats are computed and compared.
 #[test]
 fn test_backend_ops_set_rows() {
-    let (claimed, _) = support_ops("SET_ROWS", &|vars| {
-        let ours: Vec<&str> = attnrot::ggml::ops::SET_ROWS_TYPES
-            .iter()
-            .map(|t| t.name())
-            .collect();
-        ours.contains(&var(vars, "type_dst").unwrap_or(""))
-            && matches!(var(vars, "type_src"), Some("f32" | "f16"))
-    });
-    assert!(claimed > 0);
-    let ours: Vec<&str> = attnrot::ggml::ops::SET_ROWS_TYPES
+    let must = |fa_all: bool| {
+        move |vars: &str| {
+            let dst = var(vars, "type_dst").and_then(attnrot::GgmlType::from_name);
+            dst.is_some_and(|t| attnrot::ggml::ops::set_rows_claims_type(t, fa_all))
+                && matches!(var(vars, "type_src"), Some("f32" | "f16"))
+        }
+    };
+    let (claimed_default, total) = support_ops_env("SET_ROWS", &[], &must(false));
+    let (claimed_all, _) = support_ops_env("SET_ROWS", &[(FA_ALL, "1")], &must(true));
+    eprintln!(
+        "SET_ROWS claimed: {claimed_default} of {total} by default (quantized caches), {claimed_all} with {FA_ALL}=1 (all eight formats)"
+    );
+    assert!(claimed_default > 0 && claimed_all > claimed_default);
+    // By default nothing unquantized is claimed.
+    let r = support_report("SET_ROWS", &[]);
+    let unquantized: Vec<&Case> = r
+        .cases
         .iter()
-        .map(|t| t.name())
+        .filter(|c| {
+            c.status == Status::Supported
+                && !var(&c.vars, "type_dst")
+                    .and_then(attnrot::GgmlType::from_name)
+                    .is_some_and(|t| t.is_quantized())
+        })
         .collect();
-    run_ops("SET_ROWS", None, |vars| {
-        let dst = var(vars, "type_dst").unwrap_or("");
-        let src = var(vars, "type_src").unwrap_or("");
-        ours.contains(&dst) && (src == "f32" || src == "f16")
-    });
+    assert!(
+        unquantized.is_empty(),
+        "claimed by default: {unquantized:#?}"
+    );
+    run_ops_env("SET_ROWS", None, &[(FA_ALL, "1")], must(true));
 }
 
 #[test]

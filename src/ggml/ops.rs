@@ -22,9 +22,22 @@ pub enum Kind {
     FlashAttn,
 }
 
-/// KV formats SET_ROWS is claimed for: the ones whose `quantize_row` (the CPU backend's
-/// `from_float`) is implemented in [`crate::quant`]. Grows as the formats land.
+/// KV formats SET_ROWS is implemented for: the eight whose `quantize_row` (the CPU backend's
+/// `from_float`) is in [`crate::quant`]. Which of them are *claimed* is
+/// [`set_rows_claims_type`].
 pub const SET_ROWS_TYPES: &[GgmlType] = &GgmlType::KV;
+
+/// Is SET_ROWS into a `t` cache claimed? `fa_all` = [`fa_claims_unquantized_v`].
+///
+/// The quantized formats always. f16/bf16 only with `ATTNROT_FA_ALL=1`: by default the
+/// attention over an f16/bf16 V stays on the CPU backend (see [`fa_claims_unquantized_v`]), and
+/// then taking only the cache write (a plain conversion, no faster than the CPU's) would just
+/// add two graph splits per layer to llama.cpp's default f16 cache — measured at depth 4096:
+/// tg128 0.89–0.93× stock with it, 0.98–1.0× without. An f16 K next to a quantized V loses
+/// nothing either: llama.cpp writes K right after its RoPE, in a CPU split anyway.
+pub fn set_rows_claims_type(t: GgmlType, fa_all: bool) -> bool {
+    SET_ROWS_TYPES.contains(&t) && (fa_all || t.is_quantized())
+}
 
 /// K/V types FLASH_ATTN_EXT is claimed for ([`crate::attn`]): the eight KV formats and f32.
 pub const FLASH_ATTN_KV_TYPES: &[GgmlType] = &[
@@ -102,7 +115,18 @@ pub fn fa_claims_types(k: GgmlType, v: GgmlType, fa_all: bool) -> bool {
 pub fn claims_summary() -> String {
     let names =
         |ts: &mut dyn Iterator<Item = GgmlType>| ts.map(|t| t.name()).collect::<Vec<_>>().join("/");
-    let set_rows = names(&mut SET_ROWS_TYPES.iter().copied());
+    let fa_all = fa_claims_unquantized_v();
+    let set_rows = names(
+        &mut SET_ROWS_TYPES
+            .iter()
+            .copied()
+            .filter(|&t| set_rows_claims_type(t, fa_all)),
+    );
+    let set_rows = if fa_all {
+        set_rows
+    } else {
+        format!("{set_rows} (f16/bf16 caches only with {FA_ALL_ENV}=1, with their attention)")
+    };
     let quant_v = names(
         &mut FLASH_ATTN_KV_TYPES
             .iter()
@@ -188,6 +212,11 @@ fn set_rows_ok(dst: &sys::ggml_tensor) -> Result<(), &'static str> {
     let dty = t::ty(dst).ok_or("destination type not handled")?;
     if !SET_ROWS_TYPES.contains(&dty) {
         return Err("destination format not implemented");
+    }
+    if !set_rows_claims_type(dty, fa_claims_unquantized_v()) {
+        return Err(
+            "f16/bf16 cache: left to the CPU with its attention (ATTNROT_FA_ALL=1 claims it)",
+        );
     }
     let bty = match t::ty(b) {
         Some(GgmlType::F32) => GgmlType::F32,
@@ -980,6 +1009,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn set_rows_claims() {
+        for &t in SET_ROWS_TYPES {
+            assert!(set_rows_claims_type(t, true), "{t} with ATTNROT_FA_ALL");
+            assert_eq!(
+                set_rows_claims_type(t, false),
+                t.is_quantized(),
+                "{t} by default"
+            );
+        }
+        assert!(!set_rows_claims_type(GgmlType::F32, true));
     }
 
     #[test]
