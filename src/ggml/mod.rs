@@ -19,7 +19,7 @@ pub mod backend;
 pub mod host;
 /// What the backend claims and computes.
 pub mod ops;
-/// Tensor facts from the struct layout.
-pub mod tensor;
 /// The threads the backend's kernels run on (the host's OpenMP team).
 pub mod team;
+/// Tensor facts from the struct layout.
+pub mod tensor;
