@@ -158,9 +158,11 @@ fn llama_bench(
 }
 
 /// `--split-cost`: decode at depth 0 (q8_0 cache, rotation on), stock vs the backend with
-/// only the Hadamard products claimed; (time per token difference) / (extra splits). The
-/// Hadamard products are a few hundred multiply-adds per token either way, so the difference
-/// is what the extra splits cost (our faster product makes it a slight underestimate).
+/// only the Hadamard products claimed (`ATTNROT_OPS=hadamard`) and with everything; (time per
+/// token difference) / (extra splits). The Hadamard products are a few hundred multiply-adds
+/// per token either way, so the difference is what the extra splits cost (our faster product
+/// makes it a slight underestimate). Runs alternate (`-r 1` each, order rotated every round,
+/// max(reps, 5) rounds); the medians are compared and stock's own spread printed as the noise.
 fn split_cost(
     a: &Args,
     bin: &std::path::Path,
@@ -175,7 +177,7 @@ fn split_cost(
         "-n",
         &a.gen.to_string(),
         "-r",
-        &a.reps.max(3).to_string(),
+        "1",
         "-t",
         &a.threads.to_string(),
         "-ctk",
@@ -188,8 +190,7 @@ fn split_cost(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut res = Vec::new();
-    for (name, lib, env) in [
+    let sides: [(&str, Option<&std::path::Path>, Vec<(&str, &str)>); 3] = [
         ("stock", None, vec![]),
         (
             "attnrot, hadamard only",
@@ -197,37 +198,50 @@ fn split_cost(
             vec![("ATTNROT_OPS", "hadamard")],
         ),
         ("attnrot", Some(lib), vec![]),
-        ("stock (again)", None, vec![]),
-    ] {
-        let (rows, splits) = llama_bench(bin, &args, lib, &env)?;
-        let mut ts = rows
-            .into_iter()
-            .next()
-            .context("llama-bench gave no rows")?
-            .2;
-        let m = median(&mut ts);
-        let splits = splits.context("no `sched_reserve: graph` line in llama-bench -v output")?;
-        println!(
-            "  {name:<24} tg{} {m:>8.1} t/s  {splits:>4} splits/token",
-            a.gen
-        );
-        res.push((m, splits));
+    ];
+    let mut ts: [Vec<f64>; 3] = Default::default();
+    let mut splits = [0usize; 3];
+    let rounds = a.reps.max(5);
+    for round in 0..rounds {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let (_, lib, env) = &sides[i];
+            let (rows, sp) = llama_bench(bin, &args, *lib, env)?;
+            let r = rows
+                .into_iter()
+                .next()
+                .context("llama-bench gave no rows")?;
+            ts[i].extend(r.2);
+            splits[i] = sp.context("no `sched_reserve: graph` line in llama-bench -v output")?;
+        }
     }
-    let stock = 0.5 * (1.0 / res[0].0 + 1.0 / res[3].0);
-    let (had, had_splits) = res[1];
-    let extra = had_splits.saturating_sub(res[0].1);
-    if extra > 0 {
-        let us = (1.0 / had - stock) * 1e6 / extra as f64;
-        let noise = (1.0 / res[0].0 - 1.0 / res[3].0).abs() * 1e6 / extra as f64;
+    let mut med = [0f64; 3];
+    for i in 0..3 {
+        let mut v = ts[i].clone();
+        med[i] = median(&mut v);
+        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().cloned().fold(0.0, f64::max);
         println!(
-            "  cost per extra split: {us:.1} µs (stock run-to-run difference: {noise:.1} µs per split); \
-             {} extra splits/token with all claims = {:.2} ms/token at that price",
-            res[2].1.saturating_sub(res[0].1),
-            us.max(0.0) * res[2].1.saturating_sub(res[0].1) as f64 / 1e3
+            "  {:<24} tg{} {:>8.1} t/s [{lo:.1}–{hi:.1}]  {:>4} splits/token",
+            sides[i].0, a.gen, med[i], splits[i]
         );
-    } else {
+    }
+    let extra = splits[1].saturating_sub(splits[0]);
+    if extra == 0 {
         println!("  no extra splits with ATTNROT_OPS=hadamard: nothing to measure");
+        return Ok(());
     }
+    let us = (1.0 / med[1] - 1.0 / med[0]) * 1e6 / extra as f64;
+    // stock's own spread: its slowest vs fastest run, per extra split
+    let lo = ts[0].iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = ts[0].iter().cloned().fold(0.0, f64::max);
+    let noise = (1.0 / lo - 1.0 / hi) * 1e6 / extra as f64;
+    let all_extra = splits[2].saturating_sub(splits[0]);
+    println!(
+        "  cost per extra split: {us:.1} µs (stock's own min–max spread: {noise:.1} µs per split); \
+         {all_extra} extra splits/token with all claims = {:.2} ms/token at that price",
+        us.max(0.0) * all_extra as f64 / 1e3
+    );
     Ok(())
 }
 
@@ -259,7 +273,13 @@ pub fn run(mut a: Args) -> Result<()> {
     };
     let bin = upstream::upstream_bin()?;
     let lib = upstream::backend_lib()?;
-    let mut jobs = Vec::new();
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    // (cache, rotation) configurations. Per configuration the repetitions alternate stock and
+    // attnrot (one `llama-bench -r 1` each, the side that goes first swapped every
+    // repetition), so the drift of a shared machine hits both sides alike.
+    let mut configs = Vec::new();
     for t in &a.types {
         let rr: Vec<bool> = if t == "f16" || t == "bf16" {
             vec![true]
@@ -267,82 +287,107 @@ pub fn run(mut a: Args) -> Result<()> {
             rots.clone()
         };
         for rot in rr {
-            for kern in ["stock", "attnrot"] {
-                jobs.push((t.clone(), rot, kern));
-            }
+            configs.push((t.clone(), rot));
         }
     }
-    let bar = ProgressBar::new(jobs.len() as u64);
+    let bar = ProgressBar::new((configs.len() * a.reps * 2) as u64);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len}, ETA {eta} — {msg}",
         )
         .unwrap(),
     );
-    let mut rows = Vec::new();
     let depths = a
         .depths
         .iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    for (t, rot, kern) in jobs {
-        bar.set_message(format!("{t} rot {} {kern}", if rot { "on" } else { "off" }));
-        let args: Vec<String> = [
-            "-m",
-            &model.to_string_lossy(),
-            "-p",
-            &a.prompt.to_string(),
-            "-n",
-            &a.gen.to_string(),
-            "-d",
-            &depths,
-            "-r",
-            &a.reps.to_string(),
-            "-t",
-            &a.threads.to_string(),
-            "-ctk",
-            &t,
-            "-ctv",
-            &t,
-            "-fa",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let env: Vec<(&str, &str)> = if rot {
-            vec![]
-        } else {
-            vec![("LLAMA_ATTN_ROT_DISABLE", "1")]
-        };
-        let (results, splits) = llama_bench(
-            &bin,
-            &args,
-            (kern == "attnrot").then_some(lib.as_path()),
-            &env,
-        )
-        .with_context(|| format!("{t}, rotation {rot}, {kern}"))?;
-        for (test, depth, mut ts) in results {
-            let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = ts.iter().cloned().fold(0.0, f64::max);
-            rows.push(Sample {
-                cache: t.clone(),
-                rotation: rot,
-                kernels: kern,
-                test,
-                depth,
-                median_ts: median(&mut ts),
-                min_ts: min,
-                max_ts: max,
-                splits_tg: splits,
-            });
+    type Key = (String, bool, &'static str, String, usize);
+    let mut acc: Vec<(Key, Vec<f64>, Option<usize>)> = Vec::new();
+    for (t, rot) in &configs {
+        for rep in 0..a.reps {
+            let order = if rep % 2 == 0 {
+                ["stock", "attnrot"]
+            } else {
+                ["attnrot", "stock"]
+            };
+            for kern in order {
+                bar.set_message(format!(
+                    "{t} rot {} {kern} (rep {}/{})",
+                    if *rot { "on" } else { "off" },
+                    rep + 1,
+                    a.reps
+                ));
+                let args: Vec<String> = [
+                    "-m",
+                    &model.to_string_lossy(),
+                    "-p",
+                    &a.prompt.to_string(),
+                    "-n",
+                    &a.gen.to_string(),
+                    "-d",
+                    &depths,
+                    "-r",
+                    "1",
+                    "-t",
+                    &a.threads.to_string(),
+                    "-ctk",
+                    t,
+                    "-ctv",
+                    t,
+                    "-fa",
+                    "1",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let env: Vec<(&str, &str)> = if *rot {
+                    vec![]
+                } else {
+                    vec![("LLAMA_ATTN_ROT_DISABLE", "1")]
+                };
+                let (results, splits) = llama_bench(
+                    &bin,
+                    &args,
+                    (kern == "attnrot").then_some(lib.as_path()),
+                    &env,
+                )
+                .with_context(|| format!("{t}, rotation {rot}, {kern}"))?;
+                for (test, depth, ts) in results {
+                    let key: Key = (t.clone(), *rot, kern, test, depth);
+                    match acc.iter_mut().find(|e| e.0 == key) {
+                        Some(e) => e.1.extend(ts),
+                        None => acc.push((key, ts, splits)),
+                    }
+                }
+                bar.inc(1);
+            }
         }
-        bar.inc(1);
     }
+    let rows: Vec<Sample> = acc
+        .into_iter()
+        .map(
+            |((cache, rotation, kernels, test, depth), mut ts, splits)| {
+                let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
+                let max = ts.iter().cloned().fold(0.0, f64::max);
+                Sample {
+                    cache,
+                    rotation,
+                    kernels,
+                    test,
+                    depth,
+                    median_ts: median(&mut ts),
+                    min_ts: min,
+                    max_ts: max,
+                    splits_tg: splits,
+                }
+            },
+        )
+        .collect();
     bar.finish_and_clear();
     println!(
-        "llama-bench, {} threads, {} reps, median tokens/s [min–max]; ratio = attnrot / stock",
+        "llama-bench, {} threads, {} reps (stock and attnrot runs alternating), median tokens/s [min–max]; ratio = attnrot / stock",
         a.threads, a.reps
     );
     println!(

@@ -186,7 +186,9 @@ fn run_perplexity(
         "-v",
     ]);
     cmd.env_remove("GGML_BACKEND_PATH")
-        .env_remove("LLAMA_ATTN_ROT_DISABLE");
+        .env_remove("LLAMA_ATTN_ROT_DISABLE")
+        .env_remove("ATTNROT_FA_ALL")
+        .env_remove("ATTNROT_OPS");
     if !cfg.rotation {
         cmd.env("LLAMA_ATTN_ROT_DISABLE", "1");
     }
@@ -195,6 +197,10 @@ fn run_perplexity(
             "GGML_BACKEND_PATH",
             tools.lib.as_ref().context("no libattnrot.so")?,
         );
+        // These runs use an explicit `-fa on`, so the backend may take the f16/bf16 caches'
+        // writes and attention too (by default it leaves them to the CPU, for `-fa auto`):
+        // the f16 rows then measure our kernels, not stock's twice.
+        cmd.env("ATTNROT_FA_ALL", "1");
     }
     let t = Instant::now();
     let out = cmd
