@@ -56,13 +56,16 @@ fn member_panic_reaches_the_caller() {
     let r = std::panic::catch_unwind(|| {
         team::team(2).run(&|i| {
             if i == 1 {
-                panic!("member 1 fails");
+                panic!("member 1 fails (intentional: checks that the panic reaches the caller)");
             }
         })
     });
     let p = r.expect_err("the panic was lost");
     let msg = p.downcast_ref::<&str>().copied().unwrap_or("");
-    assert_eq!(msg, "member 1 fails");
+    assert_eq!(
+        msg,
+        "member 1 fails (intentional: checks that the panic reaches the caller)"
+    );
     // The team still works afterwards.
     let n = AtomicUsize::new(0);
     team::team(2).run(&|_| {
