@@ -989,3 +989,150 @@ fn bad_input() {
         attn::attend(&qt, &huge, &huge, None, None, &p, 1),
     );
 }
+
+/// Writes the f32 `x` (one row of `d`), quantized by upstream's CPU `from_float`, into cache
+/// cell `j` of KV head `h` (stream 0) of a view-layout cache made by [`make_kv`].
+fn put_row(bytes: &mut [u8], nb: [usize; 4], ty: GgmlType, j: usize, h: usize, x: &[f32]) {
+    let mut q = attnrot_ref::quantize_row_cpu(ty, x);
+    let nan_at = x.iter().position(|v| v.is_nan());
+    if let (Some(i), true) = (nan_at, ty.is_quantized()) {
+        // the quantizers drop a NaN value (it becomes a quant); a NaN block scale keeps it
+        let b = i / ty.block_size() * ty.block_bytes();
+        q[b..b + 2].copy_from_slice(&f32_to_f16(f32::NAN).to_le_bytes());
+    }
+    let off = j * nb[1] + h * nb[2];
+    bytes[off..off + q.len()].copy_from_slice(&q);
+}
+
+/// Adversarial values, ours vs upstream: zero Q, identical K rows, one K row that takes all
+/// the softmax weight, a 1e4 outlier channel in Q, and non-finite values in the cache —
+/// NaN/Inf in K or V rows that the mask hides (upstream skips a `-inf` position without
+/// reading its row, so the output stays finite), also when only some query rows of a tile
+/// see that row (prefill with a causal mask), and NaN in a visible V row (those query rows
+/// become NaN on both sides). Outputs must be NaN in exactly the same places; the finite rest
+/// within the NMSE bound (or, for the Q outlier, ours closer to float64 than upstream).
+/// Decode (split KV) and prefill, f16/q8_0/q4_0, every ISA. Not covered: ±Inf in a K row a
+/// query row *sees* — which outputs turn NaN then differs between upstream's own decode and
+/// prefill paths.
+#[test]
+fn adversarial_values() {
+    let seed = diff::seed("attn_diff adversarial");
+    let mut r = diff::rng(seed);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for isa in simd::available() {
+        simd::with_isa(isa, || {
+            for ty in FMTS3 {
+                for n_q in [1usize, 7] {
+                    let mut c = Case::base(64, 1024, n_q, 4, ty);
+                    c.n_head_kv = 2;
+                    // mask: causal with 878 used cells (llama.cpp padding after them)
+                    let used = 1024 - 1024 / 7;
+                    let hidden = 1000; // masked for every query row
+                    let partly = used - 3; // masked for query rows pos < partly (n_q = 7)
+                    for what in [
+                        "zero Q",
+                        "identical K rows",
+                        "one dominant K row",
+                        "Q outlier channel",
+                        "NaN in a hidden V row",
+                        "Inf in a hidden K row",
+                        "NaN in a partly hidden V row",
+                        "NaN in a visible V row",
+                    ] {
+                        let mut inp = make_inputs(&mut r, &c);
+                        let d = c.dk;
+                        match what {
+                            "zero Q" => inp.q.fill(0.0),
+                            "identical K rows" => {
+                                let x = uniform(&mut r, d, 1.0);
+                                for j in 0..c.n_kv {
+                                    for h in 0..c.n_head_kv {
+                                        put_row(&mut inp.k, inp.k_nb, ty, j, h, &x);
+                                    }
+                                }
+                            }
+                            "one dominant K row" => {
+                                // K row 17 of head 0 = 30 × the first query row of head 0
+                                let x: Vec<f32> = inp.q[..d].iter().map(|v| 30.0 * v).collect();
+                                put_row(&mut inp.k, inp.k_nb, ty, 17, 0, &x);
+                            }
+                            "Q outlier channel" => {
+                                for v in inp.q.iter_mut().step_by(d) {
+                                    *v = 1e4;
+                                }
+                            }
+                            "NaN in a hidden V row" => {
+                                let mut x = uniform(&mut r, c.dv, 1.0);
+                                x[5] = f32::NAN;
+                                put_row(&mut inp.v, inp.v_nb, ty, hidden, 1, &x);
+                            }
+                            "Inf in a hidden K row" => {
+                                let mut x = uniform(&mut r, d, 1.0);
+                                x[9] = f32::INFINITY;
+                                put_row(&mut inp.k, inp.k_nb, ty, hidden, 0, &x);
+                            }
+                            "NaN in a partly hidden V row" => {
+                                let mut x = uniform(&mut r, c.dv, 1.0);
+                                x[3] = f32::NAN;
+                                put_row(&mut inp.v, inp.v_nb, ty, partly, 0, &x);
+                            }
+                            "NaN in a visible V row" => {
+                                let mut x = uniform(&mut r, c.dv, 1.0);
+                                x[0] = f32::NAN;
+                                put_row(&mut inp.v, inp.v_nb, ty, 40, 1, &x);
+                            }
+                            _ => unreachable!(),
+                        }
+                        let (q, k, v, m) = (inp.q(), inp.k(c.kt), inp.v(c.vt), inp.mask());
+                        let ours = attn::attend(&q, &k, &v, m.as_ref(), None, &inp.params, 2)
+                            .unwrap();
+                        let up = fattn::flash_attn_ext(&q, &k, &v, m.as_ref(), None, &inp.params, 2);
+                        checked += 1;
+                        let label = format!("{isa:?} {ty} q={n_q} {what}");
+                        let nan_ours = ours.iter().filter(|x| x.is_nan()).count();
+                        let nan_up = up.iter().filter(|x| x.is_nan()).count();
+                        let same_nans = ours.iter().zip(&up).all(|(a, b)| a.is_nan() == b.is_nan());
+                        if !same_nans {
+                            failures.push(format!(
+                                "{label}: NaN outputs differ (ours {nan_ours}, upstream {nan_up} of {})",
+                                up.len()
+                            ));
+                            continue;
+                        }
+                        let (fo, fu): (Vec<f32>, Vec<f64>) = ours
+                            .iter()
+                            .zip(&up)
+                            .filter(|(_, b)| !b.is_nan())
+                            .map(|(a, b)| (*a, *b as f64))
+                            .unzip();
+                        let e = fattn::nmse(&fo, &fu);
+                        if !(e <= BOUND) {
+                            // allowed only where ours is the more exact (as in the other families)
+                            let exact = fattn::oracle(&q, &k, &v, m.as_ref(), None, &inp.params);
+                            let keep: Vec<usize> =
+                                (0..up.len()).filter(|&i| !up[i].is_nan()).collect();
+                            let ex: Vec<f64> = keep.iter().map(|&i| exact[i]).collect();
+                            let uo: Vec<f32> = keep.iter().map(|&i| up[i]).collect();
+                            let (e_ours, e_up) = (fattn::nmse(&fo, &ex), fattn::nmse(&uo, &ex));
+                            if !(e_ours <= e_up * 1.1) {
+                                failures.push(format!(
+                                    "{label}: NMSE vs upstream {e:.3e}, vs f64: ours {e_ours:.3e}, upstream {e_up:.3e}"
+                                ));
+                            }
+                        }
+                        if what == "NaN in a visible V row" && nan_up == 0 {
+                            failures.push(format!("{label}: upstream output has no NaN (test premise)"));
+                        }
+                    }
+                }
+            }
+        })
+        .unwrap();
+    }
+    eprintln!(
+        "[attn_diff] adversarial: {checked} cases, {} failures",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

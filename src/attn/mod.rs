@@ -478,6 +478,8 @@ struct TileBufs {
     kr: Vec<f32>,
     /// Weights `p·d` of the quantized decode V kernel.
     w: Vec<f32>,
+    /// One dequantized V row (the finiteness check of partly masked columns).
+    vrow: Vec<f32>,
 }
 
 /// The (M, S, O) state of one work item after a KV range.
@@ -548,6 +550,7 @@ impl Plan<'_> {
             mv: vec![0.0; mmax * TILE_KV],
             kr: vec![0.0; TILE_KV * self.dk],
             w: vec![0.0; mmax * self.dv.div_ceil(32) * TILE_KV],
+            vrow: vec![0.0; self.dv],
         }
     }
 
@@ -613,6 +616,8 @@ impl Plan<'_> {
                 // mask values (slope·mask), -inf for masked and for columns past the tile
                 active.clear();
                 let mut col_live = [false; TILE_KV];
+                // columns masked (-inf) for at least one of the rows
+                let mut col_hidden = [false; TILE_KV];
                 for (m, vr) in rows.iter().enumerate() {
                     let (done, rest) = tb.mv.split_at_mut(m * TILE_KV);
                     let mv = &mut rest[..TILE_KV];
@@ -630,10 +635,15 @@ impl Plan<'_> {
                             }
                             let src = off + 2 * t0;
                             deq_f16(&mk.data[src..src + 2 * tl], &mut mv[..tl]);
-                            for (x, live) in mv[..tl].iter_mut().zip(col_live.iter_mut()) {
+                            for ((x, live), hid) in mv[..tl]
+                                .iter_mut()
+                                .zip(col_live.iter_mut())
+                                .zip(col_hidden.iter_mut())
+                            {
                                 let v = vr.slope * *x;
                                 *x = v;
                                 *live |= v != f32::NEG_INFINITY;
+                                *hid |= v == f32::NEG_INFINITY;
                             }
                         }
                         _ => {
@@ -731,7 +741,45 @@ impl Plan<'_> {
                     sc.mrow[m] = mnew;
                     sc.srow[m] += kn.exp_sum(srow, mnew);
                 }
-                if let (true, Some(f @ (Fused::Q8_0 | Fused::Q4_0))) = (decode, fused.1) {
+                // A V row that some rows see and others do not: upstream skips a masked
+                // position without reading its row, a tile kernel multiplies it by p = 0, which
+                // a NaN/Inf in the row turns into NaN. Such rows (only if not all finite) leave
+                // the tile and are added below, for the rows that see them.
+                let tiled_v = !(decode && fused.1.is_some());
+                if tiled_v {
+                    // V tile (dequantized rows of the active columns)
+                    for &t in &active {
+                        let t = t as usize;
+                        let off = vbase + (t0 + t) * self.v.nb[1];
+                        deq_v(
+                            &self.v.data[off..off + vrow_bytes],
+                            &mut tb.vt[t * dvp..t * dvp + self.dv],
+                        );
+                    }
+                }
+                let mut odd: Vec<(u8, Vec<f32>)> = Vec::new();
+                for &t in &active {
+                    let tu = t as usize;
+                    if !col_hidden[tu] {
+                        continue;
+                    }
+                    let row: &[f32] = if tiled_v {
+                        &tb.vt[tu * dvp..tu * dvp + self.dv]
+                    } else {
+                        let off = vbase + (t0 + tu) * self.v.nb[1];
+                        deq_v(&self.v.data[off..off + vrow_bytes], &mut tb.vrow);
+                        &tb.vrow
+                    };
+                    if !row.iter().all(|x| x.is_finite()) {
+                        odd.push((t, row.to_vec()));
+                    }
+                }
+                if !odd.is_empty() {
+                    active.retain(|t| !odd.iter().any(|(o, _)| o == t));
+                }
+                if active.is_empty() {
+                    // only odd rows in this tile
+                } else if let (true, Some(f @ (Fused::Q8_0 | Fused::Q4_0))) = (decode, fused.1) {
                     kn.pv_q(
                         f,
                         &tb.s,
@@ -761,16 +809,20 @@ impl Plan<'_> {
                         prefetch_rows(),
                     );
                 } else {
-                    // V tile
-                    for &t in &active {
-                        let t = t as usize;
-                        let off = vbase + (t0 + t) * self.v.nb[1];
-                        deq_v(
-                            &self.v.data[off..off + vrow_bytes],
-                            &mut tb.vt[t * dvp..t * dvp + self.dv],
-                        );
-                    }
+                    // the V tile was dequantized above
                     kn.pv(&tb.s, &tb.vt, &mut sc.o, mp, dvp, &active);
+                }
+                for (t, row) in &odd {
+                    let t = *t as usize;
+                    for m in 0..m_real {
+                        if tb.mv[m * TILE_KV + t] == f32::NEG_INFINITY {
+                            continue;
+                        }
+                        let p = tb.s[m * TILE_KV + t];
+                        for (o, v) in sc.o[m * dvp..m * dvp + self.dv].iter_mut().zip(row) {
+                            *o = p.mul_add(*v, *o);
+                        }
+                    }
                 }
             }
             t0 += TILE_KV;
