@@ -70,8 +70,11 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// `(test, depth, samples_ts)` rows of one llama-bench run.
+pub type BenchRows = Vec<(String, usize, Vec<f64>)>;
+
 /// Parse `llama-bench -o json` output into (test, depth, samples_ts).
-pub fn parse_bench_json(s: &str) -> Result<Vec<(String, usize, Vec<f64>)>> {
+pub fn parse_bench_json(s: &str) -> Result<BenchRows> {
     let start = s.find('[').context("llama-bench printed no JSON array")?;
     let v: serde_json::Value =
         serde_json::from_str(&s[start..]).context("llama-bench JSON does not parse")?;
@@ -121,7 +124,7 @@ fn llama_bench(
     args: &[String],
     lib: Option<&std::path::Path>,
     env: &[(&str, &str)],
-) -> Result<(Vec<(String, usize, Vec<f64>)>, Option<usize>)> {
+) -> Result<(BenchRows, Option<usize>)> {
     let mut cmd = Command::new(bin.join("llama-bench"));
     cmd.args(args).args(["-o", "json", "-v"]);
     cmd.env_remove("GGML_BACKEND_PATH")
@@ -190,7 +193,12 @@ fn split_cost(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let sides: [(&str, Option<&std::path::Path>, Vec<(&str, &str)>); 3] = [
+    type Side<'a> = (
+        &'a str,
+        Option<&'a std::path::Path>,
+        Vec<(&'a str, &'a str)>,
+    );
+    let sides: [Side; 3] = [
         ("stock", None, vec![]),
         (
             "attnrot, hadamard only",
