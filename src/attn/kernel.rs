@@ -64,7 +64,19 @@ impl Kernels {
     /// Whether decode K of format `f` (`dk` elements) goes through [`Kernels::qk_i8`] (Q
     /// quantized to q8_0 like upstream's `vec_dot_type`, integer block dots).
     pub fn int8_k(&self, f: Option<Fused>, dk: usize) -> bool {
-        self.vnni && matches!(f, Some(Fused::Q8_0 | Fused::Q4_0)) && dk % 32 == 0
+        let isa_ok = self.vnni || (cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2);
+        isa_ok && matches!(f, Some(Fused::Q8_0 | Fused::Q4_0)) && dk % 32 == 0
+    }
+
+    /// The format of the int8 decode K kernel for K rows of `ty` (`dk` elements), if this ISA
+    /// has it: VNNI on AVX-512, `maddubs` on AVX2 ([`Kernels::qk_i8`]).
+    pub fn int8_fmt(&self, ty: GgmlType, dk: usize) -> Option<Fused> {
+        let f = match ty {
+            GgmlType::Q8_0 => Fused::Q8_0,
+            GgmlType::Q4_0 => Fused::Q4_0,
+            _ => return None,
+        };
+        self.int8_k(Some(f), dk).then_some(f)
     }
 
     /// Quantizes `mr` Q rows (`[mr][dk]`) for [`Kernels::qk_i8`]: the quants (`q8`,
@@ -146,13 +158,20 @@ impl Kernels {
             let kp = k[base..].as_ptr();
             let (q8p, qdp, qcp, sp) = (q8.as_ptr(), qd.as_ptr(), qc.as_ptr(), s.as_mut_ptr());
             // SAFETY: sizes and row bounds asserted above; `vnni` was detected at run time
-            // together with `Isa::Avx512`.
+            // together with `Isa::Avx512`, else `int8_k` required `Isa::Avx2`, which `simd`
+            // checked when the ISA was chosen.
             unsafe {
-                match f {
-                    Fused::Q8_0 => x::qk_i8_avx512::<{ x::FMT_Q8_0 }>(
+                match (f, self.vnni) {
+                    (Fused::Q8_0, true) => x::qk_i8_avx512::<{ x::FMT_Q8_0 }>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
                     ),
-                    _ => x::qk_i8_avx512::<{ x::FMT_Q4_0 }>(
+                    (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    ),
+                    (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    ),
+                    (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
                     ),
                 }
@@ -659,14 +678,27 @@ mod tests {
         }
     }
 
-    /// The int8 K kernel computes exactly `Σ_b fma(float(Σ k_q·q_q), dk·dq, ·)` per row.
+    /// The int8 K kernels (AVX-512 VNNI, AVX2) compute exactly `Σ_b fma(float(Σ k_q·q_q),
+    /// dk·dq, ·)` per row.
     #[test]
     fn int8_k_exact_integer_dots() {
-        let kn = Kernels::new(simd::detected());
-        if !kn.vnni {
-            eprintln!("int8_k_exact_integer_dots: no AVX-512 VNNI, skipped");
-            return;
+        let mut ran = 0;
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            if !kn.int8_k(Some(Fused::Q8_0), 32) {
+                eprintln!("int8_k_exact_integer_dots: no int8 K kernel for {isa:?}");
+                continue;
+            }
+            ran += 1;
+            simd::with_isa(isa, || int8_k_exact_for(&kn)).unwrap();
         }
+        #[cfg(target_arch = "x86_64")]
+        if simd::available().contains(&Isa::Avx2) {
+            assert!(ran > 0, "AVX2 is available but no int8 K kernel ran");
+        }
+    }
+
+    fn int8_k_exact_for(kn: &Kernels) {
         let mut seed = 0x1e8_u64;
         for (ty, f) in [(GgmlType::Q8_0, Fused::Q8_0), (GgmlType::Q4_0, Fused::Q4_0)] {
             for d in [32usize, 64, 128, 256] {
@@ -726,7 +758,12 @@ mod tests {
                                     acc = (dot as f32).mul_add(dk * qd[m * nb + b], acc);
                                 }
                                 let got = s[m * TILE_KV + t];
-                                assert_eq!(got.to_bits(), acc.to_bits(), "{ty} d={d} m={m} t={t}");
+                                assert_eq!(
+                                    got.to_bits(),
+                                    acc.to_bits(),
+                                    "{ty} {:?} d={d} m={m} t={t}",
+                                    kn.isa
+                                );
                             }
                         }
                     }

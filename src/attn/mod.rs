@@ -572,6 +572,8 @@ impl Plan<'_> {
         let (dk, dvp) = (self.dk, self.dvp);
         let krow_bytes = self.k.ty.row_bytes(dk).unwrap_or(0);
         let vrow_bytes = self.v.ty.row_bytes(self.dv).unwrap_or(0);
+        // the int8 decode K kernel's format (q8_0/q4_0 K on AVX2 / AVX-512 VNNI)
+        let kq = kn.int8_fmt(self.k.ty, dk);
         let mut ctx = Vec::with_capacity(its.len());
         for (it, sc) in its.iter().zip(scs.iter_mut()) {
             let mut rows = std::mem::take(&mut sc.rows);
@@ -587,8 +589,8 @@ impl Plan<'_> {
             }
             sc.q[m_real * dk..mp * dk].fill(0.0);
             let decode = mp < ROWMAJOR_BELOW;
-            let int8_k = decode && self.precision == Precision::Default && kn.int8_k(fused.0, dk);
-            if let (true, Some(f)) = (int8_k, fused.0) {
+            let int8_k = decode && self.precision == Precision::Default && kq.is_some();
+            if let (true, Some(f)) = (int8_k, kq) {
                 kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
             }
             sc.o[..mp * dvp].fill(0.0);
@@ -665,7 +667,7 @@ impl Plan<'_> {
                 if active.is_empty() {
                     continue;
                 }
-                if let (true, Some(f)) = (int8_k, fused.0) {
+                if let (true, Some(f)) = (int8_k, kq) {
                     // decode, q8_0/q4_0 K: integer dots against the quantized Q
                     kn.qk_i8(
                         f,

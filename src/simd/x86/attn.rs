@@ -951,6 +951,117 @@ pub unsafe fn qk_i8_avx512<const F: u8>(
     }
 }
 
+/// AVX2 variant of [`qk_i8_avx512`] (no VNNI), same numbers: 8 K rows at a time. Per block
+/// and query row, `maddubs` + `madd` give each row's exact integer block dot in 8 lanes (q8_0:
+/// |k| against sign(k)·q — products ≤ 128·127, pairs fit i16 — as upstream's AVX2 `vec_dot`
+/// does, so `qc` is not used; q4_0: nibbles against q, then − `qc` = 8·Σq); three `hadd`
+/// levels and a lane swap put row j's dot in lane j, then `s = fma(float(dot), dk·dq, s)`
+/// block by block.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qk_i8_avx2<const F: u8>(
+    q8: *const i8,
+    qd: *const f32,
+    qc: *const i32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    mr: usize,
+    dk: usize,
+    pf: usize,
+) {
+    unsafe {
+        let nb = dk / 32;
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let lines = (nb * bs).div_ceil(64);
+        let m4 = _mm_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let na = active.len();
+        let mut sacc = [_mm256_setzero_ps(); 16];
+        let mut buf = [0f32; 8];
+        let mut i = 0;
+        while i < na {
+            let n = (na - i).min(8);
+            let mut ts = [0usize; 8];
+            for (j, t) in ts.iter_mut().enumerate() {
+                *t = active[i + j.min(n - 1)] as usize;
+            }
+            let mut rp = [k; 8];
+            for j in 0..8 {
+                rp[j] = k.add(ts[j] * nb1);
+            }
+            if pf != 0 {
+                for p in rp.iter().take(n) {
+                    prefetch_row(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            for m in sacc.iter_mut().take(mr) {
+                *m = _mm256_setzero_ps();
+            }
+            for b in 0..nb {
+                let mut kx = [_mm256_setzero_si256(); 8];
+                let mut ks = [_mm256_setzero_si256(); 8];
+                let mut h = [0u16; 8];
+                for j in 0..8 {
+                    let bp = rp[j].add(bs * b);
+                    h[j] = (bp as *const u16).read_unaligned();
+                    if F == FMT_Q8_0 {
+                        let raw = _mm256_loadu_si256(bp.add(2) as *const __m256i);
+                        kx[j] = _mm256_sign_epi8(raw, raw);
+                        ks[j] = raw;
+                    } else {
+                        let x = _mm_loadu_si128(bp.add(2) as *const __m128i);
+                        let lo = _mm_and_si128(x, m4);
+                        let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), m4);
+                        kx[j] = _mm256_set_m128i(hi, lo);
+                    }
+                }
+                let dkv = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+                for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
+                    let qv = _mm256_loadu_si256(q8.add(m * dk + 32 * b) as *const __m256i);
+                    let mut d = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        let y = if F == FMT_Q8_0 {
+                            _mm256_sign_epi8(qv, ks[j])
+                        } else {
+                            qv
+                        };
+                        d[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], y), ones);
+                    }
+                    let h01 = _mm256_hadd_epi32(d[0], d[1]);
+                    let h23 = _mm256_hadd_epi32(d[2], d[3]);
+                    let h45 = _mm256_hadd_epi32(d[4], d[5]);
+                    let h67 = _mm256_hadd_epi32(d[6], d[7]);
+                    let h0123 = _mm256_hadd_epi32(h01, h23);
+                    let h4567 = _mm256_hadd_epi32(h45, h67);
+                    let dot = _mm256_add_epi32(
+                        _mm256_permute2x128_si256::<0x20>(h0123, h4567),
+                        _mm256_permute2x128_si256::<0x31>(h0123, h4567),
+                    );
+                    // q4_0: Σ n·q − 8·Σq (`qc`); q8_0's dot is already exact (`qc` holds the
+                    // VNNI kernel's bias correction, not used here)
+                    let dot = if F == FMT_Q8_0 {
+                        dot
+                    } else {
+                        _mm256_sub_epi32(dot, _mm256_set1_epi32(*qc.add(m * nb + b)))
+                    };
+                    let sc = _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b)));
+                    *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *sm);
+                }
+            }
+            for (m, sm) in sacc.iter().enumerate().take(mr) {
+                let row = s.add(m * T);
+                _mm256_storeu_ps(buf.as_mut_ptr(), *sm);
+                for j in 0..n {
+                    *row.add(ts[j]) = buf[j];
+                }
+            }
+            i += n;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- quantized decode V
 //
 // q8_0/q4_0 V with the block scale folded into the weights: `w = p·d` for every (row, block,
