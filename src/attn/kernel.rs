@@ -68,6 +68,18 @@ impl Kernels {
         isa_ok && matches!(f, Some(Fused::Q8_0 | Fused::Q4_0)) && dk % 32 == 0
     }
 
+    /// The format of the quantized decode V kernel ([`Kernels::pv_q`]) for V rows of `ty`
+    /// (`dv` elements), if this ISA has it (AVX-512, AVX2; q8_0/q4_0, `dv % 32 == 0`).
+    pub fn pv_q_fmt(&self, ty: GgmlType, dv: usize) -> Option<Fused> {
+        let f = match ty {
+            GgmlType::Q8_0 => Fused::Q8_0,
+            GgmlType::Q4_0 => Fused::Q4_0,
+            _ => return None,
+        };
+        let isa_ok = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2;
+        (isa_ok && dv % 32 == 0).then_some(f)
+    }
+
     /// The format of the int8 decode K kernel for K rows of `ty` (`dk` elements), if this ISA
     /// has it: VNNI on AVX-512, `maddubs` on AVX2 ([`Kernels::qk_i8`]).
     pub fn int8_fmt(&self, ty: GgmlType, dk: usize) -> Option<Fused> {
@@ -356,7 +368,7 @@ impl Kernels {
         dv: usize,
         pf: usize,
     ) {
-        assert!(matches!(f, Fused::Q8_0 | Fused::Q4_0) && self.fused(ty_of(f), dv) == Some(f));
+        assert!(self.pv_q_fmt(ty_of(f), dv) == Some(f));
         assert!(dv <= dvp && dvp % 16 == 0 && mr <= 16);
         assert!(
             p.len() >= mr * TILE_KV && o.len() >= mr * dvp && w.len() >= dv / 32 * mr * TILE_KV
@@ -371,14 +383,20 @@ impl Kernels {
             use crate::simd::x86::attn as x;
             let vp = v[base..].as_ptr();
             let (pp, wp, op) = (p.as_ptr(), w.as_mut_ptr(), o.as_mut_ptr());
-            // SAFETY: sizes, indices and row bounds asserted above; `fused` only answers for
-            // Avx512, which `simd` checked when the ISA was chosen.
+            // SAFETY: sizes, indices and row bounds asserted above; `pv_q_fmt` only answers
+            // for Avx512 / Avx2, which `simd` checked when the ISA was chosen.
             unsafe {
-                match f {
-                    Fused::Q8_0 => x::pv_q_avx512::<{ x::FMT_Q8_0 }>(
+                match (f, self.isa) {
+                    (Fused::Q8_0, Isa::Avx512) => x::pv_q_avx512::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    _ => x::pv_q_avx512::<{ x::FMT_Q4_0 }>(
+                    (_, Isa::Avx512) => x::pv_q_avx512::<{ x::FMT_Q4_0 }>(
+                        pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
+                    ),
+                    (Fused::Q8_0, _) => x::pv_q_avx2::<{ x::FMT_Q8_0 }>(
+                        pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
+                    ),
+                    _ => x::pv_q_avx2::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
                 }
@@ -775,11 +793,27 @@ mod tests {
     /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order.
     #[test]
     fn pv_q_scaled_weights() {
-        let kn = Kernels::new(simd::detected());
+        let mut ran = 0;
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            if kn.pv_q_fmt(GgmlType::Q8_0, 32).is_none() {
+                eprintln!("pv_q_scaled_weights: no quantized V kernel for {isa:?}");
+                continue;
+            }
+            ran += 1;
+            simd::with_isa(isa, || pv_q_scaled_weights_for(&kn)).unwrap();
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd::available().contains(&Isa::Avx2) {
+            assert!(ran > 0, "AVX2 is available but no quantized V kernel ran");
+        }
+    }
+
+    fn pv_q_scaled_weights_for(kn: &Kernels) {
         let mut seed = 0x7e_u64;
         for (ty, f) in [(GgmlType::Q8_0, Fused::Q8_0), (GgmlType::Q4_0, Fused::Q4_0)] {
             for d in [32usize, 64, 96, 128, 256] {
-                if kn.fused(ty, d) != Some(f) {
+                if kn.pv_q_fmt(ty, d) != Some(f) {
                     continue;
                 }
                 let rb = ty.row_bytes(d).unwrap();

@@ -574,6 +574,8 @@ impl Plan<'_> {
         let vrow_bytes = self.v.ty.row_bytes(self.dv).unwrap_or(0);
         // the int8 decode K kernel's format (q8_0/q4_0 K on AVX2 / AVX-512 VNNI)
         let kq = kn.int8_fmt(self.k.ty, dk);
+        // the quantized decode V kernel's format (q8_0/q4_0 V on AVX2 / AVX-512)
+        let vq = kn.pv_q_fmt(self.v.ty, self.dv);
         let mut ctx = Vec::with_capacity(its.len());
         for (it, sc) in its.iter().zip(scs.iter_mut()) {
             let mut rows = std::mem::take(&mut sc.rows);
@@ -747,7 +749,7 @@ impl Plan<'_> {
                 // position without reading its row, a tile kernel multiplies it by p = 0, which
                 // a NaN/Inf in the row turns into NaN. Such rows (only if not all finite) leave
                 // the tile and are added below, for the rows that see them.
-                let tiled_v = !(decode && fused.1.is_some());
+                let tiled_v = !(decode && (vq.is_some() || fused.1.is_some()));
                 if tiled_v {
                     // V tile (dequantized rows of the active columns)
                     for &t in &active {
@@ -781,7 +783,7 @@ impl Plan<'_> {
                 }
                 if active.is_empty() {
                     // only odd rows in this tile
-                } else if let (true, Some(f @ (Fused::Q8_0 | Fused::Q4_0))) = (decode, fused.1) {
+                } else if let (true, Some(f)) = (decode, vq) {
                     kn.pv_q(
                         f,
                         &tb.s,

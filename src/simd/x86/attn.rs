@@ -1235,6 +1235,121 @@ pub unsafe fn pv_q_avx512<const F: u8>(
     }
 }
 
+/// Integer values of block `g` of a q8_0/q4_0 row as floats (4 × 8, element order).
+#[inline(always)]
+unsafe fn qvals32_avx2<const F: u8>(p: *const u8, g: usize) -> [__m256; 4] {
+    unsafe {
+        if F == FMT_Q8_0 {
+            let bp = p.add(34 * g + 2);
+            let mut out = [_mm256_setzero_ps(); 4];
+            for (c, o) in out.iter_mut().enumerate() {
+                let x = _mm256_cvtepi8_epi32(_mm_loadl_epi64(bp.add(8 * c) as *const __m128i));
+                *o = _mm256_cvtepi32_ps(x);
+            }
+            out
+        } else {
+            let bp = p.add(18 * g + 2);
+            let m4 = _mm256_set1_epi32(0x0f);
+            let eight = _mm256_set1_epi32(8);
+            let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp as *const __m128i));
+            let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.add(8) as *const __m128i));
+            let lo =
+                |x: __m256i| _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(x, m4), eight));
+            let hi =
+                |x: __m256i| _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32::<4>(x), eight));
+            [lo(a), lo(b), hi(a), hi(b)]
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_block_avx2<const F: u8, const R: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g: usize,
+    dvp: usize,
+    pf: usize,
+) {
+    unsafe {
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        for r in 0..R {
+            for c in 0..4 {
+                acc[r][c] = _mm256_loadu_ps(o.add((m + r) * dvp + 32 * g + 8 * c));
+            }
+        }
+        for (i, &t) in active.iter().enumerate() {
+            let vp = v.add(t as usize * nb1);
+            if pf != 0 {
+                prefetch_row(vp.wrapping_add(pf * nb1 + bs * g), 1);
+            }
+            let vv = qvals32_avx2::<F>(vp, g);
+            for r in 0..R {
+                let b = _mm256_set1_ps(*w.add((g * mr + m + r) * T + i));
+                for c in 0..4 {
+                    acc[r][c] = _mm256_fmadd_ps(b, vv[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..4 {
+                _mm256_storeu_ps(o.add((m + r) * dvp + 32 * g + 8 * c), acc[r][c]);
+            }
+        }
+    }
+}
+
+/// AVX2 variant of [`pv_q_avx512`], same numbers: `o += (p·d) · q` per element in `active`
+/// order, the weights `p·d` formed in `w` (`[dv/32][mr][64]`), the integer values `q` converted
+/// in registers; 2 query rows × 32 columns per pass (12 accumulators of 16 registers).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_q_avx2<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    w: *mut f32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let nb = dv / 32;
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        for (i, &t) in active.iter().enumerate() {
+            let t = t as usize;
+            let vp = v.add(t * nb1);
+            for b in 0..nb {
+                let h = (vp.add(bs * b) as *const u16).read_unaligned();
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)));
+                for m in 0..mr {
+                    *w.add((b * mr + m) * T + i) = *p.add(m * T + t) * d;
+                }
+            }
+        }
+        for g in 0..nb {
+            let pfg = if g == 0 { pf } else { 0 };
+            let mut m = 0;
+            while m + 2 <= mr {
+                pv_q_block_avx2::<F, 2>(w, v, nb1, active, o, m, mr, g, dvp, pfg);
+                m += 2;
+            }
+            if m < mr {
+                pv_q_block_avx2::<F, 1>(w, v, nb1, active, o, m, mr, g, dvp, pfg);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- K tile transpose (prefill)
 
 /// `dst[d][t] = src[t][d]` for `t < 64`, `d < dk`: `src` `[64][dk]`, `dst` `[dk][64]`,
