@@ -20,9 +20,10 @@
 //! Numerics: upstream converts Q to K's `vec_dot_type` (f16, or q8_0/q8_1) and accumulates f16
 //! V in an f16 vector. Here K/V values are exact (bit-identical to upstream's `to_float`) and
 //! all accumulation is f32; Q stays f32, except in one case: decode (few query rows per KV
-//! head) with q8_0/q4_0 K on AVX-512 VNNI and `Precision::Default`, where Q is quantized to
-//! q8_0 exactly as upstream does (the CPU backend's `from_float`) and K·Q is computed as
-//! exact integer block dots (`vpdpbusd`), like upstream's `vec_dot`. `Precision::F32` keeps
+//! head) with q8_0/q4_0 K on AVX-512 VNNI or AVX2 and `Precision::Default`, where Q is
+//! quantized to q8_0 exactly as upstream does (the CPU backend's `from_float`) and K·Q is
+//! computed as exact integer block dots (`vpdpbusd`, or `maddubs` on AVX2), like upstream's
+//! `vec_dot` (both ISAs give the same numbers). `Precision::F32` keeps
 //! Q in f32 there too (slower, closer to exact). q8_0/q4_0 V in decode folds the block scale
 //! into the softmax weight (`(p·d)·q` instead of `p·(q·d)`: one rounding moved).
 //!
@@ -32,7 +33,8 @@
 //! never on the thread count, so the result is bit-identical for any `n_threads`. Decode
 //! runs the KV-head groups of a chunk together, tile by tile (one pass over the cache rows
 //! of a chunk, whose KV heads are adjacent in llama.cpp's cache), with fused kernels that
-//! read f16/q8_0/q4_0 rows straight from the cache (AVX-512).
+//! read f16/q8_0/q4_0 rows straight from the cache (AVX-512; on AVX2 the q8_0/q4_0 K and V
+//! kernels only).
 use crate::error::{Error, Result};
 use crate::simd;
 use crate::types::GgmlType;
