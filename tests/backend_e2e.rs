@@ -146,9 +146,9 @@ impl Cache {
         }
         a
     }
-    /// Environment for our runs of this configuration.
-    fn env(&self) -> Vec<(&'static str, &'static str)> {
-        if self.fa_all {
+    /// Environment of a run of this configuration (stock runs: none).
+    fn env(&self, ours: bool) -> Vec<(&'static str, &'static str)> {
+        if ours && self.fa_all {
             vec![(attnrot::ggml::ops::FA_ALL_ENV, "1")]
         } else {
             vec![]
@@ -276,7 +276,7 @@ fn generate(cache: Cache, ours: bool) -> Run {
         "-no-cnv", "-lv", "4",
     ];
     args.extend(cache.args());
-    let env = if ours { cache.env() } else { vec![] };
+    let env = cache.env(ours);
     run("llama-completion", &args, ours, cache.rot, &env)
 }
 
@@ -468,7 +468,7 @@ fn kld(cache: Cache) -> Kld {
     let save = |file: &Path, ours: bool| {
         let mut a = ppl_args(text, model, cache);
         a.extend(["--kl-divergence-base", file.to_str().unwrap()]);
-        let env = if ours { cache.env() } else { vec![] };
+        let env = cache.env(ours);
         run("llama-perplexity", &a, ours, cache.rot, &env);
     };
     let against = |file: &Path, ours: bool, env: &[(&str, &str)]| -> Run {
@@ -478,7 +478,7 @@ fn kld(cache: Cache) -> Kld {
             file.to_str().unwrap(),
             "--kl-divergence",
         ]);
-        let mut e = if ours { cache.env() } else { vec![] };
+        let mut e = cache.env(ours);
         e.extend(env.iter().copied());
         run("llama-perplexity", &a, ours, cache.rot, &e)
     };

@@ -70,6 +70,32 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// (min, max) of samples.
+fn spread(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(0.0, f64::max);
+    (lo, hi)
+}
+
+/// llama-bench arguments of one run: `-r 1`, flash attention on, `cache` as K and V.
+fn bench_args(
+    a: &Args,
+    model: &std::path::Path,
+    prompt: usize,
+    depths: &str,
+    cache: &str,
+) -> Vec<String> {
+    let model = model.to_string_lossy();
+    let (prompt, gen, threads) = (prompt.to_string(), a.gen.to_string(), a.threads.to_string());
+    [
+        "-m", &model, "-p", &prompt, "-n", &gen, "-d", depths, "-r", "1", "-t", &threads, "-ctk",
+        cache, "-ctv", cache, "-fa", "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// `(test, depth, samples_ts)` rows of one llama-bench run.
 pub type BenchRows = Vec<(String, usize, Vec<f64>)>;
 
@@ -172,27 +198,7 @@ fn split_cost(
     lib: &std::path::Path,
     model: &std::path::Path,
 ) -> Result<()> {
-    let args: Vec<String> = [
-        "-m",
-        &model.to_string_lossy(),
-        "-p",
-        "0",
-        "-n",
-        &a.gen.to_string(),
-        "-r",
-        "1",
-        "-t",
-        &a.threads.to_string(),
-        "-ctk",
-        "q8_0",
-        "-ctv",
-        "q8_0",
-        "-fa",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = bench_args(a, model, 0, "0", "q8_0");
     type Side<'a> = (
         &'a str,
         Option<&'a std::path::Path>,
@@ -224,11 +230,11 @@ fn split_cost(
         }
     }
     let mut med = [0f64; 3];
+    let mut lohi = [(0f64, 0f64); 3];
     for i in 0..3 {
-        let mut v = ts[i].clone();
-        med[i] = median(&mut v);
-        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().cloned().fold(0.0, f64::max);
+        med[i] = median(&mut ts[i].clone());
+        lohi[i] = spread(&ts[i]);
+        let (lo, hi) = lohi[i];
         println!(
             "  {:<24} tg{} {:>8.1} t/s [{lo:.1}–{hi:.1}]  {:>4} splits/token",
             sides[i].0, a.gen, med[i], splits[i]
@@ -241,8 +247,7 @@ fn split_cost(
     }
     let us = (1.0 / med[1] - 1.0 / med[0]) * 1e6 / extra as f64;
     // stock's own spread: its slowest vs fastest run, per extra split
-    let lo = ts[0].iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = ts[0].iter().cloned().fold(0.0, f64::max);
+    let (lo, hi) = lohi[0];
     let noise = (1.0 / lo - 1.0 / hi) * 1e6 / extra as f64;
     let all_extra = splits[2].saturating_sub(splits[0]);
     println!(
@@ -327,29 +332,7 @@ pub fn run(mut a: Args) -> Result<()> {
                     rep + 1,
                     a.reps
                 ));
-                let args: Vec<String> = [
-                    "-m",
-                    &model.to_string_lossy(),
-                    "-p",
-                    &a.prompt.to_string(),
-                    "-n",
-                    &a.gen.to_string(),
-                    "-d",
-                    &depths,
-                    "-r",
-                    "1",
-                    "-t",
-                    &a.threads.to_string(),
-                    "-ctk",
-                    t,
-                    "-ctv",
-                    t,
-                    "-fa",
-                    "1",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+                let args = bench_args(&a, &model, a.prompt, &depths, t);
                 let env: Vec<(&str, &str)> = if *rot {
                     vec![]
                 } else {
@@ -377,8 +360,7 @@ pub fn run(mut a: Args) -> Result<()> {
         .into_iter()
         .map(
             |((cache, rotation, kernels, test, depth), mut ts, splits)| {
-                let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
-                let max = ts.iter().cloned().fold(0.0, f64::max);
+                let (min, max) = spread(&ts);
                 Sample {
                     cache,
                     rotation,

@@ -18,6 +18,15 @@ pub(crate) enum Fused {
 }
 
 impl Fused {
+    /// The quantized fused formats (q8_0, q4_0) of the int8 K and quantized V kernels.
+    fn quantized(ty: GgmlType) -> Option<Fused> {
+        match ty {
+            GgmlType::Q8_0 => Some(Fused::Q8_0),
+            GgmlType::Q4_0 => Some(Fused::Q4_0),
+            _ => None,
+        }
+    }
+
     fn row_bytes(self, d: usize) -> usize {
         match self {
             Fused::F16 => 2 * d,
@@ -71,24 +80,14 @@ impl Kernels {
     /// The format of the quantized decode V kernel ([`Kernels::pv_q`]) for V rows of `ty`
     /// (`dv` elements), if this ISA has it (AVX-512, AVX2; q8_0/q4_0, `dv % 32 == 0`).
     pub fn pv_q_fmt(&self, ty: GgmlType, dv: usize) -> Option<Fused> {
-        let f = match ty {
-            GgmlType::Q8_0 => Fused::Q8_0,
-            GgmlType::Q4_0 => Fused::Q4_0,
-            _ => return None,
-        };
         let isa_ok = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2;
-        (isa_ok && dv % 32 == 0).then_some(f)
+        Fused::quantized(ty).filter(|_| isa_ok && dv % 32 == 0)
     }
 
     /// The format of the int8 decode K kernel for K rows of `ty` (`dk` elements), if this ISA
     /// has it: VNNI on AVX-512, `maddubs` on AVX2 ([`Kernels::qk_i8`]).
     pub fn int8_fmt(&self, ty: GgmlType, dk: usize) -> Option<Fused> {
-        let f = match ty {
-            GgmlType::Q8_0 => Fused::Q8_0,
-            GgmlType::Q4_0 => Fused::Q4_0,
-            _ => return None,
-        };
-        self.int8_k(Some(f), dk).then_some(f)
+        Fused::quantized(ty).filter(|&f| self.int8_k(Some(f), dk))
     }
 
     /// Quantizes `mr` Q rows (`[mr][dk]`) for [`Kernels::qk_i8`]: the quants (`q8`,
@@ -242,10 +241,9 @@ impl Kernels {
     /// The fused decode format for rows of `d` elements of type `ty`, if this ISA has kernels
     /// for it (AVX-512: f16 with `d % 16 == 0`, q8_0, q4_0).
     pub fn fused(&self, ty: GgmlType, d: usize) -> Option<Fused> {
-        let f = match ty {
-            GgmlType::F16 if d % 16 == 0 => Fused::F16,
-            GgmlType::Q8_0 if d % 32 == 0 => Fused::Q8_0,
-            GgmlType::Q4_0 if d % 32 == 0 => Fused::Q4_0,
+        let f = match Fused::quantized(ty) {
+            Some(q) if d % 32 == 0 => q,
+            None if ty == GgmlType::F16 && d % 16 == 0 => Fused::F16,
             _ => return None,
         };
         match self.isa {

@@ -281,24 +281,37 @@ pub const MIN_FA_MACS_PER_THREAD: usize = 1 << 21;
 /// several times what the hand-over costs (SmolLM2 decode uses both threads from ~300 KV rows).
 pub const MIN_FA_MACS_PER_THREAD_OMP: usize = 1 << 18;
 
+/// How many threads `work` units are worth at `min` units per thread, at most `n_threads`.
+fn threads_at(work: usize, min: usize, n_threads: usize) -> usize {
+    (work / min).clamp(1, n_threads.max(1))
+}
+
 /// How many threads `work` elements are worth, at most `n_threads`.
 pub fn threads_for(work: usize, n_threads: usize) -> usize {
-    let min = if super::team::have_openmp() {
-        MIN_ELEMS_PER_THREAD_OMP
-    } else {
-        MIN_ELEMS_PER_THREAD
-    };
-    (work / min).clamp(1, n_threads.max(1))
+    let omp = super::team::have_openmp();
+    threads_at(
+        work,
+        if omp {
+            MIN_ELEMS_PER_THREAD_OMP
+        } else {
+            MIN_ELEMS_PER_THREAD
+        },
+        n_threads,
+    )
 }
 
 /// How many threads an attention node of `macs` multiply-adds is worth, at most `n_threads`.
 pub fn fa_threads_for(macs: usize, n_threads: usize) -> usize {
-    let min = if super::team::have_openmp() {
-        MIN_FA_MACS_PER_THREAD_OMP
-    } else {
-        MIN_FA_MACS_PER_THREAD
-    };
-    (macs / min).clamp(1, n_threads.max(1))
+    let omp = super::team::have_openmp();
+    threads_at(
+        macs,
+        if omp {
+            MIN_FA_MACS_PER_THREAD_OMP
+        } else {
+            MIN_FA_MACS_PER_THREAD
+        },
+        n_threads,
+    )
 }
 
 /// Run `f` over `0..n` in `nt` contiguous ranges on a [`super::team`] of `nt` threads (the
