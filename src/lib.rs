@@ -10,6 +10,7 @@
 
 pub mod attn;
 pub mod capi;
+pub mod capture;
 pub mod error;
 pub mod ggml;
 pub mod par;

@@ -418,6 +418,10 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
             }
         }
     }
+    if let Some(cap) = capture::writer() {
+        // SAFETY: shapes and indices checked above; data valid (caller's contract).
+        unsafe { capture::set_rows(cap, dst, b, bty, &|i| index(i, 0, 0)) };
+    }
     let total = nr * ne02 * ne03;
     let quality = quality_mode();
     // The quality mode's search costs about ten times the plain quantizer per value.
@@ -871,6 +875,9 @@ unsafe fn flash_attn(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Str
     // SAFETY: caller's contract.
     unsafe {
         let qt = src(dst, 0)?;
+        if let Some(cap) = capture::writer() {
+            capture::flash_attn(cap, dst);
+        }
         let k = attn_view(src(dst, 1)?)?;
         let v = attn_view(src(dst, 2)?)?;
         let [dk, n_q, n_head, n_seq] = t::dims(qt).ok_or("dims")?;
@@ -986,6 +993,219 @@ pub unsafe fn compute(node: *mut sys::ggml_tensor, n_threads: usize) -> Result<(
             Kind::FlashAttn => flash_attn(node, n_threads),
             Kind::NoOp => Ok(()),
         }
+    }
+}
+
+/// `ATTNROT_CAPTURE`: the K/V rows SET_ROWS writes and the Q rows FLASH_ATTN_EXT reads,
+/// appended to a capture directory ([`crate::capture`] has the format). Off (one atomic
+/// load per node) unless the variable is set; read once per process.
+mod capture {
+    use super::{src, sys, t};
+    use crate::capture::{
+        Event, Kind, Writer, Written, CAPTURE_ENV, CAPTURE_MAX_MB_ENV, DEFAULT_MAX_MB,
+    };
+    use crate::ggml::host::log_warn;
+    use crate::GgmlType;
+    use std::sync::{Mutex, OnceLock};
+
+    /// The writer, if `ATTNROT_CAPTURE` is set and its directory could be created.
+    pub fn writer() -> Option<&'static Mutex<Writer>> {
+        static W: OnceLock<Option<Mutex<Writer>>> = OnceLock::new();
+        W.get_or_init(|| {
+            let dir = std::env::var_os(CAPTURE_ENV).filter(|d| !d.is_empty())?;
+            let mb = match std::env::var(CAPTURE_MAX_MB_ENV) {
+                Err(_) => DEFAULT_MAX_MB,
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(mb) if mb > 0 => mb,
+                    _ => {
+                        log_warn(&format!(
+                            "{CAPTURE_MAX_MB_ENV}={v:?} is not a positive number of MB; using {DEFAULT_MAX_MB}"
+                        ));
+                        DEFAULT_MAX_MB
+                    }
+                },
+            };
+            let dir = std::path::PathBuf::from(dir);
+            match Writer::create(&dir, mb.saturating_mul(1 << 20)) {
+                Ok(w) => {
+                    log_warn(&format!(
+                        "{CAPTURE_ENV}: capturing the K/V rows of claimed SET_ROWS nodes and the Q of claimed FLASH_ATTN_EXT nodes into {} (limit {mb} MB)",
+                        dir.display()
+                    ));
+                    Some(Mutex::new(w))
+                }
+                Err(e) => {
+                    log_warn(&format!(
+                        "{CAPTURE_ENV}: cannot create {}: {e}; nothing is captured",
+                        dir.display()
+                    ));
+                    None
+                }
+            }
+        })
+        .as_ref()
+    }
+
+    fn write(cap: &Mutex<Writer>, ev: Event, data: &[f32], index: Option<&[i64]>) {
+        let mut w = cap.lock().unwrap_or_else(|e| e.into_inner());
+        if let Written::StoppedNow(msg) = w.write(ev, data, index) {
+            log_warn(&format!("{CAPTURE_ENV}: {msg}"));
+        }
+    }
+
+    fn stopped(cap: &Mutex<Writer>) -> bool {
+        cap.lock().unwrap_or_else(|e| e.into_inner()).is_stopped()
+    }
+
+    /// The Hadamard size if `x` is (a view/reshape/permute/copy of) a MUL_MAT carrying
+    /// llama.cpp's Hadamard hint: `llama_mul_mat_hadamard` (src/llama-impl.h) reshapes its
+    /// input to `[n, …]`, multiplies by the `n×n` matrix and reshapes back; the graph then
+    /// views (`cpy_k`/`cpy_v`, src/llama-kv-cache.cpp) or permutes (Q) the result.
+    pub fn rotation_of(mut x: &sys::ggml_tensor) -> Option<usize> {
+        for _ in 0..8 {
+            if x.op == sys::ggml_op_GGML_OP_MUL_MAT {
+                if t::param_i32(x, 1) != sys::ggml_op_hint_GGML_HINT_SRC0_IS_HADAMARD as i32 {
+                    return None;
+                }
+                return src(x, 0).ok().map(|a| a.ne[0] as usize);
+            }
+            if !(t::is_noop(x.op) || x.op == sys::ggml_op_GGML_OP_CONT) {
+                return None;
+            }
+            x = src(x, 0).ok()?;
+        }
+        None
+    }
+
+    /// `(is_k, layer)` of the KV cache tensor `x` views (through `view_src`), from its name.
+    pub fn cache_layer(x: &sys::ggml_tensor) -> Option<(bool, u32)> {
+        let mut root = x;
+        for _ in 0..8 {
+            if let Some(l) = crate::capture::parse_cache_name(&t::name(root)) {
+                return Some(l);
+            }
+            if root.view_src.is_null() {
+                break;
+            }
+            // SAFETY: ggml keeps a view's source alive as long as the view.
+            root = unsafe { &*root.view_src };
+        }
+        None
+    }
+
+    /// Capture the rows of a SET_ROWS into a KV cache (`dst` a view of `cache_k_l<N>` /
+    /// `cache_v_l<N>`): one row per token (not the transposed V cache of non-FA runs, whose
+    /// rows are single elements), one plane.
+    ///
+    /// # Safety
+    /// `dst` passed `set_rows_ok`, `index(i)` is valid for `i < nr`, data valid.
+    pub unsafe fn set_rows(
+        cap: &Mutex<Writer>,
+        dst: &sys::ggml_tensor,
+        b: &sys::ggml_tensor,
+        bty: GgmlType,
+        index: &dyn Fn(usize) -> i64,
+    ) {
+        let Some((is_k, layer)) = cache_layer(dst) else {
+            return;
+        };
+        let Some([nc, nr, ne02, ne03]) = t::dims(b) else {
+            return;
+        };
+        if ne02 * ne03 != 1 || nc < 2 || stopped(cap) {
+            return;
+        }
+        let mut data = vec![0f32; nc * nr];
+        for (i, row) in data.chunks_exact_mut(nc).enumerate() {
+            // SAFETY: row i of b inside its extent (caller).
+            unsafe {
+                let s = (b.data as *const u8).add(i * b.nb[1]);
+                if bty == GgmlType::F32 {
+                    std::ptr::copy_nonoverlapping(s, row.as_mut_ptr() as *mut u8, nc * 4);
+                } else {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        let h = std::ptr::read_unaligned((s as *const u16).add(j));
+                        *o = half::f16::from_bits(h).to_f32();
+                    }
+                }
+            }
+        }
+        let idx: Vec<i64> = (0..nr).map(index).collect();
+        // K/V rows are a view of the [head_dim, n_head_kv, n_tokens] tensor
+        let head_dim = src(b, 0)
+            .ok()
+            .filter(|_| b.op == sys::ggml_op_GGML_OP_VIEW)
+            .map(|x| x.ne[0] as usize)
+            .filter(|&h| h > 0 && nc % h == 0)
+            .unwrap_or(0);
+        let rot = rotation_of(b);
+        let ev = Event {
+            seq: 0,
+            kind: if is_k { Kind::K } else { Kind::V },
+            layer,
+            file: String::new(),
+            shape: vec![nr, nc],
+            rotated: rot.is_some(),
+            rot_n: rot.unwrap_or(0),
+            cache_type: t::ty(dst).map_or("?", |t| t.name()).to_string(),
+            head_dim,
+            n_head_kv: if head_dim > 0 { nc / head_dim } else { 0 },
+            n_kv: 0,
+            dv: 0,
+            scale: 0.0,
+            softcap: 0.0,
+            v_type: String::new(),
+        };
+        write(cap, ev, &data, Some(&idx));
+    }
+
+    /// Capture the f32 Q of a FLASH_ATTN_EXT over a KV cache (K a view of `cache_k_l<N>`),
+    /// packed as `[n_seq, n_head, n_q, dk]`.
+    pub fn flash_attn(cap: &Mutex<Writer>, dst: &sys::ggml_tensor) {
+        let (Ok(q), Ok(k), Ok(v)) = (src(dst, 0), src(dst, 1), src(dst, 2)) else {
+            return;
+        };
+        let Some((true, layer)) = cache_layer(k) else {
+            return;
+        };
+        let (Some([dk, n_q, n_head, n_seq]), Some(kd), Some(vd)) =
+            (t::dims(q), t::dims(k), t::dims(v))
+        else {
+            return;
+        };
+        if q.data.is_null() || stopped(cap) {
+            return;
+        }
+        let mut data = vec![0f32; dk * n_q * n_head * n_seq];
+        for (r, row) in data.chunks_exact_mut(dk).enumerate() {
+            let (i1, p) = (r % n_q, r / n_q);
+            let (i2, i3) = (p % n_head, p / n_head);
+            // SAFETY: flash_attn_ok checked an f32 Q with contiguous rows; the row is inside
+            // Q's extent.
+            unsafe {
+                let s = (q.data as *const u8).add(i1 * q.nb[1] + i2 * q.nb[2] + i3 * q.nb[3]);
+                std::ptr::copy_nonoverlapping(s, row.as_mut_ptr() as *mut u8, dk * 4);
+            }
+        }
+        let rot = rotation_of(q);
+        let ev = Event {
+            seq: 0,
+            kind: Kind::Q,
+            layer,
+            file: String::new(),
+            shape: vec![n_seq, n_head, n_q, dk],
+            rotated: rot.is_some(),
+            rot_n: rot.unwrap_or(0),
+            cache_type: t::ty(k).map_or("?", |t| t.name()).to_string(),
+            head_dim: dk,
+            n_head_kv: kd[2],
+            n_kv: kd[1],
+            dv: vd[0],
+            scale: t::param_f32(dst, 0),
+            softcap: t::param_f32(dst, 2),
+            v_type: t::ty(v).map_or("?", |t| t.name()).to_string(),
+        };
+        write(cap, ev, &data, None);
     }
 }
 

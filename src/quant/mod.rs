@@ -25,6 +25,7 @@ pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
 pub mod q8_1;
+pub mod turbo;
 
 pub use self::bf16::BlockBf16;
 pub use self::f16::BlockF16;
