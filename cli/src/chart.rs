@@ -30,7 +30,8 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
-/// Bars: for each cache type (x), one bar per (rotation, kernels); y = mean KLD with ± whiskers.
+/// Bars: for each cache type (x), one bar per (rotation, kernels: stock / attnrot exact /
+/// attnrot quality); y = mean KLD with ± whiskers.
 pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
     register_font()?;
     let ctx = rows
@@ -45,7 +46,8 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
             labels.push(l);
         }
     }
-    let series: [(bool, &str, RGBColor, &str); 4] = [
+    // (rotation, kernels, colour, legend); series without rows are not drawn
+    let series: [(bool, &str, RGBColor, &str); 6] = [
         (
             false,
             "stock",
@@ -57,13 +59,25 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
             false,
             "attnrot",
             RGBColor(230, 170, 80),
-            "rotation off, attnrot",
+            "rotation off, attnrot exact",
         ),
         (
             true,
             "attnrot",
             RGBColor(60, 110, 180),
-            "rotation on, attnrot",
+            "rotation on, attnrot exact",
+        ),
+        (
+            false,
+            "quality",
+            RGBColor(150, 200, 120),
+            "rotation off, attnrot quality",
+        ),
+        (
+            true,
+            "quality",
+            RGBColor(40, 140, 70),
+            "rotation on, attnrot quality",
         ),
     ];
     let ymax = rows
@@ -78,7 +92,7 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("Mean KL divergence vs f16 KV cache (ctx {ctx}) — lower is better"),
+                format!("Mean KL divergence vs the f16 KV cache (ctx {ctx}) — lower is better"),
                 ("sans-serif", 24),
             )
             .margin(20)
@@ -100,8 +114,12 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
             .y_desc("mean KLD")
             .label_style(("sans-serif", 16))
             .draw()?;
-        let w = 0.8 / series.len() as f64;
-        for (si, (rot, kern, color, name)) in series.iter().enumerate() {
+        let active: Vec<_> = series
+            .iter()
+            .filter(|s| rows.iter().any(|r| r.config.kernels == s.1))
+            .collect();
+        let w = 0.8 / active.len().max(1) as f64;
+        for (si, (rot, kern, color, name)) in active.into_iter().enumerate() {
             let mut bars = Vec::new();
             let mut whiskers = Vec::new();
             for (xi, l) in labels.iter().enumerate() {

@@ -39,9 +39,15 @@ pub struct Args {
     /// Threads for llama-perplexity.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Kernels to compare: stock, attnrot.
-    #[arg(long, value_delimiter = ',', default_value = "stock,attnrot")]
+    /// Kernels to compare: stock (upstream's CPU backend), attnrot (our backend, exact mode:
+    /// bit-exact cache writes), quality (our backend with ATTNROT_QUALITY=1).
+    #[arg(long, value_delimiter = ',', default_value = "stock,attnrot,quality")]
     pub kernels: Vec<String>,
+    /// The f16-cache run KLD is measured against: `exact` = our backend over an f16 cache
+    /// (f32 accumulation of V), `stock` = stock llama.cpp's f16 cache (its CPU kernel
+    /// accumulates V in f16, ~0.004 KLD from exact on SmolLM2).
+    #[arg(long, default_value = "exact", value_parser = ["exact", "stock"])]
+    pub base: String,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -59,7 +65,11 @@ pub struct Config {
     pub type_k: String,
     pub type_v: String,
     pub rotation: bool,
+    /// stock, attnrot or quality
     pub kernels: String,
+    /// The cache-write mode: `stock` (upstream's CPU backend), `exact` (attnrot, bit-exact
+    /// with upstream) or `quality` (attnrot with `ATTNROT_QUALITY=1`).
+    pub mode: String,
     pub ctx: usize,
 }
 
@@ -104,6 +114,15 @@ fn parse_type_pair(s: &str) -> Result<(String, String)> {
     Ok((k, v))
 }
 
+/// The `mode` field of a `--kernels` value.
+fn mode_of(kernels: &str) -> &'static str {
+    match kernels {
+        "attnrot" => "exact",
+        "quality" => "quality",
+        _ => "stock",
+    }
+}
+
 fn quantized(t: &str) -> bool {
     !matches!(t, "f16" | "bf16" | "f32")
 }
@@ -113,8 +132,8 @@ pub fn configs(a: &Args) -> Result<Vec<Config>> {
     let mut kernels = Vec::new();
     for k in &a.kernels {
         match k.as_str() {
-            "stock" | "attnrot" => kernels.push(k.clone()),
-            _ => bail!("unknown --kernels value '{k}' (stock, attnrot)"),
+            "stock" | "attnrot" | "quality" => kernels.push(k.clone()),
+            _ => bail!("unknown --kernels value '{k}' (stock, attnrot, quality)"),
         }
     }
     if kernels.is_empty() {
@@ -135,11 +154,16 @@ pub fn configs(a: &Args) -> Result<Vec<Config>> {
             };
             for &rotation in rots {
                 for kern in &kernels {
+                    // The quality mode only changes quantized cache writes.
+                    if kern == "quality" && !(quantized(&k) || quantized(&vv)) {
+                        continue;
+                    }
                     v.push(Config {
                         type_k: k.clone(),
                         type_v: vv.clone(),
                         rotation,
                         kernels: kern.clone(),
+                        mode: mode_of(kern).to_string(),
                         ctx,
                     });
                 }
@@ -185,23 +209,10 @@ fn run_perplexity(
         // ggml's loader then logs which backends it loaded, checked below
         "-v",
     ]);
-    cmd.env_remove("GGML_BACKEND_PATH")
-        .env_remove("LLAMA_ATTN_ROT_DISABLE")
-        .env_remove("ATTNROT_FA_ALL")
-        .env_remove("ATTNROT_OPS");
     if !cfg.rotation {
         cmd.env("LLAMA_ATTN_ROT_DISABLE", "1");
     }
-    if cfg.kernels == "attnrot" {
-        cmd.env(
-            "GGML_BACKEND_PATH",
-            tools.lib.as_ref().context("no libattnrot.so")?,
-        );
-        // These runs use an explicit `-fa on`, so the backend may take the f16/bf16 caches'
-        // writes and attention too (by default it leaves them to the CPU, for `-fa auto`):
-        // the f16 rows then measure our kernels, not stock's twice.
-        cmd.env("ATTNROT_FA_ALL", "1");
-    }
+    backend_env(&mut cmd, tools, &cfg.kernels)?;
     let t = Instant::now();
     let out = cmd
         .stdin(Stdio::null())
@@ -221,13 +232,36 @@ fn run_perplexity(
         );
     }
     let loaded = log.contains(crate::upstream::LOADED_LINE);
-    if cfg.kernels == "attnrot" && !loaded {
+    if cfg.kernels != "stock" && !loaded {
         bail!("llama-perplexity ran without the attnrot backend (GGML_BACKEND_PATH was ignored?) for {cfg:?}");
     }
     if cfg.kernels == "stock" && loaded {
         bail!("the stock run loaded the attnrot backend (GGML_BACKEND_DIR or a copy next to llama-perplexity?)");
     }
     Ok((log, secs))
+}
+
+/// The environment of a run with `kernels` (stock, attnrot, quality): our backend or not,
+/// the quality switch, nothing inherited that would change either.
+fn backend_env(cmd: &mut Command, tools: &Tools, kernels: &str) -> Result<()> {
+    cmd.env_remove("GGML_BACKEND_PATH")
+        .env_remove("ATTNROT_FA_ALL")
+        .env_remove("ATTNROT_OPS")
+        .env_remove("ATTNROT_QUALITY");
+    if kernels != "stock" {
+        cmd.env(
+            "GGML_BACKEND_PATH",
+            tools.lib.as_ref().context("no libattnrot.so")?,
+        );
+        // These runs use an explicit `-fa on`, so the backend may take the f16/bf16 caches'
+        // writes and attention too (by default it leaves them to the CPU, for `-fa auto`):
+        // the f16 rows then measure our kernels, not stock's twice.
+        cmd.env("ATTNROT_FA_ALL", "1");
+    }
+    if kernels == "quality" {
+        cmd.env("ATTNROT_QUALITY", "1");
+    }
+    Ok(())
 }
 
 /// Write `bytes` to `path` atomically (no half-written output on failure).
@@ -265,7 +299,7 @@ pub fn run(a: Args) -> Result<()> {
         None => crate::text::default_text()?,
     };
     let bin = upstream::upstream_bin()?;
-    let lib = if cfgs.iter().any(|c| c.kernels == "attnrot") {
+    let lib = if a.base == "exact" || cfgs.iter().any(|c| c.kernels != "stock") {
         Some(upstream::backend_lib()?)
     } else {
         None
@@ -294,7 +328,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     for ctx in ctxs {
         // f16 base logits for this context
-        bar.set_message(format!("f16 base logits, ctx {ctx}"));
+        bar.set_message(format!("f16 base logits ({}), ctx {ctx}", a.base));
         let base = work.join(format!("base-{ctx}.kld"));
         let mut cmd = Command::new(&tools.perplexity);
         cmd.arg("-m")
@@ -311,8 +345,14 @@ pub fn run(a: Args) -> Result<()> {
             "-t",
             &a.threads.to_string(),
         ]);
-        cmd.args(["-ctk", "f16", "-ctv", "f16", "-fa", "on"]);
-        cmd.env_remove("GGML_BACKEND_PATH");
+        cmd.args(["-ctk", "f16", "-ctv", "f16", "-fa", "on", "-v"]);
+        cmd.env_remove("LLAMA_ATTN_ROT_DISABLE");
+        let base_kernels = if a.base == "exact" {
+            "attnrot"
+        } else {
+            "stock"
+        };
+        backend_env(&mut cmd, &tools, base_kernels)?;
         let out = cmd
             .stdin(Stdio::null())
             .output()
@@ -335,6 +375,17 @@ pub fn run(a: Args) -> Result<()> {
             bail!(
                 "the f16 base run failed:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if (a.base == "exact") != log.contains(crate::upstream::LOADED_LINE) {
+            bail!(
+                "the f16 base run ({} base) {} the attnrot backend",
+                a.base,
+                if a.base == "exact" {
+                    "did not load"
+                } else {
+                    "loaded"
+                }
             );
         }
         let got_chunks = log.lines().find_map(|l| {
@@ -378,6 +429,7 @@ pub fn run(a: Args) -> Result<()> {
             "text": text.display().to_string(),
             "chunks": a.chunks,
             "threads": a.threads,
+            "base": a.base,
             "rows": rows,
         });
         write_atomic(j, serde_json::to_string_pretty(&doc)?.as_bytes())?;
@@ -399,11 +451,12 @@ impl Drop for Cleanup {
 
 pub fn print_table(rows: &[Row], model: &Path, text: &Path, a: &Args) {
     println!(
-        "model {} | text {} | {} chunks | {} threads",
+        "model {} | text {} | {} chunks | {} threads | KLD vs the {} f16-cache run",
         model.file_name().unwrap_or_default().to_string_lossy(),
         text.file_name().unwrap_or_default().to_string_lossy(),
         a.chunks,
-        a.threads
+        a.threads,
+        a.base
     );
     println!(
         "{:<12} {:>4} {:>5} {:<8} {:>18} {:>20} {:>9} {:>15} {:>8}",
@@ -447,8 +500,15 @@ mod tests {
     fn default_configs() {
         let t = T::parse_from(["x"]);
         let c = configs(&t.a).unwrap();
-        // f16: 1 rotation setting x 2 kernels; 7 quantized entries x 2 x 2
-        assert_eq!(c.len(), 2 + 7 * 4);
+        // f16: 1 rotation setting x 2 kernels (quality changes nothing there); 7 quantized
+        // entries x 2 rotation settings x 3 kernels
+        assert_eq!(c.len(), 2 + 7 * 6);
+        assert!(c
+            .iter()
+            .all(|c| c.kernels != "quality" || c.type_k != "f16"));
+        assert!(c
+            .iter()
+            .any(|c| c.type_k == "q4_0" && c.kernels == "quality" && c.mode == "quality"));
         assert!(c.iter().any(|c| c.type_k == "q8_0"
             && c.type_v == "q4_0"
             && c.rotation

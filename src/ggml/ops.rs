@@ -69,7 +69,25 @@ pub const FA_ALL_ENV: &str = "ATTNROT_FA_ALL";
 /// test-backend-ops, or for runs with an explicit `-fa on`.
 pub fn fa_claims_unquantized_v() -> bool {
     static ALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALL.get_or_init(|| std::env::var(FA_ALL_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
+    *ALL.get_or_init(|| env_flag(FA_ALL_ENV))
+}
+
+/// Is the switch `name` on (set, not empty, not `0`)?
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Environment variable: `ATTNROT_QUALITY=1` turns on the quality mode; see [`quality_mode`].
+pub const QUALITY_ENV: &str = "ATTNROT_QUALITY";
+
+/// Quality mode (opt-in, read once per process): SET_ROWS into a quantized cache stores the
+/// blocks [`crate::quant::best::quantize_row_best`] chooses — the same ggml block type,
+/// readable by every reader (ggml's CPU attention, context shift, session files), never a
+/// larger error than upstream's block. Off (the default), SET_ROWS is bit-exact with the
+/// CPU backend.
+pub fn quality_mode() -> bool {
+    static Q: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *Q.get_or_init(|| env_flag(QUALITY_ENV))
 }
 
 /// Environment variable: `ATTNROT_OPS=set_rows,hadamard,fa` (any subset, comma-separated)
@@ -160,6 +178,11 @@ pub fn claims_summary() -> String {
         format!("claims {}", parts.join("; "))
     };
     s.push_str("; everything else stays on the CPU backend");
+    if quality_mode() {
+        s.push_str(&format!(
+            "; QUALITY MODE ({QUALITY_ENV}=1): quantized cache blocks chosen for the smallest error (same ggml types, not bit-exact with upstream)"
+        ));
+    }
     if on != [true; 3] {
         s.push_str(&format!(" ({OPS_ENV} limits the claims)"));
     }
@@ -400,7 +423,10 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
         unsafe { capture::set_rows(cap, dst, b, bty, &|i| index(i, 0, 0)) };
     }
     let total = nr * ne02 * ne03;
-    let mut nt = threads_for(total * nc, n_threads);
+    let quality = quality_mode();
+    // The quality mode's search costs about ten times the plain quantizer per value.
+    let work = total * nc * if quality { 10 } else { 1 };
+    let mut nt = threads_for(work, n_threads);
     if nt > 1 {
         // Several threads only if no destination row of a plane is written twice.
         let mut seen = vec![0u64; (ne1 as usize).div_ceil(64)];
@@ -458,7 +484,12 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
                             row
                         }
                     };
-                    fmt.quantize_row(x, d).map_err(|e| e.to_string())?;
+                    if quality && dty.is_quantized() {
+                        crate::quant::best::quantize_row_best(dty, x, None, d)
+                    } else {
+                        fmt.quantize_row(x, d)
+                    }
+                    .map_err(|e| e.to_string())?;
                 }
             }
             Ok(())

@@ -14,6 +14,7 @@
 use crate::error::{Error, Result};
 use crate::types::GgmlType;
 
+pub mod best;
 pub mod bf16;
 pub mod f16;
 pub mod fp16;
