@@ -170,3 +170,90 @@ pub fn kld_chart(rows: &[Row], path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// `attnrot stats`: errors vs bits per K value, one panel for the score error and one for the
+/// attention output error (log scale), one series per family of encodings.
+pub fn stats_chart(rows: &[crate::stats::CandidateResult], path: &Path) -> Result<()> {
+    register_font()?;
+    if rows.is_empty() {
+        bail!("no results to chart");
+    }
+    let mut families: Vec<String> = Vec::new();
+    for r in rows {
+        if !families.contains(&r.family) {
+            families.push(r.family.clone());
+        }
+    }
+    let palette = [
+        RGBColor(200, 80, 70),
+        RGBColor(60, 110, 180),
+        RGBColor(110, 170, 220),
+        RGBColor(40, 150, 80),
+        RGBColor(150, 90, 180),
+        RGBColor(230, 150, 40),
+        RGBColor(120, 120, 120),
+        RGBColor(20, 20, 20),
+        RGBColor(180, 160, 60),
+    ];
+    let xmax = rows.iter().map(|r| r.bits_k).fold(0f64, f64::max) + 0.5;
+    let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
+    {
+        let root = BitMapBackend::new(&tmp, (1400, 620)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((1, 2));
+        type Metric = fn(&crate::stats::CandidateResult) -> f64;
+        let metrics: [(&str, Metric); 2] = [
+            ("score error ‖Ŝ−S‖/‖S‖, S = Q·Kᵀ", |r| {
+                r.mean.score_rel_err
+            }),
+            ("attention output error ‖Ô−O‖/‖O‖", |r| {
+                r.mean.out_rel_err
+            }),
+        ];
+        for (panel, (title, f)) in panels.iter().zip(metrics) {
+            let ys: Vec<f64> = rows.iter().map(f).filter(|v| *v > 0.0).collect();
+            let ymin = ys.iter().cloned().fold(f64::MAX, f64::min).max(1e-9) / 1.5;
+            let ymax = ys.iter().cloned().fold(0f64, f64::max).max(ymin * 10.0) * 1.5;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, ("sans-serif", 20))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(70)
+                .build_cartesian_2d(1.5f64..xmax, (ymin..ymax).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_desc("bits per K value (scales/norms counted)")
+                .y_desc("relative error (mean over layers)")
+                .y_label_formatter(&|y| format!("{y:.0e}"))
+                .label_style(("sans-serif", 14))
+                .draw()?;
+            for (fi, fam) in families.iter().enumerate() {
+                let c = palette[fi % palette.len()];
+                let mut pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| &r.family == fam && f(r) > 0.0)
+                    .map(|r| (r.bits_k, f(r)))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let line = fam.starts_with("TurboQuant");
+                if line {
+                    chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+                }
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))?
+                    .label(fam.as_str())
+                    .legend(move |(x, y)| Circle::new((x + 7, y), 5, c.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()?;
+        }
+        root.present()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

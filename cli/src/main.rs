@@ -4,7 +4,9 @@ mod bench;
 mod chart;
 mod check;
 mod eval;
+mod kvstats;
 mod ppl;
+mod stats;
 mod text;
 mod upstream;
 
@@ -24,6 +26,8 @@ enum Cmd {
     Eval(eval::Args),
     /// Speed on a real model: llama-bench pp/tg at several depths, stock vs attnrot, rotation on/off.
     Bench(bench::Args),
+    /// Real K/V, measured: capture Q/K/V from llama.cpp on a calibration text, outlier statistics, and the score/output errors of every ggml format (rotation none/WHT/WHT+signs) vs TurboQuant at matched bits.
+    Stats(stats::Args),
 }
 
 fn main() {
@@ -32,6 +36,7 @@ fn main() {
         Cmd::Check(a) => check::run(a),
         Cmd::Eval(a) => eval::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Stats(a) => stats::run(a),
     };
     if let Err(e) = r {
         // one clear message, no backtrace: what is wrong and (in the message) what to do

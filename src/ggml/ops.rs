@@ -1149,7 +1149,7 @@ mod capture {
             rot_n: rot.unwrap_or(0),
             cache_type: t::ty(dst).map_or("?", |t| t.name()).to_string(),
             head_dim,
-            n_head_kv: if head_dim > 0 { nc / head_dim } else { 0 },
+            n_head_kv: nc.checked_div(head_dim).unwrap_or(0),
             n_kv: 0,
             dv: 0,
             scale: 0.0,

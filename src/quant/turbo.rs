@@ -226,28 +226,60 @@ pub struct MseCode {
     pub idx: Vec<u16>,
 }
 
-/// TurboQuant_mse for vectors of dimension `d` at `bits` bits per coordinate.
+/// TurboQuant_mse for vectors of dimension `d` at `bits` bits per coordinate (optionally
+/// `n_hi` of the rotated coordinates at `bits + 1`: fractional bit rates, like the paper's
+/// 2.5- and 3.5-bit settings; after the random rotation every coordinate has the same
+/// distribution, so which ones get the extra bit does not matter).
 #[derive(Debug, Clone)]
 pub struct TurboMse {
     pub d: usize,
     pub bits: u32,
     pub rot: SignedHadamard,
     pub codebook: Codebook,
+    pub n_hi: usize,
+    pub codebook_hi: Codebook,
 }
 
 impl TurboMse {
     pub fn new(d: usize, bits: u32, seed: u64) -> Result<Self> {
+        Self::new_mixed(d, bits, 0, seed)
+    }
+
+    /// `n_hi` coordinates at `bits + 1` bits, the others at `bits`.
+    pub fn new_mixed(d: usize, bits: u32, n_hi: usize, seed: u64) -> Result<Self> {
+        if n_hi > d {
+            return Err(Error::BadParam(format!(
+                "{n_hi} high-precision coordinates of {d}"
+            )));
+        }
+        let codebook = sphere_codebook(bits, d)?;
+        let codebook_hi = if n_hi > 0 {
+            sphere_codebook(bits + 1, d)?
+        } else {
+            codebook.clone()
+        };
         Ok(Self {
             d,
             bits,
             rot: SignedHadamard::new(d, seed)?,
-            codebook: sphere_codebook(bits, d)?,
+            codebook,
+            n_hi,
+            codebook_hi,
         })
     }
 
-    /// Bits per value: `bits` per coordinate plus a 16-bit norm per vector.
+    fn cb(&self, i: usize) -> &Codebook {
+        if i < self.n_hi {
+            &self.codebook_hi
+        } else {
+            &self.codebook
+        }
+    }
+
+    /// Bits per value: `bits` per coordinate (+1 for the `n_hi` ones) plus a 16-bit norm
+    /// per vector.
     pub fn bits_per_value(&self) -> f64 {
-        self.bits as f64 + 16.0 / self.d as f64
+        self.bits as f64 + (self.n_hi as f64 + 16.0) / self.d as f64
     }
 
     fn check(&self, n: usize) -> Result<()> {
@@ -272,7 +304,8 @@ impl TurboMse {
         let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
         let idx = y
             .iter()
-            .map(|&v| self.codebook.index(v as f64 * inv) as u16)
+            .enumerate()
+            .map(|(i, &v)| self.cb(i).index(v as f64 * inv) as u16)
             .collect();
         Ok(MseCode {
             norm: f16_round(norm as f32),
@@ -285,7 +318,8 @@ impl TurboMse {
         let y: Vec<f32> = c
             .idx
             .iter()
-            .map(|&i| (self.codebook.centroids[i as usize] * c.norm as f64) as f32)
+            .enumerate()
+            .map(|(k, &i)| (self.cb(k).centroids[i as usize] * c.norm as f64) as f32)
             .collect();
         self.rot.inverse(&y, out)
     }
@@ -480,6 +514,26 @@ mod tests {
             );
             assert_eq!(tq.bits_per_value(), bits as f64 + 0.25);
         }
+        // a quarter of the coordinates at 5 bits: distortion between the 4- and 5-bit ones
+        let m = TurboMse::new_mixed(d, 4, 16, 11).unwrap();
+        assert_eq!(m.bits_per_value(), 4.5);
+        let (lo, hi) = (m.codebook.mse * d as f64, m.codebook_hi.mse * d as f64);
+        let mut err = 0f64;
+        let mut out = vec![0f32; d];
+        for _ in 0..3000 {
+            let x: Vec<f32> = (0..d).map(|_| StandardNormal.sample(&mut rng)).collect();
+            let nx: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum();
+            m.roundtrip(&x, &mut out).unwrap();
+            let e: f64 = x
+                .iter()
+                .zip(&out)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum();
+            err += e / nx;
+        }
+        let got = err / 3000.0;
+        let want = 0.75 * lo + 0.25 * hi;
+        assert!((got - want).abs() / want < 0.08, "mixed: {got} vs {want}");
     }
 
     /// The QJL estimate of an inner product is unbiased over the random matrix; so are the
