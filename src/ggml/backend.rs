@@ -107,11 +107,12 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
         || match init_global() {
             Ok(g) => {
                 host::log_info(&format!(
-                    "backend {} registered (host ggml {} commit {}, backend API {})",
+                    "backend {} registered (host ggml {} commit {}, backend API {}; {})",
                     NAME.to_string_lossy(),
                     g.host.version,
                     g.host.commit,
                     host::PINNED_API_VERSION,
+                    host::scope_description(),
                 ));
                 // Loud (WARN): what runs here and what does not, once per process.
                 host::log_warn(&format!(

@@ -2,14 +2,17 @@
 //!
 //! `libattnrot.so` contains no ggml and has no link-time dependency on a ggml symbol (a C
 //! program that uses only the plain C API loads it without any ggml). When it is loaded as a
-//! ggml backend, the few ggml functions it needs are looked up in the host process with
-//! `dlsym(RTLD_DEFAULT, …)`: they live in the host's `libggml-base.so` / `libggml.so`, which
-//! the host loaded before it could `dlopen` us. The CPU backend module (`libggml-cpu*.so`) is
+//! ggml backend, the few ggml functions it needs are looked up in the host process: they live
+//! in the host's `libggml-base.so` / `libggml.so`, which the host loaded before it could
+//! `dlopen` us — in the global scope (`dlsym(RTLD_DEFAULT, …)`) for a normally linked program,
+//! or privately (`RTLD_LOCAL`: Node addons, Python ctypes), where [`super::locate`] finds the
+//! already-loaded copy and looks the symbols up through its handle. The CPU backend module (`libggml-cpu*.so`) is
 //! opened `RTLD_LOCAL` by ggml's loader, so its symbols are *not* visible this way; what we
 //! need from it (the CPU buffer type) is reached through the device registry instead.
 //!
 //! Also here: the pin check. The vtables in `ggml-backend-impl.h` change without a version
 //! bump, so the backend only registers with the exact ggml it was generated from.
+use super::locate::{self, Scope};
 use super::sys;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::OnceLock;
@@ -40,11 +43,39 @@ pub struct Host {
     tensor_overhead: FnSize,
 }
 
+/// Where the host's ggml is (surveyed once, at the first lookup — in `ggml_backend_init`, so
+/// the registry loading us is on the call stack; see [`locate`]).
+fn scope() -> &'static Result<Scope, String> {
+    static SCOPE: OnceLock<Result<Scope, String>> = OnceLock::new();
+    SCOPE.get_or_init(|| locate::choose(&locate::survey()))
+}
+
+/// How the host's ggml was found (for the registration log line).
+pub fn scope_description() -> String {
+    match scope() {
+        Ok(s) => s.describe(),
+        Err(e) => e.clone(),
+    }
+}
+
+/// A host ggml function by name, from the scope [`scope`] chose.
+fn lookup(name: &str) -> Result<*mut libc::c_void, String> {
+    let handle = match scope() {
+        Ok(Scope::Global) => libc::RTLD_DEFAULT,
+        Ok(Scope::Private { handle, .. }) => *handle as *mut libc::c_void,
+        Err(e) => return Err(e.clone()),
+    };
+    // SAFETY: RTLD_DEFAULT, or a registry handle that `survey` keeps open for good.
+    unsafe { locate::dlsym(handle, name) }.ok_or_else(|| {
+        format!(
+            "{name} not found in the host's ggml ({})",
+            scope_description()
+        )
+    })
+}
+
 fn sym(name: &str) -> Option<*mut libc::c_void> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: dlsym with a valid C string; RTLD_DEFAULT searches the global scope.
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) };
-    (!p.is_null()).then_some(p)
+    lookup(name).ok()
 }
 
 fn log_fn() -> Option<FnLog> {
@@ -118,11 +149,7 @@ fn cstr(p: *const c_char) -> String {
 impl Host {
     /// Resolve the host's ggml and check it against the pin.
     pub fn resolve() -> Result<Host, String> {
-        let need = |name: &str| {
-            sym(name).ok_or_else(|| {
-                format!("{name} not found in the host process (is this loaded by a ggml {PINNED_GGML_VERSION} host?)")
-            })
-        };
+        let need = lookup;
         // SAFETY (all transmutes below): the symbols have these C signatures in the pinned
         // ggml.h / ggml-backend.h.
         let version_fn: FnStr = unsafe { std::mem::transmute(need("ggml_version")?) };
