@@ -17,12 +17,90 @@ use super::sys;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::OnceLock;
 
+/// The generated bindings a supported ggml uses (`scripts/gen-bindings.sh`). Two trees whose
+/// `ggml.h`, `ggml-backend.h`, `ggml-cpu.h` and `ggml-backend-impl.h` are byte-identical share
+/// one module; a tree with other headers gets its own module and variant here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bindings {
+    /// [`super::sys`]: the headers of the pin (0c1e57098), identical in v0.5.0 (0ad4a86).
+    Sys,
+}
+
+impl Bindings {
+    /// `GGML_BACKEND_API_VERSION` of the headers the module was generated from.
+    pub const fn api_version(self) -> c_int {
+        match self {
+            Bindings::Sys => sys::GGML_BACKEND_API_VERSION as c_int,
+        }
+    }
+}
+
+/// One ggml build the backend serves: what the host reports, what it needs from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supported {
+    /// `ggml_version()` (ggml/CMakeLists.txt `GGML_VERSION`).
+    pub version: &'static str,
+    /// Commits a build of it may report through `ggml_commit()` (the short hash; `unknown`
+    /// is accepted too, see [`check_version`]).
+    pub commits: &'static [&'static str],
+    /// `GGML_BACKEND_API_VERSION` the host's loader expects in our registry.
+    pub api_version: c_int,
+    /// Struct layouts and op numbering: which generated module describes them.
+    pub bindings: Bindings,
+    /// Where the tree comes from (vendor/README.md has provenance and checksums).
+    pub source: &'static str,
+}
+
+/// The ggml builds this backend serves. Adding one: diff its four headers against an
+/// existing entry's tree (identical → same [`Bindings`]; else generate a module with
+/// `scripts/gen-bindings.sh` and add a variant), add a row, run the tests against it.
+pub const SUPPORTED: &[Supported] = &[
+    Supported {
+        version: "0.25.3",
+        commits: &["0c1e57098"],
+        api_version: 2,
+        bindings: Bindings::Sys,
+        source: "llama.cpp 0c1e57098, the pin (PyPI llama-cpp-python 0.3.36)",
+    },
+    Supported {
+        version: "0.25.1",
+        // 0ad4a86: ggml-org's v0.5.0 tag (what the npm prebuilt @node-llama-cpp/linux-x64
+        // 3.22.1 reports). de3ff81: the same tree as node-llama-cpp's git bundle has it
+        // (one squashed commit), i.e. what a build from that bundle reports.
+        commits: &["0ad4a86", "de3ff81"],
+        api_version: 2,
+        bindings: Bindings::Sys,
+        source: "llama.cpp v0.5.0 0ad4a86 (npm node-llama-cpp 3.22.1)",
+    },
+];
+
+/// The pin: the tree the tests, benches and the in-process reference are built from.
+pub const PIN: &Supported = &SUPPORTED[0];
 /// `GGML_VERSION` of the pinned tree (ggml/CMakeLists.txt: 0.25.3).
-pub const PINNED_GGML_VERSION: &str = "0.25.3";
+pub const PINNED_GGML_VERSION: &str = PIN.version;
 /// The pinned upstream commit (ggml-org/llama.cpp@0c1e57098, vendored by llama-cpp-python 0.3.36).
-pub const PINNED_COMMIT: &str = "0c1e57098";
+pub const PINNED_COMMIT: &str = PIN.commits[0];
 /// `GGML_BACKEND_API_VERSION` of the pinned headers (ggml-backend-impl.h).
-pub const PINNED_API_VERSION: c_int = sys::GGML_BACKEND_API_VERSION as c_int;
+pub const PINNED_API_VERSION: c_int = PIN.api_version;
+
+// Every row's API number is that of its bindings.
+const _: () = {
+    let mut i = 0;
+    while i < SUPPORTED.len() {
+        assert!(SUPPORTED[i].api_version == SUPPORTED[i].bindings.api_version());
+        i += 1;
+    }
+};
+
+/// "ggml 0.25.3 (llama.cpp 0c1e57098, …), ggml 0.25.1 (…)" for refusal messages.
+pub fn supported_list() -> String {
+    SUPPORTED
+        .iter()
+        .map(|s| format!("ggml {} ({})", s.version, s.source))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `sizeof(struct ggml_object)` on 64-bit targets (ggml-impl.h: offs, size, next, type, padding).
 const GGML_OBJECT_SIZE: usize = 32;
 
@@ -35,6 +113,8 @@ type FnLog = unsafe extern "C" fn(sys::ggml_log_level, *const c_char, ...);
 
 /// The ggml functions the backend calls, resolved from the host process.
 pub struct Host {
+    /// The row of [`SUPPORTED`] the host matched.
+    pub build: &'static Supported,
     pub version: String,
     pub commit: String,
     graph_n_nodes: FnNNodes,
@@ -107,35 +187,38 @@ pub fn log_error(msg: &str) {
     log(sys::ggml_log_level_GGML_LOG_LEVEL_ERROR, msg)
 }
 
-/// Does a host ggml that reports `version` / `commit` match the pin? `Err` says why not.
+/// Which supported build is a host ggml that reports `version` / `commit`? `Err` says why
+/// none, naming the supported versions.
 ///
-/// A stock CMake build of the pinned tree from the PyPI sdist reports commit `"unknown"`
-/// (the sdist's `.git` is a dangling submodule pointer, so `git rev-parse` fails); a build
-/// from a git checkout reports the short hash, possibly with `-dirty`. So: the version must
-/// be exactly [`PINNED_GGML_VERSION`], and the commit either `unknown` or a prefix-match of
-/// [`PINNED_COMMIT`] (at least 7 hex digits).
-pub fn check_pin(version: &str, commit: &str) -> Result<(), String> {
-    if version != PINNED_GGML_VERSION {
+/// A stock CMake build from a source archive without git history (the PyPI sdist: its `.git`
+/// is a dangling submodule pointer) reports commit `"unknown"`; a build from a git checkout
+/// reports the short hash, possibly with `-dirty`. So: the version must equal a row's, and the
+/// commit be either `unknown` or a prefix-match (at least 7 hex digits) of one of its commits.
+pub fn check_version(version: &str, commit: &str) -> Result<&'static Supported, String> {
+    let Some(row) = SUPPORTED.iter().find(|s| s.version == version) else {
         return Err(format!(
-            "host ggml version is {version:?}, this backend is built for exactly {PINNED_GGML_VERSION:?} \
-             (llama.cpp {PINNED_COMMIT}); the backend vtables differ between versions"
+            "host ggml version is {version:?} (commit {commit:?}); this backend serves exactly: {} \
+             (the backend vtables differ between versions)",
+            supported_list()
         ));
-    }
+    };
     let c = commit
         .trim()
         .strip_suffix("-dirty")
         .unwrap_or(commit.trim());
     if c == "unknown" {
-        return Ok(());
+        return Ok(row);
     }
     let hex = c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit());
-    let same = hex && (PINNED_COMMIT.starts_with(c) || c.starts_with(PINNED_COMMIT));
-    if !same {
+    let same = |k: &&str| hex && (k.starts_with(c) || c.starts_with(*k));
+    if !row.commits.iter().any(same) {
         return Err(format!(
-            "host ggml {version} is from commit {commit:?}, this backend is built for commit {PINNED_COMMIT}"
+            "host ggml {version} is from commit {commit:?}, this backend serves ggml {version} only from commit {}; supported: {}",
+            row.commits.join(" / "),
+            supported_list()
         ));
     }
-    Ok(())
+    Ok(row)
 }
 
 fn cstr(p: *const c_char) -> String {
@@ -156,8 +239,9 @@ impl Host {
         let commit_fn: FnStr = unsafe { std::mem::transmute(need("ggml_commit")?) };
         let version = cstr(unsafe { version_fn() });
         let commit = cstr(unsafe { commit_fn() });
-        check_pin(&version, &commit)?;
+        let build = check_version(&version, &commit)?;
         let host = Host {
+            build,
             version,
             commit,
             graph_n_nodes: unsafe {
@@ -226,16 +310,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pin_check() {
-        assert!(check_pin("0.25.3", "unknown").is_ok());
-        assert!(check_pin("0.25.3", "0c1e570").is_ok());
-        assert!(check_pin("0.25.3", "0c1e57098").is_ok());
-        assert!(check_pin("0.25.3", "0c1e570-dirty").is_ok());
-        assert!(check_pin("0.25.3", "0c1e5709812345").is_ok());
-        assert!(check_pin("0.25.2", "unknown").is_err());
-        assert!(check_pin("0.25.3.1", "unknown").is_err());
-        assert!(check_pin("0.25.3", "abcdef1").is_err());
-        assert!(check_pin("0.25.3", "0c1e").is_err());
-        assert!(check_pin("0.25.3", "").is_err());
+    fn version_table() {
+        let ok = |v, c| check_version(v, c).map(|s| s.version);
+        // the pin
+        for c in [
+            "unknown",
+            "0c1e570",
+            "0c1e57098",
+            "0c1e570-dirty",
+            "0c1e5709812345",
+        ] {
+            assert_eq!(ok("0.25.3", c), Ok("0.25.3"), "{c}");
+        }
+        // v0.5.0 (npm): the tag's commit and the git bundle's squashed commit
+        for c in [
+            "unknown",
+            "0ad4a86",
+            "0ad4a86ab",
+            "de3ff81",
+            "0ad4a86-dirty",
+        ] {
+            assert_eq!(ok("0.25.1", c), Ok("0.25.1"), "{c}");
+        }
+        assert_eq!(check_version("0.25.1", "0ad4a86").unwrap().api_version, 2);
+        assert_eq!(check_version("0.25.3", "unknown").unwrap(), PIN);
+        // a commit of another row, or none, is refused
+        for (v, c) in [
+            ("0.25.3", "0ad4a86"),
+            ("0.25.1", "0c1e570"),
+            ("0.25.3", "abcdef1"),
+            ("0.25.3", "0c1e"),
+            ("0.25.3", ""),
+            ("0.25.1", "0ad4"),
+        ] {
+            let e = check_version(v, c).unwrap_err();
+            assert!(e.contains("0.25.3") && e.contains("0.25.1"), "{e}");
+        }
+        // other versions: refused, naming what is supported
+        for v in ["0.25.2", "0.25.3.1", "0.26.0", "", "0.25"] {
+            let e = check_version(v, "unknown").unwrap_err();
+            assert!(
+                e.contains("ggml 0.25.3 (llama.cpp 0c1e57098")
+                    && e.contains("ggml 0.25.1 (llama.cpp v0.5.0 0ad4a86"),
+                "{e}"
+            );
+        }
+        // one row per version
+        for (i, a) in SUPPORTED.iter().enumerate() {
+            assert!(SUPPORTED[i + 1..].iter().all(|b| b.version != a.version));
+        }
     }
 }
