@@ -11,13 +11,17 @@
 //!   "AttnRot", a backend created on it, and our registration line arriving through the
 //!   private ggml's logger (`ggml_log_set`: the logger lookup found the right ggml too).
 //! * `python_ctypes_host`: the same with Python's `ctypes.CDLL` (default mode `RTLD_LOCAL`).
+//! * `two_ggml_copies`: the C host with two different ggml builds loaded privately — the
+//!   stock 0.25.3 and the npm prebuilt 0.25.1 (`scripts/fetch-npm-llama.sh`) — loading the
+//!   backend through one of them: it serves the one on its call stack (each way round), and
+//!   refuses when the other one asks for it afterwards (its registry is bound to the first).
 //!
-//! Needs the stock build (`scripts/build-upstream.sh`, cached); a C compiler and python3 are
-//! required in CI, skipped with a printed reason elsewhere.
+//! Needs the stock build (`scripts/build-upstream.sh`, cached); a C compiler, python3 and (for
+//! the two-copies case) npm are required in CI, skipped with a printed reason elsewhere.
 mod common;
 
 use common::{cdylib, have, require, text, upstream_bin};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn out_dir() -> PathBuf {
@@ -36,38 +40,46 @@ fn assert_registered_privately(out: &str) {
         line.contains("private ggml") && line.contains("libggml-base.so"),
         "the backend did not say it found a private ggml: {line}"
     );
-    assert!(
-        !out.contains("refusing to load"),
-        "the backend refused:\n{out}"
-    );
 }
 
-#[test]
-fn c_host_rtld_local() {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    if !require(have(&cc), &format!("no C compiler ({cc})")) {
-        return;
+/// Build `tests/hosts/rtld_local_host.c` (once per test binary run).
+fn c_host() -> Option<PathBuf> {
+    static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        if !require(have(&cc), &format!("no C compiler ({cc})")) {
+            return None;
+        }
+        let exe = out_dir().join("rtld_local_host");
+        let src = common::repo_root().join("tests/hosts/rtld_local_host.c");
+        let o = Command::new(&cc)
+            .args(["-O1", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .arg("-ldl")
+            .output()
+            .expect("run the C compiler");
+        assert!(
+            o.status.success(),
+            "compile {}:\n{}",
+            src.display(),
+            text(&o)
+        );
+        Some(exe)
+    })
+    .clone()
+}
+
+/// Run the C host: backend loaded through `ggml` (base, libggml), optionally with `other`
+/// loaded privately too.
+fn run_c_host(exe: &Path, ggml: (&Path, &Path), other: Option<(&Path, &Path)>) -> (bool, String) {
+    let mut cmd = Command::new(exe);
+    cmd.arg(ggml.0).arg(ggml.1).arg(cdylib());
+    if let Some((b, g)) = other {
+        cmd.arg(b).arg(g);
     }
-    let bin = upstream_bin();
-    let exe = out_dir().join("rtld_local_host");
-    let src = common::repo_root().join("tests/hosts/rtld_local_host.c");
-    let o = Command::new(&cc)
-        .args(["-O1", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&exe)
-        .arg("-ldl")
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        o.status.success(),
-        "compile {}:\n{}",
-        src.display(),
-        text(&o)
-    );
-    let o = Command::new(&exe)
-        .arg(&bin)
-        .arg(cdylib())
+    let o = cmd
         .env_remove("LD_LIBRARY_PATH")
         .env_remove("GGML_BACKEND_PATH")
         .output()
@@ -81,17 +93,66 @@ fn c_host_rtld_local() {
         ),
         "ggml leaked into the global scope, the test proves nothing:\n{out}"
     );
-    assert!(
+    (
         o.status.success() && out.contains("rtld_local_host: ok"),
-        "rtld_local_host failed ({}):\n{out}",
-        o.status
+        out,
+    )
+}
+
+#[test]
+fn c_host_rtld_local() {
+    let Some(exe) = c_host() else { return };
+    let bin = upstream_bin();
+    let (ok, out) = run_c_host(
+        &exe,
+        (&bin.join("libggml-base.so"), &bin.join("libggml.so")),
+        None,
     );
+    assert!(ok, "rtld_local_host failed:\n{out}");
     assert!(out.contains("registry AttnRot, 1 device(s)") && out.contains("device AttnRot"));
+    assert!(!out.contains("refusing to load"), "{out}");
     assert_registered_privately(&out);
     assert!(
         out.contains("it loaded this backend"),
         "the backend did not tell the registry that loaded it from the call stack:\n{out}"
     );
+}
+
+#[test]
+fn two_ggml_copies() {
+    let Some(exe) = c_host() else { return };
+    let stock = upstream_bin();
+    let npm = match common::try_script("fetch-npm-llama.sh", &["install"]) {
+        Ok(p) => p.join("node_modules/@node-llama-cpp/linux-x64/bins/linux-x64"),
+        Err(e) => {
+            let _ = require(false, &format!("npm prebuilt not available: {e}"));
+            return;
+        }
+    };
+    let stock = (stock.join("libggml-base.so"), stock.join("libggml.so"));
+    let npm = (npm.join("libggml-base.so"), npm.join("libggml.v0.5.0.so"));
+    for (first, second, want) in [
+        (&stock, &npm, "host ggml 0.25.3 commit unknown"),
+        (&npm, &stock, "host ggml 0.25.1 commit 0ad4a86"),
+    ] {
+        let (ok, out) = run_c_host(&exe, (&first.0, &first.1), Some((&second.0, &second.1)));
+        assert!(ok, "rtld_local_host failed:\n{out}");
+        assert_registered_privately(&out);
+        let reg = out
+            .lines()
+            .find(|l| l.contains("AttnRot registered"))
+            .unwrap();
+        assert!(
+            reg.contains(want)
+                && reg.contains(first.0.to_str().unwrap())
+                && reg.contains("other ggml copies are loaded too"),
+            "served the wrong ggml: {reg}"
+        );
+        assert!(
+            out.contains("second ggml: refused") && out.contains("already serves"),
+            "the second ggml got a registry bound to the first:\n{out}"
+        );
+    }
 }
 
 const PY_HOST: &str = r#"
@@ -157,4 +218,5 @@ fn python_ctypes_host() {
         o.status
     );
     assert_registered_privately(&out);
+    assert!(!out.contains("refusing to load"), "{out}");
 }

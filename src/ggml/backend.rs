@@ -63,7 +63,9 @@ fn global() -> Option<&'static Global> {
 }
 
 fn init_global() -> Result<&'static Global, String> {
+    let mut first = false;
     let r = GLOBAL.get_or_init(|| {
+        first = true;
         let host = Host::resolve()?;
         let api_version = host.build.api_version;
         let g: &'static mut Global = Box::leak(Box::new(Global {
@@ -90,7 +92,12 @@ fn init_global() -> Result<&'static Global, String> {
     });
     match r {
         // SAFETY: as in `global`.
-        Ok(p) => Ok(unsafe { &*(*p as *const Global) }),
+        Ok(p) => {
+            if !first {
+                host::check_same_host()?;
+            }
+            Ok(unsafe { &*(*p as *const Global) })
+        }
         Err(e) => Err(e.clone()),
     }
 }

@@ -138,6 +138,26 @@ pub fn scope_description() -> String {
     }
 }
 
+/// A later `ggml_backend_init` in the same process: is the ggml loading us now the one this
+/// backend was bound to by the first? (A process with two ggml copies could ask through both;
+/// the registry we return is bound to the first one's functions.)
+pub fn check_same_host() -> Result<(), String> {
+    let now = locate::choose(&locate::survey());
+    match (scope(), now) {
+        (Ok(first), Ok(now)) if first.same_ggml(&now) => Ok(()),
+        (Ok(first), Ok(now)) => Err(format!(
+            "this backend already serves {} in this process; not also {}",
+            first.describe(),
+            now.describe()
+        )),
+        (Ok(first), Err(e)) => Err(format!(
+            "this backend already serves {} in this process; the ggml loading it now is unclear: {e}",
+            first.describe()
+        )),
+        (Err(e), _) => Err(e.clone()),
+    }
+}
+
 /// A host ggml function by name, from the scope [`scope`] chose.
 fn lookup(name: &str) -> Result<*mut libc::c_void, String> {
     let handle = match scope() {

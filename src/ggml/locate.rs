@@ -71,6 +71,15 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The same ggml (the reason it was picked aside)?
+    pub fn same_ggml(&self, other: &Scope) -> bool {
+        match (self, other) {
+            (Scope::Global, Scope::Global) => true,
+            (Scope::Private { handle: a, .. }, Scope::Private { handle: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
     /// One phrase for the registration log line.
     pub fn describe(&self) -> String {
         match self {

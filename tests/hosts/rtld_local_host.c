@@ -2,8 +2,10 @@
  * libggml are dlopen'ed with RTLD_LOCAL, nothing of ggml is in the global scope, and the
  * backend is loaded through that private ggml's own ggml_backend_load.
  *
- * usage: rtld_local_host <dir with libggml-base.so + libggml.so> <backend .so> [extra.so ...]
- *   extra.so: further libraries dlopen'ed RTLD_LOCAL first (e.g. a second ggml copy).
+ * usage: rtld_local_host <libggml-base.so> <libggml.so> <backend .so> [<other base> <other ggml>]
+ *   other base/ggml: a second, different ggml, also dlopen'ed RTLD_LOCAL (before the first);
+ *   after the backend registered through the first ggml, the host also asks the second
+ *   ggml's ggml_backend_load for it and prints "second ggml: refused" or "...: registered".
  * Prints what it sees; exits 0 only when the backend registered with a device "AttnRot",
  * a backend could be created on it, and the backend's log line came through ggml's logger
  * (ggml_log_set of this private ggml). Exit 3: the backend refused (registry NULL). */
@@ -51,19 +53,18 @@ static void * need(void * h, const char * name) {
 }
 
 int main(int argc, char ** argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s <ggml lib dir> <backend.so> [extra.so ...]\n", argv[0]);
+    if (argc != 4 && argc != 6) {
+        fprintf(stderr, "usage: %s <libggml-base.so> <libggml.so> <backend.so> [<other base> <other ggml>]\n", argv[0]);
         return 2;
     }
-    char path[4096];
-    for (int i = 3; i < argc; i++) {
-        open_local(argv[i]);
-        printf("extra library loaded RTLD_LOCAL: %s\n", argv[i]);
+    void * other = NULL;
+    if (argc == 6) {
+        void * other_base = open_local(argv[4]);
+        other = open_local(argv[5]);
+        printf("other ggml %s loaded RTLD_LOCAL\n", ((str_fn) need(other_base, "ggml_version"))());
     }
-    snprintf(path, sizeof path, "%s/libggml-base.so", argv[1]);
-    void * base = open_local(path);
-    snprintf(path, sizeof path, "%s/libggml.so", argv[1]);
-    void * ggml = open_local(path);
+    void * base = open_local(argv[1]);
+    void * ggml = open_local(argv[2]);
 
     /* what the old lookup (dlsym(RTLD_DEFAULT, ...)) would see */
     int global_version = dlsym(RTLD_DEFAULT, "ggml_version") != NULL;
@@ -77,7 +78,7 @@ int main(int argc, char ** argv) {
     str_fn version = (str_fn) need(base, "ggml_version");
     printf("private ggml %s\n", version());
 
-    void * reg = ((load_fn) need(ggml, "ggml_backend_load"))(argv[2]);
+    void * reg = ((load_fn) need(ggml, "ggml_backend_load"))(argv[3]);
     if (!reg) {
         printf("backend refused (ggml_backend_load returned NULL)\n");
         return 3;
@@ -99,6 +100,10 @@ int main(int argc, char ** argv) {
     printf("backend %s\n", ((name_fn) need(base, "ggml_backend_name"))(backend));
     ((free_fn) need(base, "ggml_backend_free"))(backend);
     printf("registration lines through the private ggml logger: %d\n", registered_lines);
+    if (other) {
+        void * reg2 = ((load_fn) need(other, "ggml_backend_load"))(argv[3]);
+        printf("second ggml: %s\n", reg2 ? "registered" : "refused");
+    }
     if (strcmp(reg_name, "AttnRot") != 0 || strcmp(dev_name, "AttnRot") != 0 || registered_lines != 1) {
         return 1;
     }
