@@ -8,7 +8,7 @@
 //! * `supports_op` / `graph_compute`: [`super::ops`];
 //! * `ggml_backend_set_n_threads` through `get_proc_address`;
 //! * `ggml_backend_init` refuses (returns NULL, with a log line) in a host whose ggml is not the
-//!   one of the supported builds ([`super::host::check_version`]); `ggml_backend_score` returns 1.
+//!   one of the supported builds ([`check_version`](crate::ggml::host::check_version)); `ggml_backend_score` returns 1.
 //!
 //! Nothing here links a ggml symbol: the host's functions are resolved at run time
 //! ([`super::host`]). No panic crosses the C ABI: every `extern "C"` body runs in

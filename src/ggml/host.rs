@@ -5,7 +5,7 @@
 //! ggml backend, the few ggml functions it needs are looked up in the host process: they live
 //! in the host's `libggml-base.so` / `libggml.so`, which the host loaded before it could
 //! `dlopen` us — in the global scope (`dlsym(RTLD_DEFAULT, …)`) for a normally linked program,
-//! or privately (`RTLD_LOCAL`: Node addons, Python ctypes), where [`super::locate`] finds the
+//! or privately (`RTLD_LOCAL`: Node addons, Python ctypes), where [`locate`](crate::ggml::locate) finds the
 //! already-loaded copy and looks the symbols up through its handle. The CPU backend module (`libggml-cpu*.so`) is
 //! opened `RTLD_LOCAL` by ggml's loader, so its symbols are *not* visible this way; what we
 //! need from it (the CPU buffer type) is reached through the device registry instead.

@@ -12,7 +12,7 @@
 //!    *registry*, `libggml.so`, whose dependency scope contains its ggml-base); `dladdr` on the
 //!    answer names the object that really defines it, so a library that merely depends on
 //!    ggml (libllama, the Node addon) is not counted twice;
-//! 2. [`choose`] decides: one ggml copy reachable globally → `RTLD_DEFAULT` (as before); one
+//! 2. [`choose`](crate::ggml::locate::choose) decides: one ggml copy reachable globally → `RTLD_DEFAULT` (as before); one
 //!    copy reachable only privately → its registry's handle; several copies → the registry
 //!    whose code is on the call stack of `ggml_backend_init` (it is the one loading us), else
 //!    refuse with one line naming the copies.
