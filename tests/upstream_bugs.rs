@@ -13,7 +13,7 @@
 //!   dequantize, rotate back, RoPE, rotate, re-quantize — works with attnrot).
 mod common;
 
-use common::{cdylib, model, require, text, upstream_bin};
+use common::{cdylib, model, text, upstream_bin};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -142,7 +142,8 @@ fn context_shift_with_quantized_k_and_rotation_off_crashes() {
         );
     }
     // where: gdb's backtrace of the stock crash names build_rope_shift
-    if require(common::have("gdb"), "gdb not found: crash site not checked") {
+    // (an extra check: without gdb the crash itself is still asserted above)
+    if common::have("gdb") {
         let g = completion(&bin, false, false, true);
         let t = text(&g);
         let frame0 = t
@@ -154,5 +155,7 @@ fn context_shift_with_quantized_k_and_rotation_off_crashes() {
             "the crash is not in build_rope_shift any more: {frame0}\n{t}"
         );
         eprintln!("stock crash site: {}", &frame0[..frame0.len().min(120)]);
+    } else {
+        eprintln!("gdb not found: the crash site (build_rope_shift) is not checked");
     }
 }
