@@ -17,6 +17,8 @@ pub mod sys;
 pub mod backend;
 /// The host's ggml, resolved at run time; the pin check.
 pub mod host;
+/// Where the host's ggml lives (global or `RTLD_LOCAL`).
+pub mod locate;
 /// What the backend claims and computes.
 pub mod ops;
 /// The threads the backend's kernels run on (the host's OpenMP team).
