@@ -4,8 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The workspace root (this module is also included by the CLI crate's tests, one level down).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if d.join("scripts").is_dir() {
+        d
+    } else {
+        d.parent().expect("cli/ has a parent").to_path_buf()
+    }
 }
 
 /// `target/<profile>/libattnrot.so`, found from the test's own path (`target/<profile>/deps/…`).
