@@ -29,7 +29,7 @@ pub struct BlockQ4_0 {
 /// keeps the low byte, so callers take `as i8` / `as u8` of this.
 #[inline(always)]
 pub(crate) fn cvtt_i32(v: f32) -> i32 {
-    if v >= -2_147_483_648.0 && v < 2_147_483_648.0 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&v) {
         v as i32
     } else {
         i32::MIN

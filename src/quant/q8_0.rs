@@ -39,7 +39,7 @@ fn maxps(a: f32, b: f32) -> f32 {
 /// `_mm256_cvtps_epi32` on one (already integral) lane: NaN and out-of-range give `i32::MIN`.
 #[inline(always)]
 pub(crate) fn cvtps_epi32(v: f32) -> i32 {
-    if v >= -2147483648.0 && v < 2147483648.0 {
+    if (-2147483648.0..2147483648.0).contains(&v) {
         v as i32
     } else {
         i32::MIN

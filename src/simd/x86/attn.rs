@@ -272,7 +272,7 @@ const P: [f32; 6] = [
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    5e-1, // Cephes' 5.0000001201e-1 rounds to exactly 0.5 in f32
 ];
 
 #[inline(always)]
@@ -566,7 +566,7 @@ pub unsafe fn qk_fused_avx512<const F: u8>(
 ) {
     unsafe {
         let n32 = dk / 32;
-        let tail = dk % 32 != 0;
+        let tail = !dk.is_multiple_of(32);
         let rb = match F {
             FMT_F16 => 2 * dk,
             FMT_Q8_0 => dk / 32 * 34,
@@ -755,7 +755,7 @@ unsafe fn pv_fused_rows<const F: u8, const R: usize>(
         if g < n32 {
             pv_fused_block::<F, R, 1>(p, v, nb1, active, o, m, g, dvp, pf);
         }
-        if dv % 32 != 0 {
+        if !dv.is_multiple_of(32) {
             pv_fused_tail16::<R>(p, v, nb1, active, o, m, 2 * n32, dvp);
         }
     }
