@@ -694,6 +694,8 @@ pub fn capi_attention(data: &[u8]) {
         return;
     };
     let mask_ok = p.mask_type == GgmlType::F32 as i32 || p.mask_type == GgmlType::F16 as i32;
+    // mirrors attn::plan's `max_bias > 0.0 && mask.is_none()`; clippy's rewrite differs for NaN
+    #[allow(clippy::nonminimal_bool)]
     let valid = p.flags == 0
         && (0..=1024).contains(&p.n_threads)
         && mask_ok
@@ -1150,8 +1152,11 @@ pub fn diff_quant(data: &[u8]) {
     }
 }
 
+/// A fuzz body: takes the raw fuzzer input.
+pub type Body = fn(&[u8]);
+
 /// Every body by target name (for the corpus replay).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("capi_queries", capi_queries),
     ("capi_quantize", capi_quantize),
     ("capi_dequantize", capi_dequantize),

@@ -318,7 +318,9 @@ impl Kernels {
         dv: usize,
         pf: usize,
     ) {
-        assert!(dv <= dvp && dvp.is_multiple_of(16) && p.len() >= mr * TILE_KV && o.len() >= mr * dvp);
+        assert!(
+            dv <= dvp && dvp.is_multiple_of(16) && p.len() >= mr * TILE_KV && o.len() >= mr * dvp
+        );
         assert!(self.fused(ty_of(f), dv) == Some(f));
         assert!(rows_inside(v.len(), base, nb1, active, f.row_bytes(dv)));
         if active.is_empty() {
@@ -406,7 +408,10 @@ impl Kernels {
     /// rows, no transposed packing). `mp` a multiple of 4.
     pub fn qk_rows(&self, q: &[f32], k: &[f32], s: &mut [f32], mp: usize, dk: usize) {
         assert!(
-            mp.is_multiple_of(4) && q.len() >= mp * dk && k.len() >= dk * TILE_KV && s.len() >= mp * TILE_KV
+            mp.is_multiple_of(4)
+                && q.len() >= mp * dk
+                && k.len() >= dk * TILE_KV
+                && s.len() >= mp * TILE_KV
         );
         #[cfg(target_arch = "x86_64")]
         match self.isa {

@@ -15,7 +15,7 @@ use crate::types::GgmlType;
 pub struct BlockQ4_0 {
     /// scale (f16 bits)
     pub d: [u8; 2],
-    /// nibbles: element j in the low nibble of qs[j], element j+16 in the high one
+    /// nibbles: element j in the low nibble of `qs[j]`, element j+16 in the high one
     pub qs: [u8; 16],
 }
 
