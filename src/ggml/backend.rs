@@ -12,7 +12,7 @@
 //!
 //! Nothing here links a ggml symbol: the host's functions are resolved at run time
 //! ([`super::host`]). No panic crosses the C ABI: every `extern "C"` body runs in
-//! [`guard`], which logs the panic and returns a failure value.
+//! `guard`, which logs the panic and returns a failure value.
 use super::host::{self, Host};
 use super::ops;
 use super::sys;
