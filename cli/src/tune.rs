@@ -130,7 +130,10 @@ pub fn run(a: Args) -> Result<()> {
     };
     let log = crate::stats::capture_run(&sa, &dir, &model, &text)?;
     if log.contains("capture limit of") {
-        bail!("the capture reached --max-mb {}: raise it or use fewer --chunks", a.max_mb);
+        bail!(
+            "the capture reached --max-mb {}: raise it or use fewer --chunks",
+            a.max_mb
+        );
     }
     let events = capture::read_manifest(&dir).map_err(anyhow::Error::msg)?;
     let qs: Vec<_> = events.iter().filter(|e| e.kind == Kind::Q).collect();

@@ -175,7 +175,11 @@ fn context_shift_in_quality_mode() {
     let shifts = log.matches("context full, swapping").count();
     assert!(shifts >= 2, "{shifts} context shifts:\n{}", tail(&log, 40));
     let generated = text.strip_prefix(PROMPT).unwrap_or(&text);
-    assert!(generated.len() > 1500, "only {} bytes generated", generated.len());
+    assert!(
+        generated.len() > 1500,
+        "only {} bytes generated",
+        generated.len()
+    );
     // the text after the last shift is still text
     let last = &generated[generated.len() - 600..];
     let last = &last[last.find(char::is_whitespace).unwrap_or(0)..];
@@ -192,7 +196,11 @@ fn session_round_trip_in_quality_mode() {
     let args = ["-n", "24", "--prompt-cache", s];
     let (first, log1) = completion(&args, Mode::Policy(&e.policy), &[]);
     assert_quality_active(&log1);
-    assert!(session.is_file(), "no session file written:\n{}", tail(&log1, 30));
+    assert!(
+        session.is_file(),
+        "no session file written:\n{}",
+        tail(&log1, 30)
+    );
     let (again, log2) = completion(&args, Mode::Policy(&e.policy), &[]);
     assert!(
         log2.contains("loaded a session"),
@@ -204,7 +212,10 @@ fn session_round_trip_in_quality_mode() {
     let ro = ["-n", "24", "--prompt-cache", s, "--prompt-cache-ro"];
     let (stock, log3) = completion(&ro, Mode::Stock, &[]);
     assert!(log3.contains("loaded a session"), "{}", tail(&log3, 30));
-    assert!(!log3.contains("AttnRot"), "the stock run loaded our backend");
+    assert!(
+        !log3.contains("AttnRot"),
+        "the stock run loaded our backend"
+    );
     let generated = stock.strip_prefix(PROMPT).unwrap_or(&stock);
     assert!(
         generated.split_whitespace().count() >= 8,
@@ -259,7 +270,9 @@ fn cpu_attention_reads_quality_blocks() {
         &[("ATTNROT_OPS", "set_rows,hadamard")],
     );
     let tol = ours_err.hypot(cpu_err);
-    eprintln!("PPL quality with our attention {ours} ± {ours_err}, with the CPU's {cpu} ± {cpu_err}");
+    eprintln!(
+        "PPL quality with our attention {ours} ± {ours_err}, with the CPU's {cpu} ± {cpu_err}"
+    );
     assert!(
         (ours - cpu).abs() <= tol,
         "PPL with our attention {ours} vs the CPU's over the same blocks {cpu} (± {tol})"
@@ -302,7 +315,10 @@ fn bad_policies_fall_back_to_exact_mode() {
         (&other, "the policy does not match this model"),
     ] {
         let (text, log) = completion(&args, Mode::Policy(p), &[]);
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("ATTNROT_POLICY")).collect();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ATTNROT_POLICY"))
+            .collect();
         assert!(
             lines.iter().any(|l| l.contains(want)),
             "{}: no log line saying '{want}':\n{}",

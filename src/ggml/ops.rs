@@ -448,8 +448,7 @@ where
     });
     results
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .collect()
+        .try_for_each(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 thread_local! {
@@ -515,7 +514,13 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
     let total = nr * ne02 * ne03;
     let mode = write_mode(dst, b, nc);
     // The quality mode's search costs about ten times the plain quantizer per value.
-    let work = total * nc * if matches!(mode, WriteMode::Exact) { 1 } else { 10 };
+    let work = total
+        * nc
+        * if matches!(mode, WriteMode::Exact) {
+            1
+        } else {
+            10
+        };
     let mut nt = threads_for(work, n_threads);
     if nt > 1 {
         // Several threads only if no destination row of a plane is written twice.

@@ -100,7 +100,7 @@ impl HeadMetric {
             }
         }
         let mean_diag = (0..d).map(|i| hd[i * d + i]).sum::<f64>() / d as f64;
-        if !(mean_diag > 0.0) {
+        if mean_diag.is_nan() || mean_diag <= 0.0 {
             return Err(Error::BadShape("metric with a zero diagonal".into()));
         }
         for i in 0..d {
@@ -156,7 +156,7 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
         for j in 0..=i {
             let s = a[i * d + j] - (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum::<f64>();
             if i == j {
-                if !(s > 0.0) {
+                if s.is_nan() || s <= 0.0 {
                     return None;
                 }
                 l[i * d + i] = s.sqrt();
@@ -872,9 +872,13 @@ mod tests {
         let eye: Vec<f32> = (0..32 * 32).map(|k| f32::from(k / 32 == k % 32)).collect();
         let m = HeadMetric::new(&eye, 32, 0.01).unwrap();
         let mut y = [0u8; 36];
-        assert!(
-            quantize_row_best_metric(GgmlType::Q4_0, &[1.0; 64], &[m.clone()], &mut y).is_err()
-        );
+        assert!(quantize_row_best_metric(
+            GgmlType::Q4_0,
+            &[1.0; 64],
+            std::slice::from_ref(&m),
+            &mut y
+        )
+        .is_err());
         assert!(
             quantize_row_best_metric(GgmlType::Q4_0, &[1.0; 64], &[m.clone(), m], &mut y).is_ok()
         );

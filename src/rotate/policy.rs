@@ -80,8 +80,12 @@ impl PolicyData<'_> {
         });
         let bytes: Vec<(String, Vec<u8>)> = (0..f.n_layer)
             .flat_map(|l| {
-                [("rot", &self.rot[l]), ("plain", &self.plain[l])]
-                    .map(|(s, m)| (tensor_name(s, l), m.iter().flat_map(|v| v.to_le_bytes()).collect()))
+                [("rot", &self.rot[l]), ("plain", &self.plain[l])].map(|(s, m)| {
+                    (
+                        tensor_name(s, l),
+                        m.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    )
+                })
             })
             .collect();
         let shape = vec![f.n_head_kv, f.head_dim_k, f.head_dim_k];
@@ -101,7 +105,8 @@ impl PolicyData<'_> {
 impl Policy {
     /// Read and check a policy file. `Err` says what is wrong, in one line.
     pub fn load(path: &Path) -> Result<Policy, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Policy::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -117,7 +122,9 @@ impl Policy {
         let meta: serde_json::Value =
             serde_json::from_str(meta).map_err(|e| format!("bad policy metadata: {e}"))?;
         let num = |k: &str| -> Result<u64, String> {
-            meta[k].as_u64().ok_or(format!("policy metadata without {k}"))
+            meta[k]
+                .as_u64()
+                .ok_or(format!("policy metadata without {k}"))
         };
         let version = num("version")?;
         if version != POLICY_VERSION {
@@ -134,14 +141,18 @@ impl Policy {
         if f.n_layer == 0 || f.n_layer > 4096 || f.n_head_kv == 0 || f.n_head_kv > 1024 {
             return Err(format!("implausible model fingerprint {f:?}"));
         }
-        let damping = meta["damping"].as_f64().ok_or("policy metadata without damping")?;
+        let damping = meta["damping"]
+            .as_f64()
+            .ok_or("policy metadata without damping")?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| format!("bad tensors ({e})"))?;
         let d = f.head_dim_k;
         let mut spaces: [Vec<Vec<HeadMetric>>; 2] = [Vec::new(), Vec::new()];
         for (si, space) in ["rot", "plain"].into_iter().enumerate() {
             for l in 0..f.n_layer {
                 let name = tensor_name(space, l);
-                let t = st.tensor(&name).map_err(|_| format!("tensor {name} missing"))?;
+                let t = st
+                    .tensor(&name)
+                    .map_err(|_| format!("tensor {name} missing"))?;
                 if t.dtype() != Dtype::F32 || t.shape() != [f.n_head_kv, d, d] {
                     return Err(format!(
                         "tensor {name} is {:?} {:?}, expected F32 [{}, {d}, {d}]",
@@ -254,18 +265,22 @@ mod tests {
         };
         let bytes = good.to_bytes().unwrap();
         for cut in [8, 100, bytes.len() - 1] {
-            let e = Policy::from_bytes(&bytes[..cut]).err().expect("truncated file accepted");
+            let e = Policy::from_bytes(&bytes[..cut]).expect_err("truncated file accepted");
             assert!(!e.contains('\n'), "{e}");
         }
         // a plain safetensors file without our metadata
         let b = vec![0u8; 16];
         let v = TensorView::new(Dtype::F32, vec![4], &b).unwrap();
         let other = safetensors::serialize([("x", v)], None).unwrap();
-        assert!(Policy::from_bytes(&other).unwrap_err().contains("attnrot_policy"));
+        assert!(Policy::from_bytes(&other)
+            .unwrap_err()
+            .contains("attnrot_policy"));
         // NaN in a metric
         let mut bad = m.clone();
         bad[1][5] = f32::NAN;
         let bytes = PolicyData { rot: &bad, ..good }.to_bytes().unwrap();
-        assert!(Policy::from_bytes(&bytes).unwrap_err().contains("k_metric.rot.l1"));
+        assert!(Policy::from_bytes(&bytes)
+            .unwrap_err()
+            .contains("k_metric.rot.l1"));
     }
 }
