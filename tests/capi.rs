@@ -40,7 +40,11 @@ impl Misaligned {
     }
     fn ptr(&mut self) -> *mut f32 {
         let p = self.buf.as_mut_ptr();
-        let off = if (p as usize + 1) % 4 == 0 { 2 } else { 1 };
+        let off = if (p as usize + 1).is_multiple_of(4) {
+            2
+        } else {
+            1
+        };
         p.wrapping_add(off).cast()
     }
 }
@@ -86,7 +90,7 @@ fn queries() {
             let mut raw = [0u8; 16];
             let mis = raw
                 .as_mut_ptr()
-                .wrapping_add(if (raw.as_ptr() as usize) % 8 == 0 {
+                .wrapping_add(if (raw.as_ptr() as usize).is_multiple_of(8) {
                     1
                 } else {
                     0
@@ -604,7 +608,7 @@ fn ggml_shaped_bad_input_writes_nothing() {
                     1,
                 );
                 let sp: *mut f32 = y.as_mut_ptr().add(4).cast();
-                if (sp as usize) % 4 == 0 {
+                if (sp as usize).is_multiple_of(4) {
                     vd(
                         n as i32,
                         sp,
@@ -704,7 +708,7 @@ fn attention_arguments() {
     let k = vec![0u8; 2 * 64 * 68];
     let v = vec![0u8; 2 * 64 * 36];
     let mask = vec![0f32; 3 * 64];
-    let sinks = vec![0f32; 4];
+    let sinks = [0f32; 4];
     let mut out = vec![5.0f32; 3 * 4 * 64];
     let call = |p: &attnrot_attn_params,
                 q: *const f32,

@@ -129,7 +129,7 @@ fn rust_fns(src: &str) -> BTreeMap<String, Sig> {
         let ret = tail[..body].trim();
         let ret = ret
             .strip_prefix("->")
-            .map(|r| c_type(r))
+            .map(c_type)
             .unwrap_or_else(|| "void".into());
         assert!(
             out.insert(name.clone(), Sig { ret, params }).is_none(),

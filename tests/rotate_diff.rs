@@ -549,14 +549,15 @@ fn bad_input_is_an_error() {
 fn plan_follows_upstream_rule_table() {
     use GgmlType::*;
     // (head_k, head_v, type_k, type_v) -> (k, v)
-    let table: &[(
+    type PlanRow = (
         usize,
         usize,
         GgmlType,
         GgmlType,
         Option<usize>,
         Option<usize>,
-    )] = &[
+    );
+    let table: &[PlanRow] = &[
         (64, 64, Q4_0, Q4_0, Some(64), Some(64)),
         (128, 128, Q8_0, Q8_0, Some(128), Some(64)),
         (256, 256, Q4_1, Q5_0, Some(256), Some(64)),
