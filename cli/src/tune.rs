@@ -148,6 +148,7 @@ pub fn run(a: Args) -> Result<()> {
         .unwrap(),
     );
     let mut acc: BTreeMap<u32, Acc> = BTreeMap::new();
+    let mut kv = collect_kv_rows(&dir, &events)?;
     let mut row = Vec::new();
     for e in qs {
         let (data, _) = capture::read_event(&dir, e).map_err(anyhow::Error::msg)?;
@@ -217,6 +218,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let rot: Vec<Vec<f32>> = acc.values().map(|a| Acc::finish(&a.rot, a.n)).collect();
     let plain: Vec<Vec<f32>> = acc.values().map(|a| Acc::finish(&a.plain, a.n)).collect();
+    let (rotate_k, rotate_v) = rotation_choice(&mut kv, &rot, &plain, &fingerprint, a.damping)?;
     let queries: u64 = acc.values().map(|a| a.n).sum();
     let bytes = PolicyData {
         fingerprint: fingerprint.clone(),
@@ -230,6 +232,8 @@ pub fn run(a: Args) -> Result<()> {
         damping: a.damping,
         rot: &rot,
         plain: &plain,
+        rotate_k,
+        rotate_v,
     }
     .to_bytes()
     .map_err(anyhow::Error::msg)?;
@@ -254,6 +258,149 @@ pub fn run(a: Args) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// K or V rows of one layer, as captured (rotated by llama.cpp or not) and in the other space.
+struct Rows {
+    width: usize,
+    rot: Vec<f32>,
+    plain: Vec<f32>,
+}
+
+/// Rows per layer and side used to choose the rotation.
+const ROWS_PER_LAYER: usize = 256;
+
+/// Up to [`ROWS_PER_LAYER`] K and V rows of every layer, in both spaces: `[layer][k, v]`.
+fn collect_kv_rows(
+    dir: &Path,
+    events: &[capture::Event],
+) -> Result<BTreeMap<u32, [Option<Rows>; 2]>> {
+    let mut out: BTreeMap<u32, [Option<Rows>; 2]> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind != Kind::Q) {
+        let side = usize::from(e.kind == Kind::V);
+        let slot = &mut out.entry(e.layer).or_default()[side];
+        if slot
+            .as_ref()
+            .is_some_and(|r| r.rot.len() / r.width >= ROWS_PER_LAYER)
+        {
+            continue;
+        }
+        let (data, _) = capture::read_event(dir, e).map_err(anyhow::Error::msg)?;
+        let [n, width] = e.shape[..] else {
+            bail!("{}: a K/V tensor of shape {:?}", e.file, e.shape);
+        };
+        let take = n.min(ROWS_PER_LAYER - slot.as_ref().map_or(0, |r| r.rot.len() / r.width));
+        let r = slot.get_or_insert_with(|| Rows {
+            width,
+            rot: Vec::new(),
+            plain: Vec::new(),
+        });
+        if r.width != width || e.rot_n == 0 || !width.is_multiple_of(e.rot_n) {
+            bail!("{}: rows of {width} values, rotation {}", e.file, e.rot_n);
+        }
+        let x = &data[..take * width];
+        let mut other = x.to_vec();
+        for c in other.chunks_exact_mut(e.rot_n) {
+            attnrot::rotate::rotate_inplace(e.rot_n, c)?;
+        }
+        let (rot, plain) = if e.rotated {
+            (x.to_vec(), other)
+        } else {
+            (other, x.to_vec())
+        };
+        r.rot.extend_from_slice(&rot);
+        r.plain.extend_from_slice(&plain);
+    }
+    Ok(out)
+}
+
+/// For every quantized cache type: rotate K if that lowers the score error of the quality
+/// mode's K blocks (`eᵀ·H·e` with the layer's metric; the rotation is orthogonal, so both
+/// spaces measure the same score error), rotate V if it lowers V's squared error. Ties keep
+/// upstream's rule (rotate). Prints the measurements.
+#[allow(clippy::type_complexity)]
+fn rotation_choice(
+    kv: &mut BTreeMap<u32, [Option<Rows>; 2]>,
+    rot: &[Vec<f32>],
+    plain: &[Vec<f32>],
+    f: &Fingerprint,
+    damping: f64,
+) -> Result<(BTreeMap<String, bool>, BTreeMap<String, bool>)> {
+    use attnrot::quant::best::{quantize_row_best, quantize_row_best_metric, HeadMetric};
+    use attnrot::GgmlType;
+    let d = f.head_dim_k;
+    let metrics = |m: &[Vec<f32>]| -> Result<Vec<Vec<HeadMetric>>> {
+        m.iter()
+            .map(|l| {
+                l.chunks_exact(d * d)
+                    .map(|h| HeadMetric::new(h, d, damping))
+                    .collect::<attnrot::Result<Vec<_>>>()
+                    .map_err(anyhow::Error::from)
+            })
+            .collect()
+    };
+    let (m_rot, m_plain) = (metrics(rot)?, metrics(plain)?);
+    let types = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+    ];
+    let (mut rk, mut rv) = (BTreeMap::new(), BTreeMap::new());
+    println!("rotation choice (quality mode, calibration rows; rotated / unrotated error):");
+    println!(
+        "{:<8} {:>16} {:>6} {:>16} {:>6}",
+        "type", "K score error", "rot K", "V sq. error", "rot V"
+    );
+    for ty in types {
+        let mut err = [[0f64; 2]; 2]; // [side][rot, plain]
+        for (layer, sides) in kv.iter_mut() {
+            let l = *layer as usize;
+            for (side, rows) in sides.iter().enumerate() {
+                let Some(r) = rows else { continue };
+                let bytes = ty.row_bytes(r.width)?;
+                let mut q = vec![0u8; bytes];
+                let mut y = vec![0f32; r.width];
+                for (si, (xs, m)) in [(&r.rot, &m_rot), (&r.plain, &m_plain)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for x in xs.chunks_exact(r.width) {
+                        if side == 0 {
+                            quantize_row_best_metric(ty, x, &m[l], &mut q)?;
+                        } else {
+                            quantize_row_best(ty, x, None, &mut q)?;
+                        }
+                        attnrot::quant::format(ty)?.dequantize_row(&q, &mut y)?;
+                        let e: Vec<f64> = x.iter().zip(&y).map(|(a, b)| (*a - *b) as f64).collect();
+                        err[side][si] += if side == 0 {
+                            e.chunks_exact(d)
+                                .zip(&m[l])
+                                .map(|(eh, hm)| hm.cost(eh))
+                                .sum::<f64>()
+                        } else {
+                            e.iter().map(|v| v * v).sum::<f64>()
+                        };
+                    }
+                }
+            }
+        }
+        let k = err[0][0] <= err[0][1];
+        let v = err[1][0] <= err[1][1];
+        rk.insert(ty.name().to_string(), k);
+        rv.insert(ty.name().to_string(), v);
+        println!(
+            "{:<8} {:>16.3} {:>6} {:>16.3} {:>6}",
+            ty.name(),
+            err[0][0] / err[0][1],
+            if k { "on" } else { "off" },
+            err[1][0] / err[1][1],
+            if v { "on" } else { "off" }
+        );
+    }
+    Ok((rk, rv))
 }
 
 struct Cleanup(PathBuf);

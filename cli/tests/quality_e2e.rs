@@ -304,6 +304,8 @@ fn bad_policies_fall_back_to_exact_mode() {
         damping: 0.01,
         rot: &m,
         plain: &m,
+        rotate_k: Default::default(),
+        rotate_v: Default::default(),
     }
     .to_bytes()
     .unwrap();

@@ -154,7 +154,9 @@ fn write_mode(dst: &sys::ggml_tensor, rows: &sys::ggml_tensor, nc: usize) -> Wri
     match capture::cache_layer(dst) {
         Some((true, layer)) => match p.check_k_row(layer as usize, nc) {
             Ok(()) => {
-                let rotated = capture::rotation_of(rows).is_some();
+                // llama.cpp rotated these rows, unless the policy made its rotation the identity
+                let rotated =
+                    capture::rotation_of(rows).is_some() && dty.is_some_and(|t| p.rotates(true, t));
                 match p.k_metric(layer as usize, rotated) {
                     Some(m) => WriteMode::Metric(m),
                     None => WriteMode::Search,
@@ -285,8 +287,74 @@ pub fn claims_summary() -> String {
     s
 }
 
+/// The KV cache types this process writes (`[K, V]`, ggml type id + 1; 0 = not seen yet),
+/// learnt from the SET_ROWS nodes llama.cpp asks about while it plans its graphs (before any
+/// node runs). The rotation policy is looked up by them.
+static CACHE_TYPES: [std::sync::atomic::AtomicU32; 2] = [
+    std::sync::atomic::AtomicU32::new(0),
+    std::sync::atomic::AtomicU32::new(0),
+];
+
+fn cache_type(is_k: bool) -> Option<GgmlType> {
+    let v = CACHE_TYPES[usize::from(!is_k)].load(std::sync::atomic::Ordering::Relaxed);
+    v.checked_sub(1).and_then(|id| GgmlType::from_id(id as i64))
+}
+
+/// The side of a Hadamard product, from its matrix: llama.cpp's `attn_inp_k_rot` (Q, K and
+/// context shift's K products) or `attn_inp_v_rot` (V and the attention output)
+/// (`build_input_k_rot` / `build_input_v_rot`, src/llama-kv-cache.cpp). `None`: another graph.
+fn hadamard_side(node: &sys::ggml_tensor) -> Option<bool> {
+    let a = src(node, 0).ok()?;
+    match t::name(a).as_str() {
+        "attn_inp_k_rot" => Some(true),
+        "attn_inp_v_rot" => Some(false),
+        _ => None,
+    }
+}
+
+/// Does the policy make this Hadamard product the identity (its side's rotation off for
+/// the cache type in use)?
+fn hadamard_is_identity(node: &sys::ggml_tensor) -> bool {
+    if !quality_mode() {
+        return false;
+    }
+    let (Some(p), Some(side)) = (policy(), hadamard_side(node)) else {
+        return false;
+    };
+    cache_type(side).is_some_and(|ty| !p.rotates(side, ty))
+}
+
 /// Is `t` something the backend does? `Err` carries the reason it is refused.
+///
+/// With a policy that turns a rotation off, every Hadamard product of that side must be
+/// ours (we compute the identity for it): one we cannot take would rotate what the others
+/// leave alone, so the policy is dropped (one log line, exact mode) before anything runs.
 pub fn classify(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
+    let r = classify_node(node);
+    match (&r, node.op) {
+        (Ok(Kind::SetRows), _) => {
+            if let (Some((is_k, _)), Some(ty)) = (capture::cache_layer(node), t::ty(node)) {
+                CACHE_TYPES[usize::from(!is_k)]
+                    .store(ty as u32 + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        (Err(why), sys::ggml_op_GGML_OP_MUL_MAT)
+            if t::param_i32(node, 1) == sys::ggml_op_hint_GGML_HINT_SRC0_IS_HADAMARD as i32
+                && quality_mode()
+                && policy().is_some_and(|p| p.disables_rotation()) =>
+        {
+            if !POLICY_REJECTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                super::host::log_error(&format!(
+                    "{POLICY_ENV}: a Hadamard product stays on another backend ({why}), so a rotation the policy turns off cannot be turned off everywhere; the backend is in exact mode"
+                ));
+            }
+        }
+        _ => {}
+    }
+    r
+}
+
+fn classify_node(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
     if t::is_noop(node.op) {
         return Ok(Kind::NoOp);
     }
@@ -652,6 +720,10 @@ unsafe fn hadamard(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
     if x.data.is_null() || dst.data.is_null() {
         return Err("tensor without data".into());
     }
+    if hadamard_is_identity(dst) {
+        // SAFETY: caller's contract (shapes and strides checked by hadamard_ok).
+        return unsafe { identity(x, xty, dst) };
+    }
     let es = xty.block_bytes();
     let (xs, ds) = (x.nb[1] / es, dst.nb[1] / 4);
     let src_len = (rows - 1) * xs + n;
@@ -725,6 +797,42 @@ unsafe fn hadamard(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
                     crate::rotate::rotate_rows_f16(n, n, rows, &tmp, xs, d, ds)
                 };
                 r.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The policy's "no rotation": `dst = x` (f32 or f16 rows), through a buffer per row so a
+/// source overlapping its destination is safe.
+///
+/// # Safety
+/// As [`hadamard`].
+unsafe fn identity(
+    x: &sys::ggml_tensor,
+    xty: GgmlType,
+    dst: &sys::ggml_tensor,
+) -> Result<(), String> {
+    let [n, rows, ne12, ne13] = t::dims(x).ok_or("dims")?;
+    let mut row = vec![0f32; n];
+    for i13 in 0..ne13 {
+        for i12 in 0..ne12 {
+            for r in 0..rows {
+                // SAFETY: offsets inside the extents (caller).
+                unsafe {
+                    let sp = (x.data as *const u8).add(r * x.nb[1] + i12 * x.nb[2] + i13 * x.nb[3]);
+                    let dp = (dst.data as *mut u8)
+                        .add(r * dst.nb[1] + i12 * dst.nb[2] + i13 * dst.nb[3]);
+                    if xty == GgmlType::F32 {
+                        std::ptr::copy_nonoverlapping(sp, row.as_mut_ptr() as *mut u8, n * 4);
+                    } else {
+                        let mut h = vec![[0u8; 2]; n];
+                        std::ptr::copy_nonoverlapping(sp, h.as_mut_ptr() as *mut u8, n * 2);
+                        crate::quant::fp16::f16_row_to_f32(&h, &mut row)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    std::ptr::copy(row.as_ptr() as *const u8, dp, n * 4);
+                }
             }
         }
     }

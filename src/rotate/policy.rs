@@ -40,6 +40,10 @@ pub struct Policy {
     rot: Vec<Vec<HeadMetric>>,
     /// per layer: the metrics of its K heads, unrotated space
     plain: Vec<Vec<HeadMetric>>,
+    /// Rotate K for a K cache of this type? (types not listed: rotate, as upstream)
+    pub rotate_k: std::collections::BTreeMap<String, bool>,
+    /// Rotate V for a V cache of this type?
+    pub rotate_v: std::collections::BTreeMap<String, bool>,
 }
 
 /// What `attnrot tune` writes: per layer, `E[q·qᵀ]` of each K head's queries
@@ -52,6 +56,9 @@ pub struct PolicyData<'a> {
     pub damping: f64,
     pub rot: &'a [Vec<f32>],
     pub plain: &'a [Vec<f32>],
+    /// per cache type: rotate K / V (measured by `attnrot tune`)
+    pub rotate_k: std::collections::BTreeMap<String, bool>,
+    pub rotate_v: std::collections::BTreeMap<String, bool>,
 }
 
 fn tensor_name(space: &str, layer: usize) -> String {
@@ -77,6 +84,8 @@ impl PolicyData<'_> {
             "head_dim_k": f.head_dim_k,
             "damping": self.damping,
             "calibration": self.calibration,
+            "rotate_k": self.rotate_k,
+            "rotate_v": self.rotate_v,
         });
         let bytes: Vec<(String, Vec<u8>)> = (0..f.n_layer)
             .flat_map(|l| {
@@ -175,12 +184,29 @@ impl Policy {
             }
         }
         let [rot, plain] = spaces;
+        let rotation = |k: &str| -> Result<std::collections::BTreeMap<String, bool>, String> {
+            match &meta[k] {
+                serde_json::Value::Null => Ok(Default::default()),
+                serde_json::Value::Object(m) => m
+                    .iter()
+                    .map(
+                        |(t, v)| match (crate::GgmlType::from_name(t), v.as_bool()) {
+                            (Some(ty), Some(b)) if ty.is_quantized() => Ok((t.clone(), b)),
+                            _ => Err(format!("{k}: bad entry {t:?}: {v}")),
+                        },
+                    )
+                    .collect(),
+                v => Err(format!("{k} is not an object: {v}")),
+            }
+        };
         Ok(Policy {
             fingerprint,
             model: meta["model"].as_str().unwrap_or("").to_string(),
             damping,
             rot,
             plain,
+            rotate_k: rotation("rotate_k")?,
+            rotate_v: rotation("rotate_v")?,
         })
     }
 
@@ -189,6 +215,21 @@ impl Policy {
     pub fn k_metric(&self, layer: usize, rotated: bool) -> Option<&[HeadMetric]> {
         let s = if rotated { &self.rot } else { &self.plain };
         s.get(layer).map(|v| v.as_slice())
+    }
+
+    /// Rotate the K side (`is_k`) or the V side for a cache of type `ty`? Upstream's rule
+    /// (rotate) where the policy says nothing.
+    pub fn rotates(&self, is_k: bool, ty: crate::GgmlType) -> bool {
+        let m = if is_k { &self.rotate_k } else { &self.rotate_v };
+        m.get(ty.name()).copied().unwrap_or(true)
+    }
+
+    /// Does the policy turn any rotation off?
+    pub fn disables_rotation(&self) -> bool {
+        self.rotate_k
+            .values()
+            .chain(self.rotate_v.values())
+            .any(|r| !r)
     }
 
     /// Does a K cache row of `row_len` values in layer `layer` belong to the model this
@@ -237,10 +278,19 @@ mod tests {
             damping: 0.01,
             rot: &m,
             plain: &m,
+            rotate_k: [("q4_0".to_string(), false)].into(),
+            rotate_v: [("q4_0".to_string(), true)].into(),
         }
         .to_bytes()
         .unwrap();
         let p = Policy::from_bytes(&bytes).unwrap();
+        assert!(!p.rotates(true, crate::GgmlType::Q4_0));
+        assert!(p.rotates(false, crate::GgmlType::Q4_0));
+        assert!(
+            p.rotates(true, crate::GgmlType::Q8_0),
+            "unlisted: upstream's rule"
+        );
+        assert!(p.disables_rotation());
         assert_eq!(p.fingerprint, f);
         assert_eq!(p.model, "m.gguf");
         assert_eq!(p.k_metric(2, true).unwrap().len(), 2);
@@ -262,6 +312,15 @@ mod tests {
             damping: 0.01,
             rot: &m,
             plain: &m,
+            rotate_k: Default::default(),
+            rotate_v: [("f16".to_string(), false)].into(),
+        };
+        // rotation entries only for quantized types
+        let e = Policy::from_bytes(&good.to_bytes().unwrap()).unwrap_err();
+        assert!(e.contains("rotate_v"), "{e}");
+        let good = PolicyData {
+            rotate_v: Default::default(),
+            ..good
         };
         let bytes = good.to_bytes().unwrap();
         for cut in [8, 100, bytes.len() - 1] {
