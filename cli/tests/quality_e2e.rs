@@ -9,7 +9,12 @@
 //! * attention left to ggml's CPU backend (`ATTNROT_OPS=set_rows,hadamard`) reads our blocks:
 //!   perplexity equal to our own attention's within its ±;
 //! * bad policies (missing, not a policy, another model's): one log line, exact mode — the
-//!   same text as the exact mode, no crash.
+//!   same text as the exact mode, no crash;
+//! * a policy that turns rotation off for K and V computes exactly what the quality mode
+//!   computes with llama.cpp's rotation disabled (`LLAMA_ATTN_ROT_DISABLE=1`): every Hadamard
+//!   product of both sides is the identity;
+//! * such a policy with one Hadamard product left to the CPU (Q's, via `ATTNROT_DECLINE`) would
+//!   mix rotated and unrotated data: the backend drops it (one log line) and runs exact mode.
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
@@ -277,6 +282,100 @@ fn cpu_attention_reads_quality_blocks() {
         (ours - cpu).abs() <= tol,
         "PPL with our attention {ours} vs the CPU's over the same blocks {cpu} (± {tol})"
     );
+}
+
+/// The tuned policy with rotation turned off for both sides of every quantized type.
+fn rotation_off_policy() -> PathBuf {
+    let e = env();
+    let out = e.tmp.join("rotation-off.safetensors");
+    let bytes = std::fs::read(&e.policy).unwrap();
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(
+        md.metadata()
+            .as_ref()
+            .unwrap()
+            .get("attnrot_policy")
+            .unwrap(),
+    )
+    .unwrap();
+    let off: serde_json::Map<String, serde_json::Value> =
+        ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+            .iter()
+            .map(|t| (t.to_string(), serde_json::Value::Bool(false)))
+            .collect();
+    meta["rotate_k"] = serde_json::Value::Object(off.clone());
+    meta["rotate_v"] = serde_json::Value::Object(off);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    let md = std::collections::HashMap::from([("attnrot_policy".to_string(), meta.to_string())]);
+    std::fs::write(&out, safetensors::serialize(tensors, Some(md)).unwrap()).unwrap();
+    out
+}
+
+fn final_ppl_line(mode: Mode, extra: &[(&str, &str)]) -> String {
+    let e = env();
+    let text = e.tmp.join("jargon.txt");
+    if !text.is_file() {
+        let t = common::jargon_prose();
+        std::fs::write(&text, &t.as_bytes()[..48 * 1024]).unwrap();
+    }
+    let args = [
+        "-f",
+        text.to_str().unwrap(),
+        "-c",
+        "256",
+        "--chunks",
+        "2",
+        "-t",
+        "2",
+        "-ctk",
+        "q4_0",
+        "-ctv",
+        "q4_0",
+        "-fa",
+        "on",
+    ];
+    let out = run("llama-perplexity", &args, mode, extra);
+    let log = common::text(&out);
+    assert!(out.status.success(), "{}", tail(&log, 30));
+    assert_quality_active(&log);
+    log.lines()
+        .find(|l| l.contains("Final estimate: PPL ="))
+        .map(|l| l[l.find("Final").unwrap()..].to_string())
+        .unwrap_or_else(|| panic!("no PPL in\n{}", tail(&log, 30)))
+}
+
+#[test]
+fn rotation_off_policy_equals_llama_rotation_disabled() {
+    let e = env();
+    let off = rotation_off_policy();
+    let policy_off = final_ppl_line(Mode::Policy(&off), &[]);
+    let llama_off = final_ppl_line(Mode::Policy(&e.policy), &[("LLAMA_ATTN_ROT_DISABLE", "1")]);
+    let policy_on = final_ppl_line(Mode::Policy(&e.policy), &[]);
+    eprintln!("rotation off by policy: {policy_off}\nby LLAMA_ATTN_ROT_DISABLE: {llama_off}\non: {policy_on}");
+    assert_eq!(
+        policy_off, llama_off,
+        "identity Hadamard products != no products"
+    );
+    assert_ne!(policy_off, policy_on, "the policy did not change anything");
+}
+
+#[test]
+fn hadamard_left_to_the_cpu_drops_a_rotation_off_policy() {
+    let off = rotation_off_policy();
+    let args = ["-n", "32"];
+    let (exact, _) = completion(&args, Mode::Exact, &[]);
+    let (text, log) = completion(&args, Mode::Policy(&off), &[("ATTNROT_DECLINE", "Qcur")]);
+    assert!(
+        log.contains("a Hadamard product stays on another backend"),
+        "no log line about the declined Hadamard product:\n{}",
+        tail(&log, 40)
+    );
+    assert_eq!(text, exact, "not the exact mode's text");
 }
 
 #[test]

@@ -354,9 +354,42 @@ pub fn classify(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
     r
 }
 
+/// Environment variable (diagnostic, for tests): `ATTNROT_DECLINE=Qcur,…` declines every node
+/// whose name or first input's name starts with one of the prefixes (e.g. `Qcur`: the
+/// Hadamard products of Q), so a test can leave a chosen node to the CPU backend.
+pub const DECLINE_ENV: &str = "ATTNROT_DECLINE";
+
+fn declined_by_env(node: &sys::ggml_tensor) -> bool {
+    static D: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let prefixes = D.get_or_init(|| {
+        std::env::var(DECLINE_ENV)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    if prefixes.is_empty() {
+        return false;
+    }
+    let mut names = vec![t::name(node)];
+    if let Ok(x) = src(node, 1) {
+        names.push(t::name(x));
+    }
+    names
+        .iter()
+        .any(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+}
+
 fn classify_node(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
     if t::is_noop(node.op) {
         return Ok(Kind::NoOp);
+    }
+    if declined_by_env(node) {
+        return Err("declined by ATTNROT_DECLINE");
     }
     let (on, _) = enabled_ops();
     let off: Result<Kind, &'static str> = Err("not enabled by ATTNROT_OPS");
