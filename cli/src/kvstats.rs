@@ -300,12 +300,22 @@ fn upstream_quantize(ty: GgmlType, x: &[f32], y: &mut [u8]) -> attnrot::Result<(
     attnrot::quant::format(ty)?.quantize_row(x, y)
 }
 
+fn quality_quantize(ty: GgmlType, x: &[f32], y: &mut [u8]) -> attnrot::Result<()> {
+    attnrot::quant::best::quantize_row_best(ty, x, None, y)
+}
+
 /// The quantizers compared for every ggml format: upstream's (what ggml's CPU backend
-/// stores). attnrot's quality-mode quantizer goes here as one more line.
-pub const QUANTIZERS: &[Quantizer] = &[Quantizer {
-    name: "upstream",
-    quantize: upstream_quantize,
-}];
+/// stores) and attnrot's quality mode (`quant::best`, error-minimizing, unweighted).
+pub const QUANTIZERS: &[Quantizer] = &[
+    Quantizer {
+        name: "upstream",
+        quantize: upstream_quantize,
+    },
+    Quantizer {
+        name: "attnrot quality",
+        quantize: quality_quantize,
+    },
+];
 
 /// The rotation applied before a ggml format (and undone after decoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -787,6 +797,21 @@ mod tests {
         assert!(f16r.k_rel_rmse < 2e-3, "{f16r:?}");
         // TurboQuant_mse 4b on rotated Gaussian-like vectors: relative RMSE ≈ sqrt(0.0095)
         assert!((t4.v_rel_rmse - 0.009497f64.sqrt()).abs() < 0.02, "{t4:?}");
+    }
+
+    /// The quality quantizer never has a larger K/V error than upstream's (it keeps
+    /// upstream's block unless it finds a better one).
+    #[test]
+    fn quality_quantizer_is_never_worse_than_upstream() {
+        let lay = synthetic(4);
+        for ty in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"] {
+            for rot in ["none", "wht"] {
+                let u = metrics(&lay, &format!("{ty} rot {rot} (upstream)"));
+                let q = metrics(&lay, &format!("{ty} rot {rot} (attnrot quality)"));
+                assert!(q.k_rel_rmse <= u.k_rel_rmse, "{ty} {rot}: {q:?} vs {u:?}");
+                assert!(q.v_rel_rmse <= u.v_rel_rmse, "{ty} {rot}: {q:?} vs {u:?}");
+            }
+        }
     }
 
     #[test]

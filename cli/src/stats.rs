@@ -525,23 +525,37 @@ fn print_candidates(rows: &[CandidateResult]) {
 
 fn print_summary(s: &[ShareRow]) {
     println!();
-    println!("Share of TurboQuant's error reduction over the unrotated cache, at matched bits: (base − candidate) / (base − TurboQuant)");
+    println!("Share of TurboQuant's error reduction over the unrotated upstream cache, at matched bits: (unrotated − candidate) / (unrotated − TurboQuant); > 100 % = better than TurboQuant, n/a = TurboQuant no better than unrotated");
     println!(
-        "{:<6} {:<28} {:<36} {:<7} {:>10} {:>10} {:>10} {:>7}",
-        "bits", "candidate", "TurboQuant", "metric", "unrotated", "candidate", "TurboQ.", "share"
+        "{:<5} {:<34} {:<31} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>7}",
+        "bits",
+        "candidate",
+        "TurboQuant",
+        "score: unrot",
+        "cand.",
+        "TQ",
+        "share",
+        "out: unrot",
+        "cand.",
+        "TQ",
+        "share"
     );
-    for r in s {
+    let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{:.0} %", s * 100.0));
+    for pair in s.chunks(2) {
+        let (a, b) = (&pair[0], pair.get(1).unwrap_or(&pair[0]));
         println!(
-            "{:<6.2} {:<28} {:<36} {:<7} {:>10.3e} {:>10.3e} {:>10.3e} {:>7}",
-            r.bits,
-            r.candidate,
-            r.turboquant,
-            r.metric,
-            r.base_err,
-            r.candidate_err,
-            r.turboquant_err,
-            r.share
-                .map_or("n/a".to_string(), |s| format!("{:.0} %", s * 100.0))
+            "{:<5.2} {:<34} {:<31} {:>10.3e} {:>10.3e} {:>10.3e} {:>7} {:>10.3e} {:>10.3e} {:>10.3e} {:>7}",
+            a.bits,
+            a.candidate,
+            a.turboquant,
+            a.base_err,
+            a.candidate_err,
+            a.turboquant_err,
+            pct(a.share),
+            b.base_err,
+            b.candidate_err,
+            b.turboquant_err,
+            pct(b.share)
         );
     }
 }
