@@ -145,21 +145,26 @@ fn tiny_stats_run_is_well_formed_and_ordered() {
         }
     }
 
-    // the same capture analysed again: the same numbers
+    // the same capture analysed again (layer 7 only): the same numbers
     let json2 = tmp("s2.json");
     let v2 = run_ok(&[
         "stats",
         "--from-capture",
         s(&cap),
         "--layers",
-        "0,7",
+        "7",
         "--max-queries",
         "16",
         "--no-chart",
         "--json",
         s(&json2),
     ]);
-    assert_eq!(v2["candidates"], v["candidates"]);
+    let c2 = v2["candidates"].as_array().unwrap();
+    assert_eq!(c2.len(), cands.len());
+    for (a, b) in c2.iter().zip(cands) {
+        assert_eq!(a["name"], b["name"]);
+        assert_eq!(a["per_layer"][0], b["per_layer"][1], "{}", a["name"]);
+    }
 
     // a q8_0 cache: llama.cpp rotates K before the cache; the capture says so and the
     // analysis undoes it: layer 0's K does not depend on the cache, so its unrotated
@@ -193,6 +198,40 @@ fn tiny_stats_run_is_well_formed_and_ordered() {
             );
         }
     }
+
+    // the size limit: 3 MB hold layer 0 (K, V, Q: ~1.9 MB per layer and chunk) and layer 1's
+    // K and V; the capture stops there, with one line in llama.cpp's log, and the analysis
+    // takes the complete layer only
+    let (json4, cap4) = (tmp("s4.json"), tmp("capture-limited"));
+    let v4 = run_ok(&[
+        "stats",
+        "--chunks",
+        "1",
+        "--max-mb",
+        "3",
+        "--max-queries",
+        "4",
+        "--keep-capture",
+        s(&cap4),
+        "--no-chart",
+        "--json",
+        s(&json4),
+    ]);
+    let got: Vec<u64> = v4["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["layer"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![0]);
+    let manifest = std::fs::read_to_string(cap4.join("manifest.jsonl")).unwrap();
+    assert_eq!(manifest.lines().count(), 5);
+    let log = std::fs::read_to_string(cap4.join("llama-perplexity.log")).unwrap();
+    assert_eq!(
+        log.matches("capture limit of 3 MB reached").count(),
+        1,
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(cap.parent().unwrap());
 }
 
