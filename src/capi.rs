@@ -149,7 +149,7 @@ fn region(p: *const u8, bytes: usize, align: usize) -> R<(usize, usize)> {
         return Err(ATTNROT_E_NULL);
     }
     let a = p as usize;
-    if a % align != 0 {
+    if !a.is_multiple_of(align) {
         return Err(ATTNROT_E_ALIGNMENT);
     }
     if bytes > isize::MAX as usize {
@@ -186,7 +186,7 @@ fn out<T>(p: *mut T, v: T) -> R {
     if p.is_null() {
         return Err(ATTNROT_E_NULL);
     }
-    if (p as usize) % std::mem::align_of::<T>() != 0 {
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(ATTNROT_E_ALIGNMENT);
     }
     // SAFETY: non-null, aligned; the caller vouches it points to a writable T.

@@ -108,7 +108,7 @@ impl GgmlType {
     /// Bytes of a row of `n` elements (`ggml_row_size`), or an error if `n` is not a block multiple.
     pub fn row_bytes(self, n: usize) -> crate::Result<usize> {
         let b = self.block_size();
-        if n % b != 0 {
+        if !n.is_multiple_of(b) {
             return Err(crate::Error::NotBlockMultiple {
                 ty: self,
                 len: n,

@@ -31,6 +31,9 @@
 //! whose spinning barriers make a 2-thread decode ~50x slower when the 2 cores are shared
 //! with other work (measured: 2.9 s/token vs 34 ms/token at load 12). It changes scheduling
 //! only, not results. Heavy runs are serialized (one at a time) across the tests of this file.
+mod common;
+
+use common::other_isa;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -292,85 +295,19 @@ fn rot_k(r: &Run) -> Option<bool> {
 // the evaluation text and llama-perplexity
 // ---------------------------------------------------------------------------------------
 
-const DEB: &str = "jargon-text=4.4.7-4.1";
-const DEB_FILE: &str = "jargon-text_4.4.7-4.1_all.deb";
-const DEB_SHA256: &str = "17d05997e30eb3d5d6713929b8e2f81b63a5f50073858ad2a06701c71f54dcdb";
-const TEXT_FILE: &str = "jargon-4.4.7.txt";
-
-fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("ATTNROT_CACHE") {
-        return PathBuf::from(p);
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"))
-        .join("attnrot")
-}
-
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// The project's evaluation text (the Jargon File, Debian `jargon-text` 4.4.7-4.1, as the
-/// `attnrot eval` command fetches it: `apt-get download`, sha256-checked, cached), cut to the
-/// first [`TEXT_BYTES`] of its prose (from the entry ":0:") in this run's temp dir.
+/// The project's evaluation text (the Jargon File, [`common::jargon_prose`]), cut to the first
+/// [`TEXT_BYTES`] of its prose in this run's temp dir.
 fn eval_text() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let cache = cache_dir();
-        std::fs::create_dir_all(&cache).expect("cache dir");
-        let full = cache.join(TEXT_FILE);
-        let text = match std::fs::read_to_string(&full) {
-            Ok(t) => t,
-            Err(_) => {
-                let deb = cache.join(DEB_FILE);
-                if !(deb.is_file() && sha256(&deb) == DEB_SHA256) {
-                    let dl = tools().tmp.join("deb");
-                    std::fs::create_dir_all(&dl).unwrap();
-                    let get = || {
-                        Command::new("apt-get")
-                            .args(["download", "-q", DEB])
-                            .current_dir(&dl)
-                            .status()
-                            .expect("apt-get")
-                    };
-                    if !get().success() {
-                        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-                        assert!(get().success(), "apt-get download {DEB} failed (offline?)");
-                    }
-                    assert_eq!(sha256(&dl.join(DEB_FILE)), DEB_SHA256, "{DEB_FILE} checksum");
-                    std::fs::rename(dl.join(DEB_FILE), &deb).unwrap();
-                }
-                let out = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!(
-                        "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/share/doc/jargon-text/jargon.txt.gz | gzip -dc",
-                        deb.display()
-                    ))
-                    .output()
-                    .expect("dpkg-deb");
-                assert!(out.status.success() && out.stdout.len() > 100_000);
-                let t = String::from_utf8_lossy(&out.stdout).into_owned();
-                let start = t.find("\n:0:").map(|i| i + 1).unwrap_or(0);
-                t[start..].to_string()
-            }
-        };
-        let start = text.find(":0:").unwrap_or(0);
-        let mut end = (start + TEXT_BYTES).min(text.len());
+        let text = common::jargon_prose();
+        let mut end = TEXT_BYTES.min(text.len());
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         let end = text[..end].rfind('\n').map(|i| i + 1).unwrap_or(end);
         let p = tools().tmp.join("text.txt");
-        std::fs::write(&p, &text[start..end]).unwrap();
+        std::fs::write(&p, &text[..end]).unwrap();
         p
     })
     .clone()
@@ -417,16 +354,6 @@ struct Kld {
     ppl_ours: (f64, f64),
     ppl_stock: (f64, f64),
     splits_ours: usize,
-}
-
-/// A SIMD variant of our kernels below the detected one: avx2 on an AVX-512 machine, else
-/// scalar. Its results differ from the native variant's only in float rounding.
-fn other_isa() -> &'static str {
-    use attnrot::simd::{detected, Isa};
-    match detected() {
-        Isa::Avx512 => "avx2",
-        _ => "scalar",
-    }
 }
 
 /// Stock f16-cache logits, saved once (`--kl-divergence-base`).

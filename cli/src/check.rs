@@ -294,7 +294,7 @@ fn format_dot_name(dty: GgmlType) -> &'static str {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.row == 0 || a.row % 32 != 0 {
+    if a.row == 0 || !a.row.is_multiple_of(32) {
         bail!("--row must be a positive multiple of 32 (got {})", a.row);
     }
     let types: Vec<GgmlType> = if a.types.is_empty() {
@@ -331,8 +331,8 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!();
     println!(
-        "{:<8} {:<14} {:<9} {:<40} {}",
-        "format", "kernel", "bit-exact", "worst error", "speed (upstream/ours)"
+        "{:<8} {:<14} {:<9} {:<40} speed (upstream/ours)",
+        "format", "kernel", "bit-exact", "worst error"
     );
     let mut rows = diff::adversarial(a.row);
     rows.extend(diff::random_rows(seed, a.rows, a.row));

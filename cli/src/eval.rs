@@ -48,6 +48,13 @@ pub struct Args {
     /// accumulates V in f16, ~0.004 KLD from exact on SmolLM2).
     #[arg(long, default_value = "exact", value_parser = ["exact", "stock"])]
     pub base: String,
+    /// Quality policy for the `quality` runs (`attnrot tune` writes one; default: the model's
+    /// policy in ~/.cache/attnrot if it exists, else the squared-error search alone).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Quality runs without a policy even if the model has one.
+    #[arg(long, conflicts_with = "policy")]
+    pub no_policy: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -176,6 +183,8 @@ pub fn configs(a: &Args) -> Result<Vec<Config>> {
 struct Tools {
     perplexity: PathBuf,
     lib: Option<PathBuf>,
+    /// ATTNROT_POLICY of the quality runs
+    policy: Option<PathBuf>,
 }
 
 fn run_perplexity(
@@ -235,6 +244,14 @@ fn run_perplexity(
     if cfg.kernels != "stock" && !loaded {
         bail!("llama-perplexity ran without the attnrot backend (GGML_BACKEND_PATH was ignored?) for {cfg:?}");
     }
+    if cfg.kernels == "quality" && tools.policy.is_some() {
+        if !log.contains("quality policy for") {
+            bail!("the quality run did not load its policy (ATTNROT_POLICY) for {cfg:?}");
+        }
+        if log.contains("the policy does not match this model") {
+            bail!("the policy does not match the model for {cfg:?}");
+        }
+    }
     if cfg.kernels == "stock" && loaded {
         bail!("the stock run loaded the attnrot backend (GGML_BACKEND_DIR or a copy next to llama-perplexity?)");
     }
@@ -247,7 +264,8 @@ fn backend_env(cmd: &mut Command, tools: &Tools, kernels: &str) -> Result<()> {
     cmd.env_remove("GGML_BACKEND_PATH")
         .env_remove("ATTNROT_FA_ALL")
         .env_remove("ATTNROT_OPS")
-        .env_remove("ATTNROT_QUALITY");
+        .env_remove("ATTNROT_QUALITY")
+        .env_remove("ATTNROT_POLICY");
     if kernels != "stock" {
         cmd.env(
             "GGML_BACKEND_PATH",
@@ -260,6 +278,9 @@ fn backend_env(cmd: &mut Command, tools: &Tools, kernels: &str) -> Result<()> {
     }
     if kernels == "quality" {
         cmd.env("ATTNROT_QUALITY", "1");
+        if let Some(p) = &tools.policy {
+            cmd.env("ATTNROT_POLICY", p);
+        }
     }
     Ok(())
 }
@@ -304,9 +325,24 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
+    let policy = match (&a.policy, a.no_policy) {
+        (Some(p), _) if !p.is_file() => bail!("policy file {} does not exist", p.display()),
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => Some(crate::tune::default_policy_path(&model)?).filter(|p| p.is_file()),
+    };
+    if cfgs.iter().any(|c| c.kernels == "quality") {
+        match &policy {
+            Some(p) => eprintln!("attnrot: quality runs use the policy {}", p.display()),
+            None => eprintln!(
+                "attnrot: quality runs without a policy (squared-error search only); `attnrot tune` writes one"
+            ),
+        }
+    }
     let tools = Tools {
         perplexity: bin.join("llama-perplexity"),
         lib,
+        policy,
     };
 
     let work = crate::text::cache_dir()?.join(format!("eval-{}", std::process::id()));
@@ -430,6 +466,7 @@ pub fn run(a: Args) -> Result<()> {
             "chunks": a.chunks,
             "threads": a.threads,
             "base": a.base,
+            "policy": tools.policy.as_ref().map(|p| p.display().to_string()),
             "rows": rows,
         });
         write_atomic(j, serde_json::to_string_pretty(&doc)?.as_bytes())?;

@@ -8,6 +8,7 @@ mod kvstats;
 mod ppl;
 mod stats;
 mod text;
+mod tune;
 mod upstream;
 
 /// attnrot: rotated quantized KV-cache kernels for llama.cpp, checked against upstream.
@@ -28,6 +29,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Real K/V, measured: capture Q/K/V from llama.cpp on a calibration text, outlier statistics, and the score/output errors of every ggml format (rotation none/WHT/WHT+signs) vs TurboQuant at matched bits.
     Stats(stats::Args),
+    /// Measure a model's queries on a calibration text and write the quality policy (ATTNROT_POLICY) that makes the backend choose K cache blocks by score error.
+    Tune(tune::Args),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Cmd::Eval(a) => eval::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Stats(a) => stats::run(a),
+        Cmd::Tune(a) => tune::run(a),
     };
     if let Err(e) = r {
         // one clear message, no backtrace: what is wrong and (in the message) what to do

@@ -57,7 +57,7 @@ pub fn parse_prompt_tps(log: &str) -> Result<f64> {
         .and_then(|r| r.split_whitespace().last())
         .and_then(|x| x.parse().ok())
         .with_context(|| format!("cannot parse seconds per pass from: {line}"))?;
-    if !(secs > 0.0) {
+    if secs.is_nan() || secs <= 0.0 {
         bail!("llama-perplexity reported {secs} seconds per pass");
     }
     Ok(n_ctx * n_seq.min(chunks) / secs)

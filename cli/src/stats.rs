@@ -134,7 +134,7 @@ fn check_args(a: &Args) -> Result<()> {
 }
 
 /// Run llama-perplexity with the backend capturing into `dir`.
-fn capture_run(a: &Args, dir: &Path, model: &Path, text: &Path) -> Result<String> {
+pub(crate) fn capture_run(a: &Args, dir: &Path, model: &Path, text: &Path) -> Result<String> {
     let bin = upstream::upstream_bin()?;
     let lib = upstream::backend_lib()?;
     std::fs::create_dir_all(dir)?;

@@ -74,14 +74,14 @@ impl Kernels {
     /// quantized to q8_0 like upstream's `vec_dot_type`, integer block dots).
     pub fn int8_k(&self, f: Option<Fused>, dk: usize) -> bool {
         let isa_ok = self.vnni || (cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2);
-        isa_ok && matches!(f, Some(Fused::Q8_0 | Fused::Q4_0)) && dk % 32 == 0
+        isa_ok && matches!(f, Some(Fused::Q8_0 | Fused::Q4_0)) && dk.is_multiple_of(32)
     }
 
     /// The format of the quantized decode V kernel ([`Kernels::pv_q`]) for V rows of `ty`
     /// (`dv` elements), if this ISA has it (AVX-512, AVX2; q8_0/q4_0, `dv % 32 == 0`).
     pub fn pv_q_fmt(&self, ty: GgmlType, dv: usize) -> Option<Fused> {
         let isa_ok = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2;
-        Fused::quantized(ty).filter(|_| isa_ok && dv % 32 == 0)
+        Fused::quantized(ty).filter(|_| isa_ok && dv.is_multiple_of(32))
     }
 
     /// The format of the int8 decode K kernel for K rows of `ty` (`dk` elements), if this ISA
@@ -193,7 +193,7 @@ impl Kernels {
     /// `s[m][t] = Σ_d q[m][d] · kt[d][t]` for `m < mp` (`mp` a multiple of 4).
     pub fn qk(&self, q: &[f32], kt: &[f32], s: &mut [f32], mp: usize, dk: usize) {
         assert!(
-            mp % 4 == 0
+            mp.is_multiple_of(4)
                 && q.len() >= mp * dk
                 && kt.len() >= dk * TILE_KV
                 && s.len() >= mp * TILE_KV
@@ -242,8 +242,8 @@ impl Kernels {
     /// for it (AVX-512: f16 with `d % 16 == 0`, q8_0, q4_0).
     pub fn fused(&self, ty: GgmlType, d: usize) -> Option<Fused> {
         let f = match Fused::quantized(ty) {
-            Some(q) if d % 32 == 0 => q,
-            None if ty == GgmlType::F16 && d % 16 == 0 => Fused::F16,
+            Some(q) if d.is_multiple_of(32) => q,
+            None if ty == GgmlType::F16 && d.is_multiple_of(16) => Fused::F16,
             _ => return None,
         };
         match self.isa {
@@ -271,7 +271,7 @@ impl Kernels {
         dk: usize,
         pf: usize,
     ) {
-        assert!(mp % 4 == 0 && q.len() >= mp * dk && s.len() >= mp * TILE_KV);
+        assert!(mp.is_multiple_of(4) && q.len() >= mp * dk && s.len() >= mp * TILE_KV);
         assert!(self.fused(ty_of(f), dk) == Some(f));
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
         if active.is_empty() {
@@ -318,7 +318,9 @@ impl Kernels {
         dv: usize,
         pf: usize,
     ) {
-        assert!(dv <= dvp && dvp % 16 == 0 && p.len() >= mr * TILE_KV && o.len() >= mr * dvp);
+        assert!(
+            dv <= dvp && dvp.is_multiple_of(16) && p.len() >= mr * TILE_KV && o.len() >= mr * dvp
+        );
         assert!(self.fused(ty_of(f), dv) == Some(f));
         assert!(rows_inside(v.len(), base, nb1, active, f.row_bytes(dv)));
         if active.is_empty() {
@@ -367,7 +369,7 @@ impl Kernels {
         pf: usize,
     ) {
         assert!(self.pv_q_fmt(ty_of(f), dv) == Some(f));
-        assert!(dv <= dvp && dvp % 16 == 0 && mr <= 16);
+        assert!(dv <= dvp && dvp.is_multiple_of(16) && mr <= 16);
         assert!(
             p.len() >= mr * TILE_KV && o.len() >= mr * dvp && w.len() >= dv / 32 * mr * TILE_KV
         );
@@ -406,7 +408,10 @@ impl Kernels {
     /// rows, no transposed packing). `mp` a multiple of 4.
     pub fn qk_rows(&self, q: &[f32], k: &[f32], s: &mut [f32], mp: usize, dk: usize) {
         assert!(
-            mp % 4 == 0 && q.len() >= mp * dk && k.len() >= dk * TILE_KV && s.len() >= mp * TILE_KV
+            mp.is_multiple_of(4)
+                && q.len() >= mp * dk
+                && k.len() >= dk * TILE_KV
+                && s.len() >= mp * TILE_KV
         );
         #[cfg(target_arch = "x86_64")]
         match self.isa {
@@ -466,7 +471,7 @@ impl Kernels {
     /// `o[m][:] += Σ_{t in active} p[m][t] · vt[t][:]` for `m < mp` (`mp` a multiple of 4,
     /// `dvp` a multiple of 16).
     pub fn pv(&self, p: &[f32], vt: &[f32], o: &mut [f32], mp: usize, dvp: usize, active: &[u8]) {
-        assert!(mp % 4 == 0 && dvp % 16 == 0);
+        assert!(mp.is_multiple_of(4) && dvp.is_multiple_of(16));
         assert!(p.len() >= mp * TILE_KV && vt.len() >= TILE_KV * dvp && o.len() >= mp * dvp);
         assert!(active.iter().all(|&t| (t as usize) < TILE_KV));
         #[cfg(target_arch = "x86_64")]
@@ -649,7 +654,7 @@ mod tests {
                         deq(&data[t * nb1..], &mut tile[t * d..(t + 1) * d]);
                     }
                     let active: Vec<u8> = (0..TILE_KV as u8)
-                        .filter(|_| lcg(&mut seed) % 5 != 0)
+                        .filter(|_| !lcg(&mut seed).is_multiple_of(5))
                         .collect();
                     for mp in [4usize, 8, 12] {
                         let q: Vec<f32> = (0..mp * d)

@@ -260,6 +260,8 @@ struct Plan<'a> {
 }
 
 /// Validates shapes, types, strides and bounds (upstream's asserts plus buffer checks).
+// the tensors and destination layout of one ggml_flash_attn_ext node, as the callers hold them
+#[allow(clippy::too_many_arguments)]
 fn plan<'a>(
     q: &Tensor<'a>,
     k: &Tensor<'a>,
@@ -561,6 +563,8 @@ impl Plan<'_> {
     /// their KV heads at a position (adjacent in llama.cpp's cache) are read together. Leaves
     /// each item's (M, S, O) and rows in its scratch. The numbers of each item do not depend
     /// on which other items run with it.
+    // the per-call kernel choices and buffers are all distinct; a struct would only wrap them
+    #[allow(clippy::too_many_arguments)]
     fn run_items(
         &self,
         kn: &Kernels,

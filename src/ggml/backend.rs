@@ -8,11 +8,11 @@
 //! * `supports_op` / `graph_compute`: [`super::ops`];
 //! * `ggml_backend_set_n_threads` through `get_proc_address`;
 //! * `ggml_backend_init` refuses (returns NULL, with a log line) in a host whose ggml is not the
-//!   pinned one ([`super::host::check_pin`]); `ggml_backend_score` returns 1.
+//!   one of the supported builds ([`check_version`](crate::ggml::host::check_version)); `ggml_backend_score` returns 1.
 //!
 //! Nothing here links a ggml symbol: the host's functions are resolved at run time
 //! ([`super::host`]). No panic crosses the C ABI: every `extern "C"` body runs in
-//! [`guard`], which logs the panic and returns a failure value.
+//! `guard`, which logs the panic and returns a failure value.
 use super::host::{self, Host};
 use super::ops;
 use super::sys;
@@ -63,12 +63,15 @@ fn global() -> Option<&'static Global> {
 }
 
 fn init_global() -> Result<&'static Global, String> {
+    let mut first = false;
     let r = GLOBAL.get_or_init(|| {
+        first = true;
         let host = Host::resolve()?;
+        let api_version = host.build.api_version;
         let g: &'static mut Global = Box::leak(Box::new(Global {
             host,
             reg: sys::ggml_backend_reg {
-                api_version: host::PINNED_API_VERSION,
+                api_version,
                 iface: sys::ggml_backend_reg_i {
                     get_name: Some(reg_get_name),
                     get_device_count: Some(reg_get_device_count),
@@ -89,7 +92,12 @@ fn init_global() -> Result<&'static Global, String> {
     });
     match r {
         // SAFETY: as in `global`.
-        Ok(p) => Ok(unsafe { &*(*p as *const Global) }),
+        Ok(p) => {
+            if !first {
+                host::check_same_host()?;
+            }
+            Ok(unsafe { &*(*p as *const Global) })
+        }
         Err(e) => Err(e.clone()),
     }
 }
@@ -107,11 +115,12 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
         || match init_global() {
             Ok(g) => {
                 host::log_info(&format!(
-                    "backend {} registered (host ggml {} commit {}, backend API {})",
+                    "backend {} registered (host ggml {} commit {}, backend API {}; {})",
                     NAME.to_string_lossy(),
                     g.host.version,
                     g.host.commit,
-                    host::PINNED_API_VERSION,
+                    g.host.build.api_version,
+                    host::scope_description(),
                 ));
                 // Loud (WARN): what runs here and what does not, once per process.
                 host::log_warn(&format!(

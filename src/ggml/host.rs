@@ -2,24 +2,105 @@
 //!
 //! `libattnrot.so` contains no ggml and has no link-time dependency on a ggml symbol (a C
 //! program that uses only the plain C API loads it without any ggml). When it is loaded as a
-//! ggml backend, the few ggml functions it needs are looked up in the host process with
-//! `dlsym(RTLD_DEFAULT, …)`: they live in the host's `libggml-base.so` / `libggml.so`, which
-//! the host loaded before it could `dlopen` us. The CPU backend module (`libggml-cpu*.so`) is
+//! ggml backend, the few ggml functions it needs are looked up in the host process: they live
+//! in the host's `libggml-base.so` / `libggml.so`, which the host loaded before it could
+//! `dlopen` us — in the global scope (`dlsym(RTLD_DEFAULT, …)`) for a normally linked program,
+//! or privately (`RTLD_LOCAL`: Node addons, Python ctypes), where [`locate`](crate::ggml::locate) finds the
+//! already-loaded copy and looks the symbols up through its handle. The CPU backend module (`libggml-cpu*.so`) is
 //! opened `RTLD_LOCAL` by ggml's loader, so its symbols are *not* visible this way; what we
 //! need from it (the CPU buffer type) is reached through the device registry instead.
 //!
 //! Also here: the pin check. The vtables in `ggml-backend-impl.h` change without a version
 //! bump, so the backend only registers with the exact ggml it was generated from.
+use super::locate::{self, Scope};
 use super::sys;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::OnceLock;
 
+/// The generated bindings a supported ggml uses (`scripts/gen-bindings.sh`). Two trees whose
+/// `ggml.h`, `ggml-backend.h`, `ggml-cpu.h` and `ggml-backend-impl.h` are byte-identical share
+/// one module; a tree with other headers gets its own module and variant here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bindings {
+    /// [`super::sys`]: the headers of the pin (0c1e57098), identical in v0.5.0 (0ad4a86).
+    Sys,
+}
+
+impl Bindings {
+    /// `GGML_BACKEND_API_VERSION` of the headers the module was generated from.
+    pub const fn api_version(self) -> c_int {
+        match self {
+            Bindings::Sys => sys::GGML_BACKEND_API_VERSION as c_int,
+        }
+    }
+}
+
+/// One ggml build the backend serves: what the host reports, what it needs from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supported {
+    /// `ggml_version()` (ggml/CMakeLists.txt `GGML_VERSION`).
+    pub version: &'static str,
+    /// Commits a build of it may report through `ggml_commit()` (the short hash; `unknown`
+    /// is accepted too, see [`check_version`]).
+    pub commits: &'static [&'static str],
+    /// `GGML_BACKEND_API_VERSION` the host's loader expects in our registry.
+    pub api_version: c_int,
+    /// Struct layouts and op numbering: which generated module describes them.
+    pub bindings: Bindings,
+    /// Where the tree comes from (vendor/README.md has provenance and checksums).
+    pub source: &'static str,
+}
+
+/// The ggml builds this backend serves. Adding one: diff its four headers against an
+/// existing entry's tree (identical → same [`Bindings`]; else generate a module with
+/// `scripts/gen-bindings.sh` and add a variant), add a row, run the tests against it.
+pub const SUPPORTED: &[Supported] = &[
+    Supported {
+        version: "0.25.3",
+        commits: &["0c1e57098"],
+        api_version: 2,
+        bindings: Bindings::Sys,
+        source: "llama.cpp 0c1e57098, the pin (PyPI llama-cpp-python 0.3.36)",
+    },
+    Supported {
+        version: "0.25.1",
+        // 0ad4a86: ggml-org's v0.5.0 tag (what the npm prebuilt @node-llama-cpp/linux-x64
+        // 3.22.1 reports). de3ff81: the same tree as node-llama-cpp's git bundle has it
+        // (one squashed commit), i.e. what a build from that bundle reports.
+        commits: &["0ad4a86", "de3ff81"],
+        api_version: 2,
+        bindings: Bindings::Sys,
+        source: "llama.cpp v0.5.0 0ad4a86 (npm node-llama-cpp 3.22.1)",
+    },
+];
+
+/// The pin: the tree the tests, benches and the in-process reference are built from.
+pub const PIN: &Supported = &SUPPORTED[0];
 /// `GGML_VERSION` of the pinned tree (ggml/CMakeLists.txt: 0.25.3).
-pub const PINNED_GGML_VERSION: &str = "0.25.3";
+pub const PINNED_GGML_VERSION: &str = PIN.version;
 /// The pinned upstream commit (ggml-org/llama.cpp@0c1e57098, vendored by llama-cpp-python 0.3.36).
-pub const PINNED_COMMIT: &str = "0c1e57098";
+pub const PINNED_COMMIT: &str = PIN.commits[0];
 /// `GGML_BACKEND_API_VERSION` of the pinned headers (ggml-backend-impl.h).
-pub const PINNED_API_VERSION: c_int = sys::GGML_BACKEND_API_VERSION as c_int;
+pub const PINNED_API_VERSION: c_int = PIN.api_version;
+
+// Every row's API number is that of its bindings.
+const _: () = {
+    let mut i = 0;
+    while i < SUPPORTED.len() {
+        assert!(SUPPORTED[i].api_version == SUPPORTED[i].bindings.api_version());
+        i += 1;
+    }
+};
+
+/// "ggml 0.25.3 (llama.cpp 0c1e57098, …), ggml 0.25.1 (…)" for refusal messages.
+pub fn supported_list() -> String {
+    SUPPORTED
+        .iter()
+        .map(|s| format!("ggml {} ({})", s.version, s.source))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `sizeof(struct ggml_object)` on 64-bit targets (ggml-impl.h: offs, size, next, type, padding).
 const GGML_OBJECT_SIZE: usize = 32;
 
@@ -32,6 +113,8 @@ type FnLog = unsafe extern "C" fn(sys::ggml_log_level, *const c_char, ...);
 
 /// The ggml functions the backend calls, resolved from the host process.
 pub struct Host {
+    /// The row of [`SUPPORTED`] the host matched.
+    pub build: &'static Supported,
     pub version: String,
     pub commit: String,
     graph_n_nodes: FnNNodes,
@@ -40,11 +123,59 @@ pub struct Host {
     tensor_overhead: FnSize,
 }
 
+/// Where the host's ggml is (surveyed once, at the first lookup — in `ggml_backend_init`, so
+/// the registry loading us is on the call stack; see [`locate`]).
+fn scope() -> &'static Result<Scope, String> {
+    static SCOPE: OnceLock<Result<Scope, String>> = OnceLock::new();
+    SCOPE.get_or_init(|| locate::choose(&locate::survey()))
+}
+
+/// How the host's ggml was found (for the registration log line).
+pub fn scope_description() -> String {
+    match scope() {
+        Ok(s) => s.describe(),
+        Err(e) => e.clone(),
+    }
+}
+
+/// A later `ggml_backend_init` in the same process: is the ggml loading us now the one this
+/// backend was bound to by the first? (A process with two ggml copies could ask through both;
+/// the registry we return is bound to the first one's functions.)
+pub fn check_same_host() -> Result<(), String> {
+    let now = locate::choose(&locate::survey());
+    match (scope(), now) {
+        (Ok(first), Ok(now)) if first.same_ggml(&now) => Ok(()),
+        (Ok(first), Ok(now)) => Err(format!(
+            "this backend already serves {} in this process; not also {}",
+            first.describe(),
+            now.describe()
+        )),
+        (Ok(first), Err(e)) => Err(format!(
+            "this backend already serves {} in this process; the ggml loading it now is unclear: {e}",
+            first.describe()
+        )),
+        (Err(e), _) => Err(e.clone()),
+    }
+}
+
+/// A host ggml function by name, from the scope [`scope`] chose.
+fn lookup(name: &str) -> Result<*mut libc::c_void, String> {
+    let handle = match scope() {
+        Ok(Scope::Global) => libc::RTLD_DEFAULT,
+        Ok(Scope::Private { handle, .. }) => *handle as *mut libc::c_void,
+        Err(e) => return Err(e.clone()),
+    };
+    // SAFETY: RTLD_DEFAULT, or a registry handle that `survey` keeps open for good.
+    unsafe { locate::dlsym(handle, name) }.ok_or_else(|| {
+        format!(
+            "{name} not found in the host's ggml ({})",
+            scope_description()
+        )
+    })
+}
+
 fn sym(name: &str) -> Option<*mut libc::c_void> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: dlsym with a valid C string; RTLD_DEFAULT searches the global scope.
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) };
-    (!p.is_null()).then_some(p)
+    lookup(name).ok()
 }
 
 fn log_fn() -> Option<FnLog> {
@@ -76,35 +207,38 @@ pub fn log_error(msg: &str) {
     log(sys::ggml_log_level_GGML_LOG_LEVEL_ERROR, msg)
 }
 
-/// Does a host ggml that reports `version` / `commit` match the pin? `Err` says why not.
+/// Which supported build is a host ggml that reports `version` / `commit`? `Err` says why
+/// none, naming the supported versions.
 ///
-/// A stock CMake build of the pinned tree from the PyPI sdist reports commit `"unknown"`
-/// (the sdist's `.git` is a dangling submodule pointer, so `git rev-parse` fails); a build
-/// from a git checkout reports the short hash, possibly with `-dirty`. So: the version must
-/// be exactly [`PINNED_GGML_VERSION`], and the commit either `unknown` or a prefix-match of
-/// [`PINNED_COMMIT`] (at least 7 hex digits).
-pub fn check_pin(version: &str, commit: &str) -> Result<(), String> {
-    if version != PINNED_GGML_VERSION {
+/// A stock CMake build from a source archive without git history (the PyPI sdist: its `.git`
+/// is a dangling submodule pointer) reports commit `"unknown"`; a build from a git checkout
+/// reports the short hash, possibly with `-dirty`. So: the version must equal a row's, and the
+/// commit be either `unknown` or a prefix-match (at least 7 hex digits) of one of its commits.
+pub fn check_version(version: &str, commit: &str) -> Result<&'static Supported, String> {
+    let Some(row) = SUPPORTED.iter().find(|s| s.version == version) else {
         return Err(format!(
-            "host ggml version is {version:?}, this backend is built for exactly {PINNED_GGML_VERSION:?} \
-             (llama.cpp {PINNED_COMMIT}); the backend vtables differ between versions"
+            "host ggml version is {version:?} (commit {commit:?}); this backend serves exactly: {} \
+             (the backend vtables differ between versions)",
+            supported_list()
         ));
-    }
+    };
     let c = commit
         .trim()
         .strip_suffix("-dirty")
         .unwrap_or(commit.trim());
     if c == "unknown" {
-        return Ok(());
+        return Ok(row);
     }
     let hex = c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit());
-    let same = hex && (PINNED_COMMIT.starts_with(c) || c.starts_with(PINNED_COMMIT));
-    if !same {
+    let same = |k: &&str| hex && (k.starts_with(c) || c.starts_with(*k));
+    if !row.commits.iter().any(same) {
         return Err(format!(
-            "host ggml {version} is from commit {commit:?}, this backend is built for commit {PINNED_COMMIT}"
+            "host ggml {version} is from commit {commit:?}, this backend serves ggml {version} only from commit {}; supported: {}",
+            row.commits.join(" / "),
+            supported_list()
         ));
     }
-    Ok(())
+    Ok(row)
 }
 
 fn cstr(p: *const c_char) -> String {
@@ -118,19 +252,16 @@ fn cstr(p: *const c_char) -> String {
 impl Host {
     /// Resolve the host's ggml and check it against the pin.
     pub fn resolve() -> Result<Host, String> {
-        let need = |name: &str| {
-            sym(name).ok_or_else(|| {
-                format!("{name} not found in the host process (is this loaded by a ggml {PINNED_GGML_VERSION} host?)")
-            })
-        };
+        let need = lookup;
         // SAFETY (all transmutes below): the symbols have these C signatures in the pinned
         // ggml.h / ggml-backend.h.
         let version_fn: FnStr = unsafe { std::mem::transmute(need("ggml_version")?) };
         let commit_fn: FnStr = unsafe { std::mem::transmute(need("ggml_commit")?) };
         let version = cstr(unsafe { version_fn() });
         let commit = cstr(unsafe { commit_fn() });
-        check_pin(&version, &commit)?;
+        let build = check_version(&version, &commit)?;
         let host = Host {
+            build,
             version,
             commit,
             graph_n_nodes: unsafe {
@@ -199,16 +330,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pin_check() {
-        assert!(check_pin("0.25.3", "unknown").is_ok());
-        assert!(check_pin("0.25.3", "0c1e570").is_ok());
-        assert!(check_pin("0.25.3", "0c1e57098").is_ok());
-        assert!(check_pin("0.25.3", "0c1e570-dirty").is_ok());
-        assert!(check_pin("0.25.3", "0c1e5709812345").is_ok());
-        assert!(check_pin("0.25.2", "unknown").is_err());
-        assert!(check_pin("0.25.3.1", "unknown").is_err());
-        assert!(check_pin("0.25.3", "abcdef1").is_err());
-        assert!(check_pin("0.25.3", "0c1e").is_err());
-        assert!(check_pin("0.25.3", "").is_err());
+    fn version_table() {
+        let ok = |v, c| check_version(v, c).map(|s| s.version);
+        // the pin
+        for c in [
+            "unknown",
+            "0c1e570",
+            "0c1e57098",
+            "0c1e570-dirty",
+            "0c1e5709812345",
+        ] {
+            assert_eq!(ok("0.25.3", c), Ok("0.25.3"), "{c}");
+        }
+        // v0.5.0 (npm): the tag's commit and the git bundle's squashed commit
+        for c in [
+            "unknown",
+            "0ad4a86",
+            "0ad4a86ab",
+            "de3ff81",
+            "0ad4a86-dirty",
+        ] {
+            assert_eq!(ok("0.25.1", c), Ok("0.25.1"), "{c}");
+        }
+        assert_eq!(check_version("0.25.1", "0ad4a86").unwrap().api_version, 2);
+        assert_eq!(check_version("0.25.3", "unknown").unwrap(), PIN);
+        // a commit of another row, or none, is refused
+        for (v, c) in [
+            ("0.25.3", "0ad4a86"),
+            ("0.25.1", "0c1e570"),
+            ("0.25.3", "abcdef1"),
+            ("0.25.3", "0c1e"),
+            ("0.25.3", ""),
+            ("0.25.1", "0ad4"),
+        ] {
+            let e = check_version(v, c).unwrap_err();
+            assert!(e.contains("0.25.3") && e.contains("0.25.1"), "{e}");
+        }
+        // other versions: refused, naming what is supported
+        for v in ["0.25.2", "0.25.3.1", "0.26.0", "", "0.25"] {
+            let e = check_version(v, "unknown").unwrap_err();
+            assert!(
+                e.contains("ggml 0.25.3 (llama.cpp 0c1e57098")
+                    && e.contains("ggml 0.25.1 (llama.cpp v0.5.0 0ad4a86"),
+                "{e}"
+            );
+        }
+        // one row per version
+        for (i, a) in SUPPORTED.iter().enumerate() {
+            assert!(SUPPORTED[i + 1..].iter().all(|b| b.version != a.version));
+        }
     }
 }

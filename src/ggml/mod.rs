@@ -13,11 +13,14 @@
 )]
 pub mod sys;
 
-/// The ggml backend (`libattnrot.so` loaded through `GGML_BACKEND_PATH`).
+// Documented in backend.rs only: with an outer doc here as well, rustdoc would resolve the
+// inner doc's links from this module instead of from `backend`.
 pub mod backend;
 /// The host's ggml, resolved at run time; the pin check.
 pub mod host;
-/// What the backend claims and computes.
+/// Where the host's ggml lives (global or `RTLD_LOCAL`).
+pub mod locate;
+// Documented in ops.rs only (see `backend`).
 pub mod ops;
 /// The threads the backend's kernels run on (the host's OpenMP team).
 pub mod team;

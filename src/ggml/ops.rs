@@ -87,7 +87,90 @@ pub const QUALITY_ENV: &str = "ATTNROT_QUALITY";
 /// CPU backend.
 pub fn quality_mode() -> bool {
     static Q: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *Q.get_or_init(|| env_flag(QUALITY_ENV))
+    let on = *Q.get_or_init(|| {
+        let policy_set = std::env::var_os(POLICY_ENV).is_some_and(|v| !v.is_empty());
+        // a policy that does not load means exact mode (logged by `policy()`)
+        (env_flag(QUALITY_ENV) || policy_set) && (!policy_set || policy().is_some())
+    });
+    on && !POLICY_REJECTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Environment variable: `ATTNROT_POLICY=<file>` (written by `attnrot tune`) turns on the
+/// quality mode with the model's measured K metrics; see [`policy`].
+pub const POLICY_ENV: &str = "ATTNROT_POLICY";
+
+/// Set when the policy turned out to be another model's: exact mode from then on.
+static POLICY_REJECTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The policy `ATTNROT_POLICY` names, loaded once (one log line either way). A missing or
+/// malformed file leaves the backend in exact mode.
+pub fn policy() -> Option<&'static crate::rotate::policy::Policy> {
+    static P: std::sync::OnceLock<Option<crate::rotate::policy::Policy>> =
+        std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let path = std::env::var_os(POLICY_ENV).filter(|v| !v.is_empty())?;
+        match crate::rotate::policy::Policy::load(std::path::Path::new(&path)) {
+            Ok(p) => {
+                super::host::log_info(&format!(
+                    "{POLICY_ENV}: quality policy for {} ({} layers, {} KV heads of {}) loaded from {}",
+                    p.model,
+                    p.fingerprint.n_layer,
+                    p.fingerprint.n_head_kv,
+                    p.fingerprint.head_dim_k,
+                    std::path::Path::new(&path).display()
+                ));
+                Some(p)
+            }
+            Err(e) => {
+                super::host::log_error(&format!(
+                    "{POLICY_ENV}: {e}; the backend stays in exact mode"
+                ));
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// How SET_ROWS writes one node's rows.
+enum WriteMode {
+    /// the CPU backend's `from_float`, bit-exact
+    Exact,
+    /// the squared-error search ([`crate::quant::best::quantize_row_best`])
+    Search,
+    /// the score-error search with the policy's metrics of this K layer
+    Metric(&'static [crate::quant::best::HeadMetric]),
+}
+
+/// The write mode of a SET_ROWS into `dst` from `rows` (`nc` values a row).
+fn write_mode(dst: &sys::ggml_tensor, rows: &sys::ggml_tensor, nc: usize) -> WriteMode {
+    let dty = t::ty(dst);
+    if !quality_mode() || !dty.is_some_and(|t| t.is_quantized()) {
+        return WriteMode::Exact;
+    }
+    let Some(p) = policy() else {
+        return WriteMode::Search;
+    };
+    match capture::cache_layer(dst) {
+        Some((true, layer)) => match p.check_k_row(layer as usize, nc) {
+            Ok(()) => {
+                let rotated = capture::rotation_of(rows).is_some();
+                match p.k_metric(layer as usize, rotated) {
+                    Some(m) => WriteMode::Metric(m),
+                    None => WriteMode::Search,
+                }
+            }
+            Err(why) => {
+                if !POLICY_REJECTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    super::host::log_error(&format!(
+                        "{POLICY_ENV}: the policy does not match this model ({why}); the backend is in exact mode from now on"
+                    ));
+                }
+                WriteMode::Exact
+            }
+        },
+        _ => WriteMode::Search,
+    }
 }
 
 /// Environment variable: `ATTNROT_OPS=set_rows,hadamard,fa` (any subset, comma-separated)
@@ -179,8 +262,15 @@ pub fn claims_summary() -> String {
     };
     s.push_str("; everything else stays on the CPU backend");
     if quality_mode() {
+        let how = match policy() {
+            Some(p) => format!(
+                "K blocks by score error with the {POLICY_ENV} metrics of {}, V blocks by squared error",
+                p.model
+            ),
+            None => "blocks by squared error".to_string(),
+        };
         s.push_str(&format!(
-            "; QUALITY MODE ({QUALITY_ENV}=1): quantized cache blocks chosen for the smallest error (same ggml types, not bit-exact with upstream)"
+            "; QUALITY MODE: quantized cache {how} (same ggml types, readable by any reader, not bit-exact with upstream)"
         ));
     }
     if on != [true; 3] {
@@ -358,8 +448,7 @@ where
     });
     results
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .collect()
+        .try_for_each(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 thread_local! {
@@ -423,9 +512,15 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
         unsafe { capture::set_rows(cap, dst, b, bty, &|i| index(i, 0, 0)) };
     }
     let total = nr * ne02 * ne03;
-    let quality = quality_mode();
+    let mode = write_mode(dst, b, nc);
     // The quality mode's search costs about ten times the plain quantizer per value.
-    let work = total * nc * if quality { 10 } else { 1 };
+    let work = total
+        * nc
+        * if matches!(mode, WriteMode::Exact) {
+            1
+        } else {
+            10
+        };
     let mut nt = threads_for(work, n_threads);
     if nt > 1 {
         // Several threads only if no destination row of a plane is written twice.
@@ -484,10 +579,12 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
                             row
                         }
                     };
-                    if quality && dty.is_quantized() {
-                        crate::quant::best::quantize_row_best(dty, x, None, d)
-                    } else {
-                        fmt.quantize_row(x, d)
+                    match mode {
+                        WriteMode::Exact => fmt.quantize_row(x, d),
+                        WriteMode::Search => crate::quant::best::quantize_row_best(dty, x, None, d),
+                        WriteMode::Metric(m) => {
+                            crate::quant::best::quantize_row_best_metric(dty, x, m, d)
+                        }
                     }
                     .map_err(|e| e.to_string())?;
                 }

@@ -36,10 +36,10 @@ unsafe impl BlockFormat for BlockBf16 {
     }
     /// Matches `ggml_vec_dot_bf16` (ggml-cpu/vec.cpp) as built here (`__AVX512BF16__`), bit for
     /// bit under every ISA: the AVX-512 variant runs `vdpbf16ps` when the CPU has it, the
-    /// others emulate it exactly ([`dpbf16_step`]). See [`dot_bf16_scalar`] for the order.
+    /// others emulate it exactly (`dpbf16_step`). See `dot_bf16_scalar` for the order.
     ///
     /// The usual case reaches the kernel with a tail call and no stack frame; anything else
-    /// (forced ISA, scalar, first call) goes through [`vec_dot_dispatch`].
+    /// (forced ISA, scalar, first call) goes through `vec_dot_dispatch`.
     #[inline]
     fn vec_dot(x: &[Self], y: &[Self]) -> f32 {
         #[cfg(target_arch = "x86_64")]

@@ -34,10 +34,10 @@ unsafe impl BlockFormat for BlockF16 {
         f16_to_f32_slice(x, y)
     }
     /// Matches `ggml_vec_dot_f16` (ggml-cpu/vec.cpp) as built with AVX-512F on this machine,
-    /// bit for bit under every ISA; see [`dot_f16_scalar`] for the order.
+    /// bit for bit under every ISA; see `dot_f16_scalar` for the order.
     ///
     /// The usual case reaches the kernel with a tail call and no stack frame; anything else
-    /// (forced ISA, scalar) goes through [`vec_dot_dispatch`].
+    /// (forced ISA, scalar) goes through `vec_dot_dispatch`.
     #[inline]
     fn vec_dot(x: &[Self], y: &[Self]) -> f32 {
         #[cfg(target_arch = "x86_64")]

@@ -65,7 +65,7 @@ pub unsafe trait BlockFormat: Copy + Send + Sync + 'static {
 /// View a byte slice as blocks. Fails if the length is not a whole number of blocks.
 pub fn as_blocks<B: BlockFormat>(bytes: &[u8]) -> Result<&[B]> {
     let sz = std::mem::size_of::<B>();
-    if bytes.len() % sz != 0 {
+    if !bytes.len().is_multiple_of(sz) {
         return Err(Error::BadShape(format!(
             "{} bytes is not a whole number of {} blocks ({} bytes each)",
             bytes.len(),
@@ -80,7 +80,7 @@ pub fn as_blocks<B: BlockFormat>(bytes: &[u8]) -> Result<&[B]> {
 /// Mutable variant of [`as_blocks`].
 pub fn as_blocks_mut<B: BlockFormat>(bytes: &mut [u8]) -> Result<&mut [B]> {
     let sz = std::mem::size_of::<B>();
-    if bytes.len() % sz != 0 {
+    if !bytes.len().is_multiple_of(sz) {
         return Err(Error::BadShape(format!(
             "{} bytes is not a whole number of {} blocks ({} bytes each)",
             bytes.len(),

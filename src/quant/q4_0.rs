@@ -15,7 +15,7 @@ use crate::types::GgmlType;
 pub struct BlockQ4_0 {
     /// scale (f16 bits)
     pub d: [u8; 2],
-    /// nibbles: element j in the low nibble of qs[j], element j+16 in the high one
+    /// nibbles: element j in the low nibble of `qs[j]`, element j+16 in the high one
     pub qs: [u8; 16],
 }
 
@@ -29,7 +29,7 @@ pub struct BlockQ4_0 {
 /// keeps the low byte, so callers take `as i8` / `as u8` of this.
 #[inline(always)]
 pub(crate) fn cvtt_i32(v: f32) -> i32 {
-    if v >= -2_147_483_648.0 && v < 2_147_483_648.0 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&v) {
         v as i32
     } else {
         i32::MIN

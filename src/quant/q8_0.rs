@@ -8,8 +8,8 @@
 //! * `quantize_row_q8_0_ref` (ggml-quants.c): `d = amax/127`, `id = 1/d`, `roundf` (half away
 //!   from zero), C float->int8 conversion, `d` stored with ggml-base's fp16 conversion.
 //!
-//! Both are reproduced bit for bit, NaN/Inf/subnormal blocks included (see [`cpu_block`] and
-//! [`ref_block`]); the SIMD kernels take a fast path for NaN-free blocks and fall back to these
+//! Both are reproduced bit for bit, NaN/Inf/subnormal blocks included (see `cpu_block` and
+//! `ref_block`); the SIMD kernels take a fast path for NaN-free blocks and fall back to these
 //! scalar functions for blocks containing a NaN (whose result depends on the max order).
 use super::fp16::{f16_to_f32, f32_to_f16};
 use super::BlockFormat;
@@ -39,7 +39,7 @@ fn maxps(a: f32, b: f32) -> f32 {
 /// `_mm256_cvtps_epi32` on one (already integral) lane: NaN and out-of-range give `i32::MIN`.
 #[inline(always)]
 pub(crate) fn cvtps_epi32(v: f32) -> i32 {
-    if v >= -2147483648.0 && v < 2147483648.0 {
+    if (-2147483648.0..2147483648.0).contains(&v) {
         v as i32
     } else {
         i32::MIN
@@ -241,7 +241,7 @@ unsafe impl BlockFormat for BlockQ8_0 {
     ///
     /// Rows are often 4 blocks, so the usual case reaches the kernel with a tail call and no
     /// stack frame; anything else (forced ISA, scalar, first call) goes through
-    /// [`vec_dot_dispatch`].
+    /// `vec_dot_dispatch`.
     #[inline]
     fn vec_dot(x: &[Self], y: &[Self]) -> f32 {
         #[cfg(target_arch = "x86_64")]

@@ -25,6 +25,8 @@
 //! * [`rotate_rows`], [`rotate_rows_f16`]: `rows` rows of `row_len` (a multiple of `n`)
 //!   elements at arbitrary row strides (in elements), as a strided ggml tensor has.
 //! * [`upstream_plan`] and friends: when llama.cpp rotates K and V, and with which `n`.
+pub mod policy;
+
 use crate::simd::{self, Isa};
 use crate::{Error, GgmlType, Result};
 

@@ -406,7 +406,7 @@ pub fn random_rows(seed: u64, count: usize, n: usize) -> Vec<(String, Vec<f32>)>
 /// random positions: NaNs with random sign and payload (quiet and signalling), ±inf, values
 /// above the f16 range, f32 subnormals, over a random row. Named by index.
 pub fn special_rows(seed: u64, count: usize, n: usize) -> Vec<(String, Vec<f32>)> {
-    let mut r = rng(seed ^ 0x5eed_0f_5bec1a15);
+    let mut r = rng(seed ^ 0x005e_ed0f_5bec_1a15);
     (0..count)
         .map(|i| {
             let mut x = random_row(&mut r, n);

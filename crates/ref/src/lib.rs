@@ -100,7 +100,10 @@ pub fn block_size_bytes(ty: GgmlType) -> (usize, usize) {
 
 fn row_bytes(ty: GgmlType, n: usize) -> usize {
     let (b, s) = block_size_bytes(ty);
-    assert!(n % b == 0, "{n} is not a multiple of {ty}'s block size {b}");
+    assert!(
+        n.is_multiple_of(b),
+        "{n} is not a multiple of {ty}'s block size {b}"
+    );
     n / b * s
 }
 

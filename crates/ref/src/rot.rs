@@ -68,7 +68,7 @@ impl HadamardGraph {
     ) -> Self {
         assert!(n.is_power_of_two() && n > 0, "n = {n}");
         assert!(
-            row_len % n == 0 && row_len > 0 && rows > 0,
+            row_len.is_multiple_of(n) && row_len > 0 && rows > 0,
             "row_len {row_len} rows {rows} n {n}"
         );
         assert!(
@@ -196,7 +196,7 @@ pub fn dense_mul_mat(n: usize, x: &[f32]) -> Vec<f32> {
 
 /// Dense product in f64: `y[c*n + i] = Σ_k H[i][k] x[c*n + k]` with exact `±1/√n` entries.
 pub fn dense_f64(n: usize, x: &[f32]) -> Vec<f64> {
-    assert!(n.is_power_of_two() && x.len() % n == 0);
+    assert!(n.is_power_of_two() && x.len().is_multiple_of(n));
     let s = 1.0 / (n as f64).sqrt();
     let mut y = vec![0f64; x.len()];
     for (xc, yc) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
@@ -219,7 +219,7 @@ pub fn dense_f64(n: usize, x: &[f32]) -> Vec<f64> {
 /// The same product in f64 by the fast transform (Sylvester order, so equal to
 /// [`dense_f64`] up to f64 rounding: relative error ≲ log2(n)·2⁻⁵³). For big batches.
 pub fn fwht_f64(n: usize, x: &[f32]) -> Vec<f64> {
-    assert!(n.is_power_of_two() && x.len() % n == 0);
+    assert!(n.is_power_of_two() && x.len().is_multiple_of(n));
     let s = 1.0 / (n as f64).sqrt();
     let mut y: Vec<f64> = x.iter().map(|v| *v as f64).collect();
     for c in y.chunks_exact_mut(n) {

@@ -8,6 +8,8 @@ use core::arch::x86_64::*;
 const T: usize = 64;
 
 /// `s[m][0..64] = Σ_d q[m][d] kt[d][0..64]`, `mp % 4 == 0`.
+// index loops: r/c index the accumulator tile, the K lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn qk_tile_avx512(q: *const f32, kt: *const f32, s: *mut f32, mp: usize, dk: usize) {
     unsafe {
@@ -41,6 +43,8 @@ pub unsafe fn qk_tile_avx512(q: *const f32, kt: *const f32, s: *mut f32, mp: usi
 }
 
 /// AVX2 variant of [`qk_tile_avx512`]: 4 rows × 32 columns per pass.
+// index loops: r/c index the accumulator tile, the K lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn qk_tile_avx2(q: *const f32, kt: *const f32, s: *mut f32, mp: usize, dk: usize) {
     unsafe {
@@ -83,6 +87,8 @@ pub unsafe fn qk_tile_avx2(q: *const f32, kt: *const f32, s: *mut f32, mp: usize
     }
 }
 
+// index loops: r/c index the accumulator tile, the V lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn pv_block512<const NC: usize>(
     p: *const f32,
@@ -151,6 +157,8 @@ pub unsafe fn pv_tile_avx512(
     }
 }
 
+// index loops: r/c index the accumulator tile, the V lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn pv_block256<const NC: usize>(
     p: *const f32,
@@ -272,7 +280,7 @@ const P: [f32; 6] = [
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    5e-1, // Cephes' 5.0000001201e-1 rounds to exactly 0.5 in f32
 ];
 
 #[inline(always)]
@@ -395,6 +403,8 @@ unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
 }
 
 /// `s[m][t] = Σ_d q[m][d] k[t][d]` for `t < 64`, K row-major `[64][dk]`, `mp % 4 == 0`.
+// index loops: j indexes the K registers, the accumulators (4r+j) and the K row offsets together
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn qk_rows_avx512(q: *const f32, k: *const f32, s: *mut f32, mp: usize, dk: usize) {
     unsafe {
@@ -553,6 +563,8 @@ unsafe fn prefetch_row(p: *const u8, lines: usize) {
 /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (`mp % 4 == 0`), K rows of
 /// format `F` at `k + t·nb1`; `dk % 16 == 0` (`% 32` for quantized formats). Same summation
 /// order as [`qk_rows_avx512`] (16 lanes per (m, t) over the head dimension, then `hsum16`).
+// a raw-pointer kernel: the safe wrapper attn::kernel::Kernels::qk_fused checks these together
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn qk_fused_avx512<const F: u8>(
     q: *const f32,
@@ -566,7 +578,7 @@ pub unsafe fn qk_fused_avx512<const F: u8>(
 ) {
     unsafe {
         let n32 = dk / 32;
-        let tail = dk % 32 != 0;
+        let tail = !dk.is_multiple_of(32);
         let rb = match F {
             FMT_F16 => 2 * dk,
             FMT_Q8_0 => dk / 32 * 34,
@@ -638,6 +650,8 @@ pub unsafe fn qk_fused_avx512<const F: u8>(
 }
 
 /// Rows `m..m+R`, 32-column groups `g0..g0+NG` of `o += Σ_{t∈active} p[·][t] · v_t`.
+// index loops: r/g/h index the accumulator tile, the V lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_fused_block<const F: u8, const R: usize, const NG: usize>(
@@ -701,6 +715,8 @@ unsafe fn pv_fused_block<const F: u8, const R: usize, const NG: usize>(
 }
 
 /// The 16-column f16 tail (column chunk `c`) of rows `m..m+R`.
+// index loops: r indexes the accumulators and the row offsets of o and p together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_fused_tail16<const R: usize>(
@@ -755,7 +771,7 @@ unsafe fn pv_fused_rows<const F: u8, const R: usize>(
         if g < n32 {
             pv_fused_block::<F, R, 1>(p, v, nb1, active, o, m, g, dvp, pf);
         }
-        if dv % 32 != 0 {
+        if !dv.is_multiple_of(32) {
             pv_fused_tail16::<R>(p, v, nb1, active, o, m, 2 * n32, dvp);
         }
     }
@@ -1092,6 +1108,8 @@ unsafe fn qvals32<const F: u8>(p: *const u8, g: usize, tab: __m512) -> (__m512, 
     }
 }
 
+// index loops: r/g/h index the accumulator tile, the V lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_q_block<const F: u8, const R: usize, const NG: usize>(
@@ -1262,6 +1280,8 @@ unsafe fn qvals32_avx2<const F: u8>(p: *const u8, g: usize) -> [__m256; 4] {
     }
 }
 
+// index loops: r/c index the accumulator tile, the V lanes and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_q_block_avx2<const F: u8, const R: usize>(
@@ -1354,6 +1374,8 @@ pub unsafe fn pv_q_avx2<const F: u8>(
 
 /// `dst[d][t] = src[t][d]` for `t < 64`, `d < dk`: `src` `[64][dk]`, `dst` `[dk][64]`,
 /// 16×16 blocks in registers (the `dk % 16` last dimensions element by element).
+// index loops: c picks the same column of the four rows of u (a register shuffle network)
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn transpose_tile_avx512(src: *const f32, dst: *mut f32, dk: usize) {
     unsafe {

@@ -240,9 +240,8 @@ pub unsafe fn quantize_q8_avx512<const Q81: bool>(x: *const f32, y: *mut u8, nb:
                     sbits.as_mut_ptr() as *mut __m128i,
                     _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sf),
                 );
-                for k in 0..4 {
-                    (yp.add(stride * k + 2) as *mut [u8; 2])
-                        .write_unaligned(sbits[k].to_le_bytes());
+                for (k, bits) in sbits[..4].iter().enumerate() {
+                    (yp.add(stride * k + 2) as *mut [u8; 2]).write_unaligned(bits.to_le_bytes());
                 }
             }
         }

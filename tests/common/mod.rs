@@ -1,0 +1,212 @@
+//! Helpers shared by the integration tests that run stock upstream programs or other hosts.
+//! (Each test file includes this module; not every file uses every helper.)
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (this module is also included by the CLI crate's tests, one level down).
+pub fn repo_root() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if d.join("scripts").is_dir() {
+        d
+    } else {
+        d.parent().expect("cli/ has a parent").to_path_buf()
+    }
+}
+
+/// `target/<profile>/libattnrot.so`, found from the test's own path (`target/<profile>/deps/…`).
+pub fn cdylib() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let so = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .join("libattnrot.so");
+    assert!(
+        so.is_file(),
+        "{} not found: build it first with `cargo build --release`",
+        so.display()
+    );
+    so
+}
+
+/// The attnrot cache (`ATTNROT_CACHE`, else `$XDG_CACHE_HOME/attnrot`, else `~/.cache/attnrot`),
+/// as the scripts compute it.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("ATTNROT_CACHE") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"))
+        .join("attnrot")
+}
+
+/// Run `scripts/<name>` and return the path it prints on stdout (its last line).
+pub fn script(name: &str, args: &[&str]) -> PathBuf {
+    let t0 = std::time::Instant::now();
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts").join(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let p = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    eprintln!(
+        "scripts/{name}: {} ({:.1} s)",
+        p.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    p
+}
+
+/// The stock build's bin directory: `ATTNROT_UPSTREAM_BIN`, else `scripts/build-upstream.sh`
+/// (which builds it the first time, cached in the attnrot cache).
+pub fn upstream_bin() -> PathBuf {
+    match std::env::var_os("ATTNROT_UPSTREAM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => script("build-upstream.sh", &[]),
+    }
+}
+
+/// The measurement model (`scripts/fetch-model.sh`).
+pub fn model() -> PathBuf {
+    script("fetch-model.sh", &[])
+}
+
+/// Running in CI (`CI=true`/`1`)?
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Something a test needs is missing: in CI that is a failure; elsewhere the test is skipped
+/// with the reason printed. Returns `false` (the caller returns) when skipping.
+#[must_use]
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{what} (CI=true: a missing prerequisite is a failure)"
+    );
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
+/// Is `prog` runnable (`prog --version` succeeds)?
+pub fn have(prog: &str) -> bool {
+    Command::new(prog)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// stdout + stderr of a finished command, for messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The Jargon File (Debian `jargon-text` 4.4.7-4.1), the project's evaluation text, as
+/// `attnrot eval` fetches it: `apt-get download` (sha256-checked .deb cached in
+/// [`cache_dir`]), `jargon.txt.gz` unpacked with dpkg-deb (or the text `attnrot eval` left in
+/// the cache); returned from its first entry (":0:") on.
+pub fn jargon_prose() -> String {
+    const DEB: &str = "jargon-text=4.4.7-4.1";
+    const DEB_FILE: &str = "jargon-text_4.4.7-4.1_all.deb";
+    const DEB_SHA256: &str = "17d05997e30eb3d5d6713929b8e2f81b63a5f50073858ad2a06701c71f54dcdb";
+    const TEXT_FILE: &str = "jargon-4.4.7.txt";
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    let text = match std::fs::read_to_string(cache.join(TEXT_FILE)) {
+        Ok(t) => t,
+        Err(_) => {
+            let deb = cache.join(DEB_FILE);
+            if !(deb.is_file() && sha256(&deb) == DEB_SHA256) {
+                let dl = cache.join(format!("dl-jargon-{}", std::process::id()));
+                std::fs::create_dir_all(&dl).unwrap();
+                let get = || {
+                    Command::new("apt-get")
+                        .args(["download", "-q", DEB])
+                        .current_dir(&dl)
+                        .status()
+                        .expect("apt-get")
+                };
+                if !get().success() {
+                    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+                    assert!(get().success(), "apt-get download {DEB} failed (offline?)");
+                }
+                assert_eq!(
+                    sha256(&dl.join(DEB_FILE)),
+                    DEB_SHA256,
+                    "{DEB_FILE} checksum"
+                );
+                std::fs::rename(dl.join(DEB_FILE), &deb).unwrap();
+                let _ = std::fs::remove_dir_all(&dl);
+            }
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/share/doc/jargon-text/jargon.txt.gz | gzip -dc",
+                    deb.display()
+                ))
+                .output()
+                .expect("dpkg-deb");
+            assert!(out.status.success() && out.stdout.len() > 100_000);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let text = &text[text.find("\n:0:").map(|i| i + 1).unwrap_or(0)..];
+    text[text.find(":0:").unwrap_or(0)..].to_string()
+}
+
+/// sha256 of a file (`sha256sum`).
+pub fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Like [`script`], but `Err` (with the script's stderr) instead of a panic.
+pub fn try_script(name: &str, args: &[&str]) -> Result<PathBuf, String> {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts").join(name))
+        .args(args)
+        .output()
+        .map_err(|e| format!("run scripts/{name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/{name} {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(stdout.lines().last().unwrap_or("").trim()))
+}
+
+/// A SIMD variant of our kernels below the detected one: avx2 on an AVX-512 machine, else
+/// scalar (for `ATTNROT_ISA`). Its results differ from the native variant's only in float
+/// rounding: the noise floor of the end-to-end comparisons.
+pub fn other_isa() -> &'static str {
+    use attnrot::simd::{detected, Isa};
+    match detected() {
+        Isa::Avx512 => "avx2",
+        _ => "scalar",
+    }
+}
