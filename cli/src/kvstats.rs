@@ -543,6 +543,8 @@ pub struct Sums {
     pub s_ref: f64,
     pub o_err: f64,
     pub o_ref: f64,
+    /// Output error with only K encoded (V exact).
+    pub ok_err: f64,
 }
 
 impl Sums {
@@ -555,6 +557,7 @@ impl Sums {
         self.s_ref += o.s_ref;
         self.o_err += o.o_err;
         self.o_ref += o.o_ref;
+        self.ok_err += o.ok_err;
     }
     pub fn metrics(&self) -> Metrics {
         let r = |e: f64, r: f64| if r > 0.0 { (e / r).sqrt() } else { 0.0 };
@@ -563,6 +566,7 @@ impl Sums {
             v_rel_rmse: r(self.v_err, self.v_ref),
             score_rel_err: r(self.s_err, self.s_ref),
             out_rel_err: r(self.o_err, self.o_ref),
+            out_k_only_rel_err: r(self.ok_err, self.o_ref),
         }
     }
 }
@@ -577,6 +581,8 @@ pub struct Metrics {
     pub score_rel_err: f64,
     /// `‖Ô − O‖ / ‖O‖`, `O = softmax(scale·S)·V` per query and head, K and V encoded.
     pub out_rel_err: f64,
+    /// The same with only K encoded (V exact): K's share of the output error.
+    pub out_k_only_rel_err: f64,
 }
 
 fn sq_err(a: &[f32], b: &[f32]) -> (f64, f64) {
@@ -668,6 +674,8 @@ pub fn evaluate(lay: &Layer, reference: &Reference, c: &Candidate) -> Result<Met
         (part.v_err, part.v_ref) = sq_err(&seg.v, &v);
         (part.s_err, part.s_ref) = sq_err(&reference.scores[si], &s);
         (part.o_err, part.o_ref) = sq_err(&reference.outputs[si], &o);
+        attend(lay, seg, &k, &seg.v, &mut s, &mut o);
+        (part.ok_err, _) = sq_err(&reference.outputs[si], &o);
         total.add(&part);
     }
     Ok(total.metrics())

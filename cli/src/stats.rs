@@ -288,6 +288,7 @@ pub fn run(a: Args) -> Result<()> {
                 v_rel_rmse: per_layer.iter().map(|m| m.v_rel_rmse).sum::<f64>() / n,
                 score_rel_err: per_layer.iter().map(|m| m.score_rel_err).sum::<f64>() / n,
                 out_rel_err: per_layer.iter().map(|m| m.out_rel_err).sum::<f64>() / n,
+                out_k_only_rel_err: per_layer.iter().map(|m| m.out_k_only_rel_err).sum::<f64>() / n,
             };
             CandidateResult {
                 name: c.name.clone(),
@@ -500,8 +501,15 @@ fn print_candidates(rows: &[CandidateResult]) {
     println!();
     println!("Errors vs f32 (mean over layers of each layer's relative error; scores Q·Kᵀ with the real Q; output softmax(scale·QKᵀ)·V, causal)");
     println!(
-        "{:<40} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
-        "encoding (K and V)", "bits K", "bits V", "K rRMSE", "V rRMSE", "score err", "output err"
+        "{:<40} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "encoding (K and V)",
+        "bits K",
+        "bits V",
+        "K rRMSE",
+        "V rRMSE",
+        "score err",
+        "output err",
+        "out, K only"
     );
     let mut sorted: Vec<&CandidateResult> = rows.iter().collect();
     sorted.sort_by(|a, b| {
@@ -511,14 +519,15 @@ fn print_candidates(rows: &[CandidateResult]) {
     });
     for r in sorted {
         println!(
-            "{:<40} {:>6.2} {:>6.2} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e}",
+            "{:<40} {:>6.2} {:>6.2} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e}",
             r.name,
             r.bits_k,
             r.bits_v,
             r.mean.k_rel_rmse,
             r.mean.v_rel_rmse,
             r.mean.score_rel_err,
-            r.mean.out_rel_err
+            r.mean.out_rel_err,
+            r.mean.out_k_only_rel_err
         );
     }
 }

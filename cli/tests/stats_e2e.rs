@@ -77,7 +77,13 @@ fn tiny_stats_run_is_well_formed_and_ordered() {
     assert_eq!(cands.len(), 8 * 3 * 2 + 6 + 4, "{cands:#?}");
     for c in cands {
         assert_eq!(c["per_layer"].as_array().unwrap().len(), 2);
-        for m in ["k_rel_rmse", "v_rel_rmse", "score_rel_err", "out_rel_err"] {
+        for m in [
+            "k_rel_rmse",
+            "v_rel_rmse",
+            "score_rel_err",
+            "out_rel_err",
+            "out_k_only_rel_err",
+        ] {
             let x = c["mean"][m].as_f64().unwrap();
             assert!(x.is_finite() && x > 0.0, "{} {m} = {x}", c["name"]);
         }
