@@ -195,6 +195,9 @@ pub fn stats_chart(rows: &[crate::stats::CandidateResult], path: &Path) -> Resul
         RGBColor(20, 20, 20),
         RGBColor(180, 160, 60),
     ];
+    // the quantized encodings; f16/bf16 (16 bits) are in the table
+    let rows: Vec<&crate::stats::CandidateResult> =
+        rows.iter().filter(|r| r.bits_k <= 9.0).collect();
     let xmax = rows.iter().map(|r| r.bits_k).fold(0f64, f64::max) + 0.5;
     let tmp = path.with_extension(format!("tmp{}.png", std::process::id()));
     {
@@ -211,7 +214,7 @@ pub fn stats_chart(rows: &[crate::stats::CandidateResult], path: &Path) -> Resul
             }),
         ];
         for (panel, (title, f)) in panels.iter().zip(metrics) {
-            let ys: Vec<f64> = rows.iter().map(f).filter(|v| *v > 0.0).collect();
+            let ys: Vec<f64> = rows.iter().map(|r| f(r)).filter(|v| *v > 0.0).collect();
             let ymin = ys.iter().cloned().fold(f64::MAX, f64::min).max(1e-9) / 1.5;
             let ymax = ys.iter().cloned().fold(0f64, f64::max).max(ymin * 10.0) * 1.5;
             let mut chart = ChartBuilder::on(panel)
@@ -239,8 +242,10 @@ pub fn stats_chart(rows: &[crate::stats::CandidateResult], path: &Path) -> Resul
                 if line {
                     chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
                 }
+                // later series smaller, so coinciding points stay visible
+                let radius = 8 - (fi as i32 % 6);
                 chart
-                    .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))?
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, radius, c.filled())))?
                     .label(fam.as_str())
                     .legend(move |(x, y)| Circle::new((x + 7, y), 5, c.filled()));
             }

@@ -300,12 +300,22 @@ fn upstream_quantize(ty: GgmlType, x: &[f32], y: &mut [u8]) -> attnrot::Result<(
     attnrot::quant::format(ty)?.quantize_row(x, y)
 }
 
+fn quality_quantize(ty: GgmlType, x: &[f32], y: &mut [u8]) -> attnrot::Result<()> {
+    attnrot::quant::best::quantize_row_best(ty, x, None, y)
+}
+
 /// The quantizers compared for every ggml format: upstream's (what ggml's CPU backend
-/// stores). attnrot's quality-mode quantizer goes here as one more line.
-pub const QUANTIZERS: &[Quantizer] = &[Quantizer {
-    name: "upstream",
-    quantize: upstream_quantize,
-}];
+/// stores) and attnrot's quality mode (`quant::best`, error-minimizing, unweighted).
+pub const QUANTIZERS: &[Quantizer] = &[
+    Quantizer {
+        name: "upstream",
+        quantize: upstream_quantize,
+    },
+    Quantizer {
+        name: "attnrot quality",
+        quantize: quality_quantize,
+    },
+];
 
 /// The rotation applied before a ggml format (and undone after decoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -533,6 +543,8 @@ pub struct Sums {
     pub s_ref: f64,
     pub o_err: f64,
     pub o_ref: f64,
+    /// Output error with only K encoded (V exact).
+    pub ok_err: f64,
 }
 
 impl Sums {
@@ -545,6 +557,7 @@ impl Sums {
         self.s_ref += o.s_ref;
         self.o_err += o.o_err;
         self.o_ref += o.o_ref;
+        self.ok_err += o.ok_err;
     }
     pub fn metrics(&self) -> Metrics {
         let r = |e: f64, r: f64| if r > 0.0 { (e / r).sqrt() } else { 0.0 };
@@ -553,6 +566,7 @@ impl Sums {
             v_rel_rmse: r(self.v_err, self.v_ref),
             score_rel_err: r(self.s_err, self.s_ref),
             out_rel_err: r(self.o_err, self.o_ref),
+            out_k_only_rel_err: r(self.ok_err, self.o_ref),
         }
     }
 }
@@ -567,6 +581,8 @@ pub struct Metrics {
     pub score_rel_err: f64,
     /// `‖Ô − O‖ / ‖O‖`, `O = softmax(scale·S)·V` per query and head, K and V encoded.
     pub out_rel_err: f64,
+    /// The same with only K encoded (V exact): K's share of the output error.
+    pub out_k_only_rel_err: f64,
 }
 
 fn sq_err(a: &[f32], b: &[f32]) -> (f64, f64) {
@@ -658,6 +674,8 @@ pub fn evaluate(lay: &Layer, reference: &Reference, c: &Candidate) -> Result<Met
         (part.v_err, part.v_ref) = sq_err(&seg.v, &v);
         (part.s_err, part.s_ref) = sq_err(&reference.scores[si], &s);
         (part.o_err, part.o_ref) = sq_err(&reference.outputs[si], &o);
+        attend(lay, seg, &k, &seg.v, &mut s, &mut o);
+        (part.ok_err, _) = sq_err(&reference.outputs[si], &o);
         total.add(&part);
     }
     Ok(total.metrics())
@@ -787,6 +805,21 @@ mod tests {
         assert!(f16r.k_rel_rmse < 2e-3, "{f16r:?}");
         // TurboQuant_mse 4b on rotated Gaussian-like vectors: relative RMSE ≈ sqrt(0.0095)
         assert!((t4.v_rel_rmse - 0.009497f64.sqrt()).abs() < 0.02, "{t4:?}");
+    }
+
+    /// The quality quantizer never has a larger K/V error than upstream's (it keeps
+    /// upstream's block unless it finds a better one).
+    #[test]
+    fn quality_quantizer_is_never_worse_than_upstream() {
+        let lay = synthetic(4);
+        for ty in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"] {
+            for rot in ["none", "wht"] {
+                let u = metrics(&lay, &format!("{ty} rot {rot} (upstream)"));
+                let q = metrics(&lay, &format!("{ty} rot {rot} (attnrot quality)"));
+                assert!(q.k_rel_rmse <= u.k_rel_rmse, "{ty} {rot}: {q:?} vs {u:?}");
+                assert!(q.v_rel_rmse <= u.v_rel_rmse, "{ty} {rot}: {q:?} vs {u:?}");
+            }
+        }
     }
 
     #[test]

@@ -288,6 +288,7 @@ pub fn run(a: Args) -> Result<()> {
                 v_rel_rmse: per_layer.iter().map(|m| m.v_rel_rmse).sum::<f64>() / n,
                 score_rel_err: per_layer.iter().map(|m| m.score_rel_err).sum::<f64>() / n,
                 out_rel_err: per_layer.iter().map(|m| m.out_rel_err).sum::<f64>() / n,
+                out_k_only_rel_err: per_layer.iter().map(|m| m.out_k_only_rel_err).sum::<f64>() / n,
             };
             CandidateResult {
                 name: c.name.clone(),
@@ -500,8 +501,15 @@ fn print_candidates(rows: &[CandidateResult]) {
     println!();
     println!("Errors vs f32 (mean over layers of each layer's relative error; scores Q·Kᵀ with the real Q; output softmax(scale·QKᵀ)·V, causal)");
     println!(
-        "{:<40} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
-        "encoding (K and V)", "bits K", "bits V", "K rRMSE", "V rRMSE", "score err", "output err"
+        "{:<40} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "encoding (K and V)",
+        "bits K",
+        "bits V",
+        "K rRMSE",
+        "V rRMSE",
+        "score err",
+        "output err",
+        "out, K only"
     );
     let mut sorted: Vec<&CandidateResult> = rows.iter().collect();
     sorted.sort_by(|a, b| {
@@ -511,37 +519,52 @@ fn print_candidates(rows: &[CandidateResult]) {
     });
     for r in sorted {
         println!(
-            "{:<40} {:>6.2} {:>6.2} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e}",
+            "{:<40} {:>6.2} {:>6.2} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e}",
             r.name,
             r.bits_k,
             r.bits_v,
             r.mean.k_rel_rmse,
             r.mean.v_rel_rmse,
             r.mean.score_rel_err,
-            r.mean.out_rel_err
+            r.mean.out_rel_err,
+            r.mean.out_k_only_rel_err
         );
     }
 }
 
 fn print_summary(s: &[ShareRow]) {
     println!();
-    println!("Share of TurboQuant's error reduction over the unrotated cache, at matched bits: (base − candidate) / (base − TurboQuant)");
+    println!("Share of TurboQuant's error reduction over the unrotated upstream cache, at matched bits: (unrotated − candidate) / (unrotated − TurboQuant); > 100 % = better than TurboQuant, n/a = TurboQuant no better than unrotated");
     println!(
-        "{:<6} {:<28} {:<36} {:<7} {:>10} {:>10} {:>10} {:>7}",
-        "bits", "candidate", "TurboQuant", "metric", "unrotated", "candidate", "TurboQ.", "share"
+        "{:<5} {:<34} {:<31} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>7}",
+        "bits",
+        "candidate",
+        "TurboQuant",
+        "score: unrot",
+        "cand.",
+        "TQ",
+        "share",
+        "out: unrot",
+        "cand.",
+        "TQ",
+        "share"
     );
-    for r in s {
+    let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |s| format!("{:.0} %", s * 100.0));
+    for pair in s.chunks(2) {
+        let (a, b) = (&pair[0], pair.get(1).unwrap_or(&pair[0]));
         println!(
-            "{:<6.2} {:<28} {:<36} {:<7} {:>10.3e} {:>10.3e} {:>10.3e} {:>7}",
-            r.bits,
-            r.candidate,
-            r.turboquant,
-            r.metric,
-            r.base_err,
-            r.candidate_err,
-            r.turboquant_err,
-            r.share
-                .map_or("n/a".to_string(), |s| format!("{:.0} %", s * 100.0))
+            "{:<5.2} {:<34} {:<31} {:>10.3e} {:>10.3e} {:>10.3e} {:>7} {:>10.3e} {:>10.3e} {:>10.3e} {:>7}",
+            a.bits,
+            a.candidate,
+            a.turboquant,
+            a.base_err,
+            a.candidate_err,
+            a.turboquant_err,
+            pct(a.share),
+            b.base_err,
+            b.candidate_err,
+            b.turboquant_err,
+            pct(b.share)
         );
     }
 }
