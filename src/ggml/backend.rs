@@ -122,10 +122,13 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
                     g.host.build.api_version,
                     host::scope_description(),
                 ));
-                // Loud (WARN): what runs here and what does not, once per process.
+                // Loud (WARN): what runs here and what does not, once per process. It names
+                // the host's ggml too: some hosts drop INFO lines logged while backends load
+                // (llama.cpp v0.5.0's tools load them before `-lv` is parsed).
                 host::log_warn(&format!(
-                    "backend {} {}",
+                    "backend {} (host ggml {}) {}",
                     NAME.to_string_lossy(),
+                    g.host.version,
                     ops::claims_summary()
                 ));
                 &g.reg as *const _ as sys::ggml_backend_reg_t
