@@ -22,6 +22,8 @@
 //! * `v050_greedy_text_and_perplexity`: llama.cpp v0.5.0's own llama-completion and
 //!   llama-perplexity (`scripts/build-upstream.sh v0.5.0`), q8_0 and q4_0 caches, rotation on:
 //!   the greedy-text and perplexity checks above.
+//! * `v050_fa_auto_and_declined_work`: the `-fa auto` and declined-work checks below on
+//!   v0.5.0's llama-completion.
 //! * `declined_work_runs_on_the_cpu`: an f32 cache (nothing for us to claim: the graph has one
 //!   split, as stock) and q4_0-K/f16-V (FLASH_ATTN_EXT declined, SET_ROWS and the rotation
 //!   ours): both run and give stock's text.
@@ -493,7 +495,19 @@ fn assert_noise(cache: Cache, k: &Kld) {
 
 #[test]
 fn fa_auto_keeps_flash_attention() {
-    let t = tools(Build::Pin);
+    fa_auto(Build::Pin);
+}
+
+/// [`fa_auto_keeps_flash_attention`] and [`declined_work_runs_on_the_cpu`] on v0.5.0's
+/// llama-completion.
+#[test]
+fn v050_fa_auto_and_declined_work() {
+    fa_auto(Build::V050);
+    declined_work(Build::V050);
+}
+
+fn fa_auto(build: Build) {
+    let t = tools(build);
     let model = t.model.to_str().unwrap();
     let probe = |ty: &'static str, env: &[(&str, &str)]| -> Run {
         // No -fa: llama.cpp's default (auto). One token is enough: the decision is at init.
@@ -501,7 +515,7 @@ fn fa_auto_keeps_flash_attention() {
             "-m", model, "-p", PROMPT, "-n", "1", "-c", "256", "-t", THREADS, "--temp", "0",
             "-no-cnv", "-lv", "4", "-ctk", ty, "-ctv", ty,
         ];
-        run(Build::Pin, "llama-completion", &args, true, true, env)
+        run(build, "llama-completion", &args, true, true, env)
     };
     for ty in ["f16", "q8_0"] {
         let r = probe(ty, &[]);
@@ -709,6 +723,10 @@ fn v050_greedy_text_and_perplexity() {
 
 #[test]
 fn declined_work_runs_on_the_cpu() {
+    declined_work(Build::Pin);
+}
+
+fn declined_work(build: Build) {
     // f32 cache: no SET_ROWS format, no rotation, no quantized V -> nothing claimed.
     let f32 = Cache {
         k: "f32",
@@ -716,10 +734,7 @@ fn declined_work_runs_on_the_cpu() {
         rot: true,
         fa_all: false,
     };
-    let (stock, ours) = (
-        generate(Build::Pin, f32, false),
-        generate(Build::Pin, f32, true),
-    );
+    let (stock, ours) = (generate(build, f32, false), generate(build, f32, true));
     assert_eq!(
         ours.splits().iter().max(),
         Some(&1),
@@ -739,10 +754,7 @@ fn declined_work_runs_on_the_cpu() {
         rot: true,
         fa_all: false,
     };
-    let (stock, ours) = (
-        generate(Build::Pin, mixed, false),
-        generate(Build::Pin, mixed, true),
-    );
+    let (stock, ours) = (generate(build, mixed, false), generate(build, mixed, true));
     assert!(
         ours.splits().iter().any(|&s| s > 1),
         "q4_0/f16: expected our SET_ROWS/rotation splits\n{}",
