@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Build stock upstream llama.cpp (the pinned tree from vendor/fetch.sh) with upstream's own
-# CMake: GGML_BACKEND_DL=ON, BUILD_SHARED_LIBS=ON, CPU only, no network code.
+# Build stock upstream llama.cpp with upstream's own CMake: GGML_BACKEND_DL=ON,
+# BUILD_SHARED_LIBS=ON, CPU only, no network code. Two trees:
+#   pin     (default) the pinned tree from vendor/fetch.sh (ggml 0.25.3, 0c1e57098)
+#   v0.5.0  llama.cpp v0.5.0 (ggml 0.25.1) from node-llama-cpp's git bundle
+#           (scripts/fetch-npm-llama.sh tree, commit de3ff81); it has the server sources, so
+#           llama-server is built too (without the web UI: no npm build, no download)
 #
 # Everything lives in the attnrot cache, outside the checkout, keyed by the pin, so every clone
 # (CI runs in a fresh one) and every target dir on the machine shares one build:
@@ -11,6 +15,8 @@
 #                                            depend on which clone's vendor/ it came from
 #   $cache/upstream-build/<isa-tag>-<sha12>  the build; its bin/ is printed on stdout
 # (<sha12> = the first 12 hex digits of the pinned sdist's sha256 in vendor/fetch.sh.)
+#   v0.5.0: source $cache/llama.cpp-v0.5.0-de3ff81 (already a private copy in the cache),
+#           build  $cache/upstream-build/<isa-tag>-v0.5.0-de3ff81
 #
 # Up to date = every product exists, is newer than the tree's pin stamp, and the build's stamp
 # records this script's content (content, not mtime: a fresh clone's files are all new).
@@ -26,9 +32,11 @@
 # never meets an instruction it lacks. One CPU variant (libggml-cpu.so), no ALL_VARIANTS.
 #
 # Targets: llama-completion (the classic CLI; llama-cli itself needs the server sources),
-# llama-simple, llama-perplexity, llama-bench, test-backend-ops, and the ggml-cpu module.
+# llama-simple, llama-perplexity, llama-bench, test-backend-ops, and the ggml-cpu module;
+# v0.5.0: llama-server, llama-completion, llama-perplexity, test-backend-ops, ggml-cpu.
+# All builds share one lock: only one upstream build runs at a time on the machine.
 #
-# Usage: scripts/build-upstream.sh          -> builds if needed, prints the bin directory on stdout
+# Usage: scripts/build-upstream.sh [pin|v0.5.0]  -> builds if needed, prints the bin directory
 #        ATTNROT_UPSTREAM_JOBS=N            -> parallel jobs (default 2)
 set -euo pipefail
 
@@ -42,13 +50,36 @@ cache="${ATTNROT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/attnrot}"
 
 log() { echo "attnrot: $*" >&2; }
 
-pin=$(sed -n 's/^SHA256=\([0-9a-f]\{64\}\)$/\1/p' "$root/vendor/fetch.sh")
-if [ -z "$pin" ]; then
-  log "no SHA256=<64 hex> line in vendor/fetch.sh"
-  exit 1
-fi
-sha12=${pin:0:12}
-src="$cache/upstream-src-$sha12"
+which=${1:-pin}
+case "$which" in
+pin)
+  pin=$(sed -n 's/^SHA256=\([0-9a-f]\{64\}\)$/\1/p' "$root/vendor/fetch.sh")
+  if [ -z "$pin" ]; then
+    log "no SHA256=<64 hex> line in vendor/fetch.sh"
+    exit 1
+  fi
+  key=${pin:0:12}
+  src="$cache/upstream-src-$key"
+  server=OFF
+  targets=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops ggml-cpu)
+  products=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops)
+  ;;
+v0.5.0)
+  # The clone is made (and checked: bundle sha256, HEAD, ggml version) by fetch-npm-llama.sh;
+  # its .attnrot-pin holds the commit.
+  src=$("$root/scripts/fetch-npm-llama.sh" tree)
+  pin=$(cat "$src/.attnrot-pin")
+  key=v0.5.0-${pin:0:7}
+  server=ON
+  targets=(llama-server llama-completion llama-perplexity test-backend-ops ggml-cpu)
+  products=(llama-server llama-completion llama-perplexity test-backend-ops)
+  ;;
+*)
+  log "usage: $0 [pin|v0.5.0]"
+  exit 2
+  ;;
+esac
+products+=(libggml-cpu.so libggml-base.so libggml.so libllama.so)
 script_sum=$(sha256sum "$self" | cut -d' ' -f1)
 
 # --- ISA flags from the running CPU (x86-64 only) -------------------------------------------
@@ -73,11 +104,9 @@ if [ "$(uname -m)" = "x86_64" ]; then
   [ -n "$tag" ] || tag=x64
 fi
 
-build="$cache/upstream-build/$tag-$sha12"
+build="$cache/upstream-build/$tag-$key"
 bin="$build/bin"
 done_stamp="$build/.attnrot-built"
-targets=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops ggml-cpu)
-products=(llama-completion llama-simple llama-perplexity llama-bench test-backend-ops libggml-cpu.so libggml-base.so libggml.so libllama.so)
 
 # --- fast path: built by this script's content, products newer than the pin stamp ------------
 up_to_date() {
@@ -104,7 +133,7 @@ if up_to_date; then
 fi
 
 # --- the pinned tree, copied once into the cache ---------------------------------------------
-if [ ! -f "$src/.attnrot-pin" ] || [ "$(cat "$src/.attnrot-pin")" != "$pin" ]; then
+if [ "$which" = pin ] && { [ ! -f "$src/.attnrot-pin" ] || [ "$(cat "$src/.attnrot-pin")" != "$pin" ]; }; then
   tree=$("$root/vendor/fetch.sh")
   log "copying the pinned tree $tree to $src"
   stage=$(mktemp -d "$cache/.upstream-src.XXXXXX")
@@ -159,10 +188,12 @@ cfg=(
   -DLLAMA_BUILD_TESTS=ON
   -DLLAMA_BUILD_TOOLS=ON
   -DLLAMA_BUILD_EXAMPLES=ON
-  -DLLAMA_BUILD_SERVER=OFF
+  "-DLLAMA_BUILD_SERVER=$server"
   -DLLAMA_BUILD_APP=OFF
   -DLLAMA_BUILD_UI=OFF
 )
+# v0.5.0's server embeds a web UI: never build it with npm nor download it (empty UI table).
+[ "$server" = ON ] && cfg+=(-DLLAMA_USE_PREBUILT_UI=OFF)
 stamp="$build/.attnrot-configure"
 want_cfg="$(printf '%s\n' "${cfg[@]}" "$src" "$pin")"
 start=$(date +%s)

@@ -19,6 +19,11 @@
 //!   non-bit-identical kernel can meet that on this model.)
 //! * `perplexity_matches_stock`: q8_0 and q4_0 caches (attn-rot on): PPL with our backend
 //!   equals stock's within stock's ± error, and the noise rule above.
+//! * `v050_greedy_text_and_perplexity`: llama.cpp v0.5.0's own llama-completion and
+//!   llama-perplexity (`scripts/build-upstream.sh v0.5.0`), q8_0 and q4_0 caches, rotation on:
+//!   the greedy-text and perplexity checks above.
+//! * `v050_fa_auto_and_declined_work`: the `-fa auto` and declined-work checks below on
+//!   v0.5.0's llama-completion.
 //! * `declined_work_runs_on_the_cpu`: an f32 cache (nothing for us to claim: the graph has one
 //!   split, as stock) and q4_0-K/f16-V (FLASH_ATTN_EXT declined, SET_ROWS and the rotation
 //!   ours): both run and give stock's text.
@@ -33,7 +38,7 @@
 //! only, not results. Heavy runs are serialized (one at a time) across the tests of this file.
 mod common;
 
-use common::other_isa;
+use common::{other_isa, Build};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,58 +53,25 @@ const PPL_CHUNKS: &str = "3";
 /// Bytes of the evaluation text handed to llama-perplexity (3 x 256 tokens need ~4 KB).
 const TEXT_BYTES: usize = 48 * 1024;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// One heavy program at a time (the machine has 2 cores; tests run on parallel threads).
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn script(name: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts").join(name))
-        .output()
-        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/{name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 struct Tools {
+    build: Build,
     bin: PathBuf,
     so: PathBuf,
     model: PathBuf,
     tmp: PathBuf,
 }
 
-fn tools() -> &'static Tools {
-    static T: OnceLock<Tools> = OnceLock::new();
+/// This run's temp dir (saved logits are ~75 MB per file: what dead runs of this test left
+/// behind is removed first).
+fn tmp() -> &'static PathBuf {
+    static T: OnceLock<PathBuf> = OnceLock::new();
     T.get_or_init(|| {
-        let t0 = std::time::Instant::now();
-        // ATTNROT_UPSTREAM_BIN: an existing build of the pinned tree (as the CLI accepts).
-        let bin = match std::env::var_os("ATTNROT_UPSTREAM_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => script("build-upstream.sh"),
-        };
-        let model = script("fetch-model.sh");
-        let exe = std::env::current_exe().expect("current_exe");
-        let so = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>")
-            .join("libattnrot.so");
-        assert!(
-            so.is_file(),
-            "{} not found: build it first with `cargo build --release` (scripts/test.sh does)",
-            so.display()
-        );
-        // Saved logits are ~75 MB per file: remove what dead runs of this test left behind.
         if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -112,14 +84,30 @@ fn tools() -> &'static Tools {
         }
         let tmp = std::env::temp_dir().join(format!("attnrot-e2e-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).expect("temp dir");
+        tmp
+    })
+}
+
+/// The stock programs of `build` (built by `scripts/build-upstream.sh` when missing), the
+/// model, our .so.
+fn tools(build: Build) -> &'static Tools {
+    static T: [OnceLock<Tools>; 2] = [OnceLock::new(), OnceLock::new()];
+    T[build as usize].get_or_init(|| {
+        let t0 = std::time::Instant::now();
+        let bin = build.bin();
+        let model = common::model();
+        let so = common::cdylib();
+        let tmp = tmp().clone();
         eprintln!(
-            "upstream {}; model {}; backend {} ({:.1} s)",
+            "upstream [{}] {}; model {}; backend {} ({:.1} s)",
+            build.arg(),
             bin.display(),
             model.display(),
             so.display(),
             t0.elapsed().as_secs_f64()
         );
         Tools {
+            build,
             bin,
             so,
             model,
@@ -220,8 +208,15 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 /// Run a stock program, with our backend (`ours`) or without, under `cache`'s rotation.
-fn run(prog: &str, args: &[&str], ours: bool, rot: bool, env: &[(&str, &str)]) -> Run {
-    let t = tools();
+fn run(
+    build: Build,
+    prog: &str,
+    args: &[&str],
+    ours: bool,
+    rot: bool,
+    env: &[(&str, &str)],
+) -> Run {
+    let t = tools(build);
     let mut cmd = Command::new(t.bin.join(prog));
     cmd.args(args)
         .current_dir(&t.tmp)
@@ -247,8 +242,9 @@ fn run(prog: &str, args: &[&str], ours: bool, rot: bool, env: &[(&str, &str)]) -
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     eprintln!(
-        "  [{:.1} s] {}{}{prog} {}",
+        "  [{:.1} s] [{}] {}{}{prog} {}",
         t0.elapsed().as_secs_f64(),
+        t.build.arg(),
         if ours {
             "GGML_BACKEND_PATH=libattnrot.so "
         } else {
@@ -264,15 +260,24 @@ fn run(prog: &str, args: &[&str], ours: bool, rot: bool, env: &[(&str, &str)]) -
         r.dump()
     );
     if ours {
-        assert!(r.ours_loaded(), "our backend did not load:\n{}", r.dump());
+        assert!(
+            r.stderr.contains(&t.build.active_line()),
+            "our backend did not load for {} ({:?}):\n{}",
+            t.build.host_ggml(),
+            t.build,
+            r.dump()
+        );
+        if t.build == Build::Pin {
+            assert!(r.ours_loaded(), "our backend did not load:\n{}", r.dump());
+        }
     } else {
         assert!(!r.stderr.contains("AttnRot"), "stock run saw AttnRot");
     }
     r
 }
 
-fn generate(cache: Cache, ours: bool) -> Run {
-    let t = tools();
+fn generate(build: Build, cache: Cache, ours: bool) -> Run {
+    let t = tools(build);
     let model = t.model.to_str().unwrap();
     let mut args = vec![
         "-m", model, "-p", PROMPT, "-n", N_PREDICT, "-c", "512", "-t", THREADS, "--temp", "0",
@@ -280,7 +285,7 @@ fn generate(cache: Cache, ours: bool) -> Run {
     ];
     args.extend(cache.args());
     let env = cache.env(ours);
-    run("llama-completion", &args, ours, cache.rot, &env)
+    run(build, "llama-completion", &args, ours, cache.rot, &env)
 }
 
 /// Does the log show llama.cpp rotating this cache (`llama_kv_cache: attn_rot_k = 1`)?
@@ -306,7 +311,7 @@ fn eval_text() -> PathBuf {
             end -= 1;
         }
         let end = text[..end].rfind('\n').map(|i| i + 1).unwrap_or(end);
-        let p = tools().tmp.join("text.txt");
+        let p = tmp().join("text.txt");
         std::fs::write(&p, &text[..end]).unwrap();
         p
     })
@@ -357,46 +362,47 @@ struct Kld {
 }
 
 /// Stock f16-cache logits, saved once (`--kl-divergence-base`).
-fn f16_base() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let t = tools();
-        let text = eval_text();
-        let p = t.tmp.join("base-f16.kld");
-        let f16 = Cache {
-            k: "f16",
-            v: "f16",
-            rot: true,
-            fa_all: false,
-        };
-        let mut a = ppl_args(text.to_str().unwrap(), t.model.to_str().unwrap(), f16);
-        a.extend(["--kl-divergence-base", p.to_str().unwrap()]);
-        run("llama-perplexity", &a, false, true, &[]);
-        p
-    })
-    .clone()
+fn f16_base(build: Build) -> PathBuf {
+    static P: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    P[build as usize]
+        .get_or_init(|| {
+            let t = tools(build);
+            let text = eval_text();
+            let p = t.tmp.join(format!("base-f16-{}.kld", build.arg()));
+            let f16 = Cache {
+                k: "f16",
+                v: "f16",
+                rot: true,
+                fa_all: false,
+            };
+            let mut a = ppl_args(text.to_str().unwrap(), t.model.to_str().unwrap(), f16);
+            a.extend(["--kl-divergence-base", p.to_str().unwrap()]);
+            run(build, "llama-perplexity", &a, false, true, &[]);
+            p
+        })
+        .clone()
 }
 
 /// KL divergences and perplexities for `cache` (memoized: several tests ask for the same).
-fn kld(cache: Cache) -> Kld {
-    static MEMO: OnceLock<Mutex<HashMap<Cache, Kld>>> = OnceLock::new();
+fn kld(build: Build, cache: Cache) -> Kld {
+    static MEMO: OnceLock<Mutex<HashMap<(Build, Cache), Kld>>> = OnceLock::new();
     // Held for the whole computation: two tests asking for the same configuration share it.
     let mut memo = MEMO
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = memo.get(&cache) {
+    if let Some(k) = memo.get(&(build, cache)) {
         return *k;
     }
-    let t = tools();
+    let t = tools(build);
     let text = eval_text();
     let (text, model) = (text.to_str().unwrap(), t.model.to_str().unwrap());
-    let tag = cache.file_tag();
+    let tag = format!("{}-{}", build.arg(), cache.file_tag());
     let save = |file: &Path, ours: bool| {
         let mut a = ppl_args(text, model, cache);
         a.extend(["--kl-divergence-base", file.to_str().unwrap()]);
         let env = cache.env(ours);
-        run("llama-perplexity", &a, ours, cache.rot, &env);
+        run(build, "llama-perplexity", &a, ours, cache.rot, &env);
     };
     let against = |file: &Path, ours: bool, env: &[(&str, &str)]| -> Run {
         let mut a = ppl_args(text, model, cache);
@@ -407,7 +413,7 @@ fn kld(cache: Cache) -> Kld {
         ]);
         let mut e = cache.env(ours);
         e.extend(env.iter().copied());
-        run("llama-perplexity", &a, ours, cache.rot, &e)
+        run(build, "llama-perplexity", &a, ours, cache.rot, &e)
     };
     // ours vs stock of this cache type
     let stock_base = t.tmp.join(format!("stock-{tag}.kld"));
@@ -415,7 +421,7 @@ fn kld(cache: Cache) -> Kld {
     let ours = against(&stock_base, true, &[]);
     let _ = std::fs::remove_file(&stock_base);
     // the stock cache type vs the stock f16 cache (what the cache type itself costs)
-    let stock_vs_f16 = against(&f16_base(), false, &[]);
+    let stock_vs_f16 = against(&f16_base(build), false, &[]);
     // the noise floor: ours with another SIMD variant vs ours
     let ours_base = t.tmp.join(format!("ours-{tag}.kld"));
     save(&ours_base, true);
@@ -431,7 +437,8 @@ fn kld(cache: Cache) -> Kld {
         splits_ours: ours.splits().into_iter().max().unwrap_or(0),
     };
     eprintln!(
-        "  {}: mean KLD ours vs stock {:.6}; ours[ATTNROT_ISA={}] vs ours {:.6} (rounding-noise floor); stock {}/{} vs stock f16 {:.6}; same top token ours/stock {:.2} %; PPL ours {:.4} ± {:.4}, stock {:.4} ± {:.4}; splits {}",
+        "  [{}] {}: mean KLD ours vs stock {:.6}; ours[ATTNROT_ISA={}] vs ours {:.6} (rounding-noise floor); stock {}/{} vs stock f16 {:.6}; same top token ours/stock {:.2} %; PPL ours {:.4} ± {:.4}, stock {:.4} ± {:.4}; splits {}",
+        build.arg(),
         cache.label(),
         k.ours_vs_stock,
         other_isa(),
@@ -446,7 +453,7 @@ fn kld(cache: Cache) -> Kld {
         k.ppl_stock.1,
         k.splits_ours
     );
-    memo.insert(cache, k);
+    memo.insert((build, cache), k);
     k
 }
 
@@ -488,7 +495,19 @@ fn assert_noise(cache: Cache, k: &Kld) {
 
 #[test]
 fn fa_auto_keeps_flash_attention() {
-    let t = tools();
+    fa_auto(Build::Pin);
+}
+
+/// [`fa_auto_keeps_flash_attention`] and [`declined_work_runs_on_the_cpu`] on v0.5.0's
+/// llama-completion.
+#[test]
+fn v050_fa_auto_and_declined_work() {
+    fa_auto(Build::V050);
+    declined_work(Build::V050);
+}
+
+fn fa_auto(build: Build) {
+    let t = tools(build);
     let model = t.model.to_str().unwrap();
     let probe = |ty: &'static str, env: &[(&str, &str)]| -> Run {
         // No -fa: llama.cpp's default (auto). One token is enough: the decision is at init.
@@ -496,7 +515,7 @@ fn fa_auto_keeps_flash_attention() {
             "-m", model, "-p", PROMPT, "-n", "1", "-c", "256", "-t", THREADS, "--temp", "0",
             "-no-cnv", "-lv", "4", "-ctk", ty, "-ctv", ty,
         ];
-        run("llama-completion", &args, true, true, env)
+        run(build, "llama-completion", &args, true, true, env)
     };
     for ty in ["f16", "q8_0"] {
         let r = probe(ty, &[]);
@@ -566,8 +585,8 @@ fn greedy_text_matches_stock() {
     }
     let mut report = Vec::new();
     for cache in configs {
-        let stock = generate(cache, false);
-        let ours = generate(cache, true);
+        let stock = generate(Build::Pin, cache, false);
+        let ours = generate(Build::Pin, cache, true);
         let (ss, so) = (stock.splits(), ours.splits());
         assert!(ss.iter().all(|&s| s == 1), "stock run has splits {ss:?}");
         let active = so.iter().any(|&s| s > 1);
@@ -605,7 +624,7 @@ fn greedy_text_matches_stock() {
         let noise = if same {
             None
         } else {
-            let k = kld(cache);
+            let k = kld(Build::Pin, cache);
             assert_noise(cache, &k);
             Some(k)
         };
@@ -635,31 +654,79 @@ fn perplexity_matches_stock() {
             rot: true,
             fa_all: false,
         };
-        let k = kld(cache);
+        let k = kld(Build::Pin, cache);
         assert_noise(cache, &k);
-        let (ours, stock) = (k.ppl_ours, k.ppl_stock);
+        assert_ppl(cache, &k);
+    }
+}
+
+/// Perplexity with our backend equals stock's within stock's ±.
+fn assert_ppl(cache: Cache, k: &Kld) {
+    let (ours, stock) = (k.ppl_ours, k.ppl_stock);
+    assert!(
+        (ours.0 - stock.0).abs() <= stock.1,
+        "{}: PPL ours {} vs stock {} ± {}",
+        cache.label(),
+        ours.0,
+        stock.0,
+        stock.1
+    );
+    eprintln!(
+        "{}: PPL ours {:.4} ± {:.4} = stock {:.4} ± {:.4} (diff {:+.4})",
+        cache.label(),
+        ours.0,
+        ours.1,
+        stock.0,
+        stock.1,
+        ours.0 - stock.0
+    );
+}
+
+/// llama.cpp v0.5.0 (ggml 0.25.1; `scripts/build-upstream.sh v0.5.0`), its own
+/// llama-completion and llama-perplexity, q8_0 and q4_0 caches with rotation on: our backend
+/// registered for that host and active (more splits than stock's one), greedy text identical
+/// to stock's or else [`assert_noise`], and always the noise rule and PPL within stock's ±.
+#[test]
+fn v050_greedy_text_and_perplexity() {
+    let build = Build::V050;
+    for ty in ["q8_0", "q4_0"] {
+        let cache = Cache {
+            k: ty,
+            v: ty,
+            rot: true,
+            fa_all: false,
+        };
+        let stock = generate(build, cache, false);
+        let ours = generate(build, cache, true);
+        let (ss, so) = (stock.splits(), ours.splits());
+        assert!(ss.iter().all(|&s| s == 1), "stock run has splits {ss:?}");
         assert!(
-            (ours.0 - stock.0).abs() <= stock.1,
-            "{}: PPL ours {} vs stock {} ± {}",
+            so.iter().any(|&s| s > 1),
+            "{}: our backend loaded but claimed nothing (splits {so:?})\n{}",
             cache.label(),
-            ours.0,
-            stock.0,
-            stock.1
+            ours.dump()
         );
+        assert_eq!(rot_k(&ours), Some(true), "{}: attn_rot_k", cache.label());
+        let same = stock.stdout == ours.stdout;
         eprintln!(
-            "{}: PPL ours {:.4} ± {:.4} = stock {:.4} ± {:.4} (diff {:+.4})",
+            "[v0.5.0] {}: {} (splits stock {ss:?}, ours {so:?})\n  stock: {:?}\n  ours:  {:?}",
             cache.label(),
-            ours.0,
-            ours.1,
-            stock.0,
-            stock.1,
-            ours.0 - stock.0
+            if same { "identical" } else { "DIFFERENT" },
+            stock.stdout.trim(),
+            ours.stdout.trim()
         );
+        let k = kld(build, cache);
+        assert_noise(cache, &k);
+        assert_ppl(cache, &k);
     }
 }
 
 #[test]
 fn declined_work_runs_on_the_cpu() {
+    declined_work(Build::Pin);
+}
+
+fn declined_work(build: Build) {
     // f32 cache: no SET_ROWS format, no rotation, no quantized V -> nothing claimed.
     let f32 = Cache {
         k: "f32",
@@ -667,7 +734,7 @@ fn declined_work_runs_on_the_cpu() {
         rot: true,
         fa_all: false,
     };
-    let (stock, ours) = (generate(f32, false), generate(f32, true));
+    let (stock, ours) = (generate(build, f32, false), generate(build, f32, true));
     assert_eq!(
         ours.splits().iter().max(),
         Some(&1),
@@ -687,7 +754,7 @@ fn declined_work_runs_on_the_cpu() {
         rot: true,
         fa_all: false,
     };
-    let (stock, ours) = (generate(mixed, false), generate(mixed, true));
+    let (stock, ours) = (generate(build, mixed, false), generate(build, mixed, true));
     assert!(
         ours.splits().iter().any(|&s| s > 1),
         "q4_0/f16: expected our SET_ROWS/rotation splits\n{}",

@@ -5,59 +5,21 @@
 //! * `test_backend_ops_*`: stock `test-backend-ops test -b AttnRot -o <OP>` of the pinned tree,
 //!   built with upstream's CMake by `scripts/build-upstream.sh` (first time on a fresh machine:
 //!   about 30 minutes on 2 cores; cached afterwards), with `GGML_BACKEND_PATH` pointing at our
-//!   .so. test-backend-ops compares every case our device claims with the CPU backend.
+//!   .so. `v050_test_backend_ops` runs the same checks with v0.5.0's own test-backend-ops
+//!   (`scripts/build-upstream.sh v0.5.0`, ggml 0.25.1) on the default subsets. test-backend-ops compares every case our device claims with the CPU backend.
 //!   Its own verdict is not enough (it prints "1/1 backends passed OK" when `-b` names a device
 //!   that never loaded), so the output is parsed: our device must have been initialised, every
 //!   case counted as passed / claimed / total, claimed > 0, passed == claimed, and the cases we
 //!   are meant to claim (per [`attnrot::ggml::ops`]) must not be reported "not supported".
 //!
 //! Not skipped when the tools are missing: building upstream is part of the test.
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{cdylib, Build};
 use std::process::Command;
 
 /// `ATTNROT_FA_ALL`: also claim FLASH_ATTN_EXT with an unquantized V ([`attnrot::ggml::ops`]).
 const FA_ALL: &str = attnrot::ggml::ops::FA_ALL_ENV;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/<profile>/libattnrot.so`, found from this test's own path (`target/<profile>/deps/…`),
-/// whatever `CARGO_TARGET_DIR` is. Cargo builds the cdylib with the library for the tests.
-fn cdylib() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let so = profile_dir.join("libattnrot.so");
-    assert!(
-        so.is_file(),
-        "{} not found: build it with `cargo build --release` (cargo test builds it with the library)",
-        so.display()
-    );
-    so
-}
-
-fn upstream_bin() -> PathBuf {
-    let t0 = std::time::Instant::now();
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/build-upstream.sh"))
-        .output()
-        .expect("run scripts/build-upstream.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scripts/build-upstream.sh failed:\n{stderr}"
-    );
-    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    eprintln!(
-        "upstream llama.cpp at {} ({:.1} s)",
-        bin.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    bin
-}
 
 #[test]
 fn cdylib_has_no_ggml() {
@@ -277,15 +239,15 @@ fn var<'a>(vars: &'a str, key: &str) -> Option<&'a str> {
 
 /// `test-backend-ops support -b AttnRot -o <op>`: which of all the op's cases we claim (no
 /// computation). Returns (claimed, total) and checks the claim rule on every case.
-fn support_ops(op: &str, must_claim: &dyn Fn(&str) -> bool) -> (usize, usize) {
-    support_ops_env(op, &[], must_claim)
+fn support_ops(build: Build, op: &str, must_claim: &dyn Fn(&str) -> bool) -> (usize, usize) {
+    support_ops_env(build, op, &[], must_claim)
 }
 
 /// `test-backend-ops support -b AttnRot -o <op>` with extra environment variables, parsed;
 /// panics unless our device loaded.
-fn support_report(op: &str, env: &[(&str, &str)]) -> Report {
+fn support_report(build: Build, op: &str, env: &[(&str, &str)]) -> Report {
     let so = cdylib();
-    let bin = upstream_bin();
+    let bin = build.bin();
     let out = Command::new(bin.join("test-backend-ops"))
         .args(["support", "-b", "AttnRot", "-o", op])
         .env("GGML_BACKEND_PATH", &so)
@@ -306,11 +268,12 @@ fn support_report(op: &str, env: &[(&str, &str)]) -> Report {
 
 /// [`support_ops`] with extra environment variables for the tool (e.g. `ATTNROT_FA_ALL=1`).
 fn support_ops_env(
+    build: Build,
     op: &str,
     env: &[(&str, &str)],
     must_claim: &dyn Fn(&str) -> bool,
 ) -> (usize, usize) {
-    let r = support_report(op, env);
+    let r = support_report(build, op, env);
     let total = r.cases.len();
     let claimed = r
         .cases
@@ -327,25 +290,27 @@ fn support_ops_env(
         "{op} cases we implement were refused: {refused:#?}"
     );
     eprintln!(
-        "test-backend-ops support -o {op} {env:?}: AttnRot claims {claimed} of {total} cases"
+        "[{}] test-backend-ops support -o {op} {env:?}: AttnRot claims {claimed} of {total} cases",
+        build.arg()
     );
     (claimed, total)
 }
 
 /// Run `test-backend-ops test -b AttnRot -o <op> [-p <filter>]`, check it, print counts.
-fn run_ops(op: &str, params: Option<&str>, must_claim: impl Fn(&str) -> bool) {
-    run_ops_env(op, params, &[], must_claim);
+fn run_ops(build: Build, op: &str, params: Option<&str>, must_claim: impl Fn(&str) -> bool) {
+    run_ops_env(build, op, params, &[], must_claim);
 }
 
 /// [`run_ops`] with extra environment variables for the tool.
 fn run_ops_env(
+    build: Build,
     op: &str,
     params: Option<&str>,
     env: &[(&str, &str)],
     must_claim: impl Fn(&str) -> bool,
 ) -> Report {
     let so = cdylib();
-    let bin = upstream_bin();
+    let bin = build.bin();
     let mut cmd = Command::new(bin.join("test-backend-ops"));
     cmd.args(["test", "-b", "AttnRot", "-o", op])
         .env("GGML_BACKEND_PATH", &so)
@@ -369,7 +334,8 @@ fn run_ops_env(
         .count();
     let passed = r.cases.iter().filter(|c| c.status == Status::Ok).count();
     eprintln!(
-        "test-backend-ops -o {op}: {passed} passed / {claimed} claimed / {total} total ({:.1} s)",
+        "[{}] test-backend-ops -o {op}: {passed} passed / {claimed} claimed / {total} total ({:.1} s)",
+        build.arg(),
         t0.elapsed().as_secs_f64()
     );
     let dump = || format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
@@ -378,10 +344,10 @@ fn run_ops_env(
         "our device AttnRot was not loaded/initialised by test-backend-ops\n{}",
         dump()
     );
+    let registered = format!("backend AttnRot registered ({}", build.host_ggml());
     assert!(
-        stderr.contains("backend AttnRot registered")
-            || stdout.contains("backend AttnRot registered"),
-        "no registration log line from libattnrot.so\n{}",
+        stderr.contains(&registered) || stdout.contains(&registered),
+        "no registration log line '{registered}' from libattnrot.so\n{}",
         dump()
     );
     assert!(total > 0, "no {op} cases ran\n{}", dump());
@@ -437,6 +403,16 @@ fn run_ops_env(
 /// all eight formats are computed and compared.
 #[test]
 fn test_backend_ops_set_rows() {
+    set_rows(Build::Pin);
+}
+
+/// [`test_backend_ops_set_rows`] with v0.5.0's test-backend-ops.
+#[test]
+fn v050_test_backend_ops_set_rows() {
+    set_rows(Build::V050);
+}
+
+fn set_rows(build: Build) {
     let must = |fa_all: bool| {
         move |vars: &str| {
             let dst = var(vars, "type_dst").and_then(attnrot::GgmlType::from_name);
@@ -444,14 +420,14 @@ fn test_backend_ops_set_rows() {
                 && matches!(var(vars, "type_src"), Some("f32" | "f16"))
         }
     };
-    let (claimed_default, total) = support_ops_env("SET_ROWS", &[], &must(false));
-    let (claimed_all, _) = support_ops_env("SET_ROWS", &[(FA_ALL, "1")], &must(true));
+    let (claimed_default, total) = support_ops_env(build, "SET_ROWS", &[], &must(false));
+    let (claimed_all, _) = support_ops_env(build, "SET_ROWS", &[(FA_ALL, "1")], &must(true));
     eprintln!(
         "SET_ROWS claimed: {claimed_default} of {total} by default (quantized caches), {claimed_all} with {FA_ALL}=1 (all eight formats)"
     );
     assert!(claimed_default > 0 && claimed_all > claimed_default);
     // By default nothing unquantized is claimed.
-    let r = support_report("SET_ROWS", &[]);
+    let r = support_report(build, "SET_ROWS", &[]);
     let unquantized: Vec<&Case> = r
         .cases
         .iter()
@@ -466,19 +442,29 @@ fn test_backend_ops_set_rows() {
         unquantized.is_empty(),
         "claimed by default: {unquantized:#?}"
     );
-    run_ops_env("SET_ROWS", None, &[(FA_ALL, "1")], must(true));
+    run_ops_env(build, "SET_ROWS", None, &[(FA_ALL, "1")], must(true));
 }
 
 #[test]
 fn test_backend_ops_mul_mat_hadamard() {
+    mul_mat_hadamard(Build::Pin);
+}
+
+/// [`test_backend_ops_mul_mat_hadamard`] with v0.5.0's test-backend-ops.
+#[test]
+fn v050_test_backend_ops_mul_mat_hadamard() {
+    mul_mat_hadamard(Build::V050);
+}
+
+fn mul_mat_hadamard(build: Build) {
     // Every hinted product upstream tests is a power-of-two size we rotate.
-    let (claimed, total) = support_ops("MUL_MAT_HADAMARD", &|_| true);
+    let (claimed, total) = support_ops(build, "MUL_MAT_HADAMARD", &|_| true);
     assert_eq!(claimed, total);
     // The 16384/8192 cases take ~35 s on the CPU reference (a dense product): ATTNROT_OPS_ALL=1.
     let filter = (!all()).then_some("m=(32|64|128|256|512|1024|2048),");
-    run_ops("MUL_MAT_HADAMARD", filter, |_| true);
+    run_ops(build, "MUL_MAT_HADAMARD", filter, |_| true);
     // Plain MUL_MAT stays on the CPU backend.
-    let (claimed, total) = support_ops("MUL_MAT", &|_| false);
+    let (claimed, total) = support_ops(build, "MUL_MAT", &|_| false);
     assert!(total > 0);
     assert_eq!(claimed, 0, "AttnRot must not claim un-hinted MUL_MAT");
 }
@@ -508,11 +494,24 @@ fn all() -> bool {
 /// softcap cases. `ATTNROT_OPS_ALL=1` computes all of them (~390 s of CPU reference alone).
 #[test]
 fn test_backend_ops_flash_attn_ext() {
+    flash_attn_ext(Build::Pin);
+}
+
+/// [`test_backend_ops_flash_attn_ext`] and [`test_backend_ops_flash_attn_ext_default_policy`]
+/// with v0.5.0's test-backend-ops.
+#[test]
+fn v050_test_backend_ops_flash_attn_ext() {
+    flash_attn_ext(Build::V050);
+    flash_attn_ext_default_policy(Build::V050);
+}
+
+fn flash_attn_ext(build: Build) {
     let (claimed_default, total) =
-        support_ops_env("FLASH_ATTN_EXT", &[], &|v| fa_must_claim(v, false));
-    let (claimed_all, total_all) = support_ops_env("FLASH_ATTN_EXT", &[(FA_ALL, "1")], &|v| {
-        fa_must_claim(v, true)
-    });
+        support_ops_env(build, "FLASH_ATTN_EXT", &[], &|v| fa_must_claim(v, false));
+    let (claimed_all, total_all) =
+        support_ops_env(build, "FLASH_ATTN_EXT", &[(FA_ALL, "1")], &|v| {
+            fa_must_claim(v, true)
+        });
     eprintln!(
         "FLASH_ATTN_EXT claimed: {claimed_default} of {total} by default (quantized V), {claimed_all} of {total_all} with {FA_ALL}=1"
     );
@@ -521,7 +520,7 @@ fn test_backend_ops_flash_attn_ext() {
     let filter = (!all()).then_some(
         r"^hsk=64,hsv=64,nh=4,nr23=\[4,1\],kv=512,nb=(1|3|75),|^hsk=(72|65|64),hsv=(64|67|72),nh=4,nr23=\[1,1\],kv=(256|113|17|128|96),nb=(2|75),",
     );
-    run_ops_env("FLASH_ATTN_EXT", filter, &[(FA_ALL, "1")], |v| {
+    run_ops_env(build, "FLASH_ATTN_EXT", filter, &[(FA_ALL, "1")], |v| {
         fa_must_claim(v, true)
     });
 }
@@ -531,8 +530,12 @@ fn test_backend_ops_flash_attn_ext() {
 /// subset, ~15 s).
 #[test]
 fn test_backend_ops_flash_attn_ext_default_policy() {
+    flash_attn_ext_default_policy(Build::Pin);
+}
+
+fn flash_attn_ext_default_policy(build: Build) {
     let filter = r"^hsk=64,hsv=64,nh=4,nr23=\[4,1\],kv=512,nb=(1|3),";
-    let r = run_ops_env("FLASH_ATTN_EXT", Some(filter), &[], |v| {
+    let r = run_ops_env(build, "FLASH_ATTN_EXT", Some(filter), &[], |v| {
         fa_must_claim(v, false)
     });
     let ran: Vec<&Case> = r

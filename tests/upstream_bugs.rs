@@ -8,12 +8,13 @@
 //!   without a null check; with rotation off (`LLAMA_ATTN_ROT_DISABLE=1`, or a head size that
 //!   is not a multiple of 64) the matrix is null, so the first context shift of a quantized K
 //!   cache dies with SIGSEGV while *building* the shift graph. With our backend it crashes the
-//!   same way: the graph is never built, so no backend sees it. Controls: the same command
+//!   same way: the graph is never built, so no backend sees it (`v050_…`: the same checks on
+//!   v0.5.0's own llama-completion, `scripts/build-upstream.sh v0.5.0`). Controls: the same command
 //!   with rotation on runs to the end, stock and with our backend (the shift path itself —
 //!   dequantize, rotate back, RoPE, rotate, re-quantize — works with attnrot).
 mod common;
 
-use common::{cdylib, model, text, upstream_bin};
+use common::{cdylib, model, text, Build};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -85,16 +86,31 @@ fn completion(bin: &Path, ours: bool, rot: bool, gdb: bool) -> Output {
     o
 }
 
-fn ours_active(o: &Output) -> bool {
-    let e = String::from_utf8_lossy(&o.stderr);
-    e.contains("attnrot: backend AttnRot registered") && e.contains("loaded AttnRot backend from")
+/// Our backend's WARN line for this build's ggml (INFO lines of backend loading are not shown
+/// by v0.5.0's tools; see [`Build::active_line`]).
+fn ours_active(o: &Output, build: Build) -> bool {
+    String::from_utf8_lossy(&o.stderr).contains(&build.active_line())
 }
 
 #[test]
 fn context_shift_with_quantized_k_and_rotation_off_crashes() {
-    let bin = upstream_bin();
+    context_shift_crash(Build::Pin);
+}
+
+/// The same in llama.cpp v0.5.0 (`scripts/build-upstream.sh v0.5.0`): same code, same crash.
+#[test]
+fn v050_context_shift_with_quantized_k_and_rotation_off_crashes() {
+    context_shift_crash(Build::V050);
+}
+
+fn context_shift_crash(build: Build) {
+    let bin = build.bin();
     for ours in [false, true] {
-        let who = if ours { "with attnrot" } else { "stock" };
+        let who = format!(
+            "[{}] {}",
+            build.arg(),
+            if ours { "with attnrot" } else { "stock" }
+        );
         // control: rotation on, the shift works and the run completes
         let ok = completion(&bin, ours, true, false);
         assert!(
@@ -107,11 +123,11 @@ fn context_shift_with_quantized_k_and_rotation_off_crashes() {
             String::from_utf8_lossy(&ok.stderr).contains("attn_rot_k = 1"),
             "{who}: rotation was not on in the control run"
         );
-        assert_eq!(ours_active(&ok), ours, "{who}: backend active?");
+        assert_eq!(ours_active(&ok, build), ours, "{who}: backend active?");
         // the bug: rotation off, SIGSEGV at the first shift
         let bad = completion(&bin, ours, false, false);
         let out = String::from_utf8_lossy(&bad.stdout);
-        assert_eq!(ours_active(&bad), ours, "{who}: backend active?");
+        assert_eq!(ours_active(&bad, build), ours, "{who}: backend active?");
         assert!(
             !bad.status.success(),
             "UPSTREAM FIXED? {who}: `LLAMA_ATTN_ROT_DISABLE=1 llama-completion -c 256 -n 600 \
@@ -154,7 +170,11 @@ fn context_shift_with_quantized_k_and_rotation_off_crashes() {
             t.contains("SIGSEGV") && frame0.contains("llama_kv_cache::build_rope_shift"),
             "the crash is not in build_rope_shift any more: {frame0}\n{t}"
         );
-        eprintln!("stock crash site: {}", &frame0[..frame0.len().min(120)]);
+        eprintln!(
+            "[{}] stock crash site: {}",
+            build.arg(),
+            &frame0[..frame0.len().min(120)]
+        );
     } else {
         eprintln!("gdb not found: the crash site (build_rope_shift) is not checked");
     }

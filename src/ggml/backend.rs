@@ -122,10 +122,13 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
                     g.host.build.api_version,
                     host::scope_description(),
                 ));
-                // Loud (WARN): what runs here and what does not, once per process.
+                // Loud (WARN): what runs here and what does not, once per process. It names
+                // the host's ggml too: some hosts drop INFO lines logged while backends load
+                // (llama.cpp v0.5.0's tools load them before `-lv` is parsed).
                 host::log_warn(&format!(
-                    "backend {} {}",
+                    "backend {} (host ggml {}) {}",
                     NAME.to_string_lossy(),
+                    g.host.version,
                     ops::claims_summary()
                 ));
                 &g.reg as *const _ as sys::ggml_backend_reg_t
@@ -296,7 +299,9 @@ unsafe extern "C" fn dev_supports_op(
     })
 }
 
-/// Host buffers (`buft->iface.is_host`), like BLAS: the data is ordinary memory we can read.
+/// Host buffers (`ggml_backend_buft_is_host`), like BLAS: the data is ordinary memory we can
+/// read. Asked through the host's function ([`host::Host::buft_is_host`]): the buffer-type
+/// interface's layout differs between the backend APIs.
 unsafe extern "C" fn dev_supports_buft(
     _dev: sys::ggml_backend_dev_t,
     buft: sys::ggml_backend_buffer_type_t,
@@ -305,13 +310,11 @@ unsafe extern "C" fn dev_supports_buft(
         if buft.is_null() {
             return false;
         }
-        // SAFETY: valid buffer type from ggml.
-        unsafe {
-            match (*buft).iface.is_host {
-                Some(f) => f(buft),
-                None => false,
-            }
-        }
+        let Some(g) = global() else {
+            return false;
+        };
+        // SAFETY: valid buffer type from the host's ggml.
+        unsafe { g.host.buft_is_host(buft) }
     })
 }
 

@@ -24,6 +24,14 @@ use std::sync::OnceLock;
 pub enum Bindings {
     /// [`super::sys`]: the headers of the pin (0c1e57098), identical in v0.5.0 (0ad4a86).
     Sys,
+    /// [`super::sys3`]: ggml 0.26.0, backend API 3 (crates.io `llama-cpp-sys-2` 0.1.160 /
+    /// 0.1.161). No row of [`SUPPORTED`] uses it yet: no host of that version has been tested
+    /// end to end (its tree has neither tools nor tests; see vendor/README.md). The code is
+    /// ready for one: everything the backend reads or fills in has the same layout as in
+    /// [`super::sys`] (checked below at compile time), and the one struct that differs, the
+    /// buffer-type interface, is only reached through the host's functions
+    /// ([`Host::buft_is_host`]).
+    Sys3,
 }
 
 impl Bindings {
@@ -31,9 +39,128 @@ impl Bindings {
     pub const fn api_version(self) -> c_int {
         match self {
             Bindings::Sys => sys::GGML_BACKEND_API_VERSION as c_int,
+            Bindings::Sys3 => super::sys3::GGML_BACKEND_API_VERSION as c_int,
         }
     }
 }
+
+/// The backend is written against [`sys`]; a host of [`Bindings::Sys3`] may use it only where
+/// the two layouts agree. Checked here for every struct it reads or fills in (sizes and every
+/// member's offset), the enums it uses, and that the buffer-type interface does differ (so
+/// the code must not read it: it calls `ggml_backend_buft_is_host` instead).
+const _: () = {
+    use super::sys3 as s3;
+    use core::mem::{offset_of, size_of};
+    macro_rules! same_layout {
+        ($t:ident { $($f:ident),* $(,)? }) => {
+            assert!(size_of::<sys::$t>() == size_of::<s3::$t>());
+            $( assert!(offset_of!(sys::$t, $f) == offset_of!(s3::$t, $f)); )*
+        };
+    }
+    same_layout!(ggml_tensor {
+        type_,
+        buffer,
+        ne,
+        nb,
+        op,
+        op_params,
+        flags,
+        src,
+        view_src,
+        view_offs,
+        data,
+        name,
+        extra,
+        padding
+    });
+    same_layout!(ggml_backend_i {
+        get_name,
+        free,
+        set_tensor_async,
+        get_tensor_async,
+        set_tensor_2d_async,
+        get_tensor_2d_async,
+        cpy_tensor_async,
+        synchronize,
+        graph_plan_create,
+        graph_plan_free,
+        graph_plan_update,
+        graph_plan_compute,
+        graph_compute,
+        event_record,
+        event_wait,
+        graph_optimize
+    });
+    same_layout!(ggml_backend {
+        guid,
+        iface,
+        device,
+        context
+    });
+    same_layout!(ggml_backend_device_i {
+        get_name,
+        get_description,
+        get_memory,
+        get_type,
+        get_props,
+        init_backend,
+        get_buffer_type,
+        get_host_buffer_type,
+        buffer_from_host_ptr,
+        supports_op,
+        supports_buft,
+        offload_op,
+        event_new,
+        event_free,
+        event_synchronize
+    });
+    same_layout!(ggml_backend_device {
+        iface,
+        reg,
+        context
+    });
+    same_layout!(ggml_backend_reg_i {
+        get_name,
+        get_device_count,
+        get_device,
+        get_proc_address
+    });
+    same_layout!(ggml_backend_reg {
+        api_version,
+        iface,
+        context
+    });
+    same_layout!(ggml_backend_dev_props {
+        name,
+        description,
+        memory_free,
+        memory_total,
+        type_,
+        device_id,
+        caps
+    });
+    same_layout!(ggml_backend_dev_caps {
+        async_,
+        host_buffer,
+        buffer_from_host_ptr,
+        events,
+        mmap_support
+    });
+    assert!(sys::ggml_op_GGML_OP_COUNT == s3::ggml_op_GGML_OP_COUNT);
+    assert!(sys::ggml_type_GGML_TYPE_COUNT == s3::ggml_type_GGML_TYPE_COUNT);
+    assert!(sys::GGML_MAX_DIMS == s3::GGML_MAX_DIMS);
+    assert!(sys::GGML_MAX_SRC == s3::GGML_MAX_SRC);
+    assert!(sys::GGML_MAX_OP_PARAMS == s3::GGML_MAX_OP_PARAMS);
+    assert!(sys::GGML_MAX_NAME == s3::GGML_MAX_NAME);
+    assert!(sys::ggml_op_GGML_OP_FLASH_ATTN_EXT == s3::ggml_op_GGML_OP_FLASH_ATTN_EXT);
+    assert!(sys::ggml_op_GGML_OP_SET_ROWS == s3::ggml_op_GGML_OP_SET_ROWS);
+    assert!(sys::ggml_op_GGML_OP_MUL_MAT == s3::ggml_op_GGML_OP_MUL_MAT);
+    // what differs: the buffer-type interface (API 3 adds alloc_buffer_n, get_alloc_size_n)
+    assert!(
+        offset_of!(sys::ggml_backend_buffer_type_i, is_host)
+            != offset_of!(s3::ggml_backend_buffer_type_i, is_host)
+    );
+};
 
 /// One ggml build the backend serves: what the host reports, what it needs from us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +237,7 @@ type FnNNodes = unsafe extern "C" fn(*mut sys::ggml_cgraph) -> c_int;
 type FnNode = unsafe extern "C" fn(*mut sys::ggml_cgraph, c_int) -> *mut sys::ggml_tensor;
 type FnDevByType = unsafe extern "C" fn(sys::ggml_backend_dev_type) -> sys::ggml_backend_dev_t;
 type FnLog = unsafe extern "C" fn(sys::ggml_log_level, *const c_char, ...);
+type FnBuftIsHost = unsafe extern "C" fn(sys::ggml_backend_buffer_type_t) -> bool;
 
 /// The ggml functions the backend calls, resolved from the host process.
 pub struct Host {
@@ -121,6 +249,7 @@ pub struct Host {
     graph_node: FnNode,
     dev_by_type: FnDevByType,
     tensor_overhead: FnSize,
+    buft_is_host: FnBuftIsHost,
 }
 
 /// Where the host's ggml is (surveyed once, at the first lookup — in `ggml_backend_init`, so
@@ -278,6 +407,11 @@ impl Host {
             tensor_overhead: unsafe {
                 std::mem::transmute::<*mut libc::c_void, FnSize>(need("ggml_tensor_overhead")?)
             },
+            buft_is_host: unsafe {
+                std::mem::transmute::<*mut libc::c_void, FnBuftIsHost>(need(
+                    "ggml_backend_buft_is_host",
+                )?)
+            },
         };
         // ABI guard beyond the version string: the host's tensor struct has our size.
         let overhead = unsafe { (host.tensor_overhead)() };
@@ -306,6 +440,17 @@ impl Host {
     pub unsafe fn node(&self, g: *mut sys::ggml_cgraph, i: usize) -> *mut sys::ggml_tensor {
         // SAFETY: caller's contract.
         unsafe { (self.graph_node)(g, i as c_int) }
+    }
+
+    /// Is `buft` host memory? Asked through the host's `ggml_backend_buft_is_host`, not by
+    /// reading `buft->iface.is_host`: that member moves between backend API 2 and 3 (API 3
+    /// inserts `alloc_buffer_n` and `get_alloc_size_n` before it).
+    ///
+    /// # Safety
+    /// `buft` must be a valid buffer type of the host's ggml.
+    pub unsafe fn buft_is_host(&self, buft: sys::ggml_backend_buffer_type_t) -> bool {
+        // SAFETY: caller's contract.
+        unsafe { (self.buft_is_host)(buft) }
     }
 
     /// The CPU device's default buffer type (`ggml_backend_cpu_buffer_type()`, reached through

@@ -13,6 +13,18 @@
 )]
 pub mod sys;
 
+/// The same for ggml 0.26.0 (backend API 3; crates.io `llama-cpp-sys-2` 0.1.160/0.1.161's
+/// tree, `scripts/gen-bindings.sh 0.26.0`). It differs from [`sys`] in the buffer-type
+/// interface only ([`host::Bindings::Sys3`] checks the rest at compile time).
+#[allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code,
+    clippy::all
+)]
+pub mod sys3;
+
 // Documented in backend.rs only: with an outer doc here as well, rustdoc would resolve the
 // inner doc's links from this module instead of from `backend`.
 pub mod backend;

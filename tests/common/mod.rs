@@ -68,9 +68,57 @@ pub fn script(name: &str, args: &[&str]) -> PathBuf {
 /// The stock build's bin directory: `ATTNROT_UPSTREAM_BIN`, else `scripts/build-upstream.sh`
 /// (which builds it the first time, cached in the attnrot cache).
 pub fn upstream_bin() -> PathBuf {
-    match std::env::var_os("ATTNROT_UPSTREAM_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => script("build-upstream.sh", &[]),
+    Build::Pin.bin()
+}
+
+/// A stock llama.cpp that `scripts/build-upstream.sh` builds (same flags for every tree, each
+/// in its own cache directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Build {
+    /// The pin: 0c1e57098, ggml 0.25.3 (PyPI `llama-cpp-python==0.3.36` sdist).
+    Pin,
+    /// llama.cpp v0.5.0 (0ad4a86; npm `node-llama-cpp@3.22.1`'s git bundle, de3ff81),
+    /// ggml 0.25.1, with llama-server.
+    V050,
+}
+
+impl Build {
+    /// The script's argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Build::Pin => "pin",
+            Build::V050 => "v0.5.0",
+        }
+    }
+
+    /// What our backend's registration line says about this host (`host ggml X commit Y`).
+    pub fn host_ggml(self) -> &'static str {
+        match self {
+            Build::Pin => "host ggml 0.25.3",
+            Build::V050 => "host ggml 0.25.1",
+        }
+    }
+
+    /// Our backend's warning line in this host's log: `attnrot: backend AttnRot (host ggml X)
+    /// claims …`, logged at WARN so it shows where INFO lines of backend loading do not
+    /// (v0.5.0's tools load backends before `-lv` is parsed: no "registered" or
+    /// "loaded AttnRot backend" line there).
+    pub fn active_line(self) -> String {
+        format!("attnrot: backend AttnRot ({}) claims", self.host_ggml())
+    }
+
+    /// Its bin directory: `ATTNROT_UPSTREAM_BIN` (pin) / `ATTNROT_UPSTREAM_V050_BIN` (v0.5.0)
+    /// if set, else `scripts/build-upstream.sh <arg>` (builds it the first time: 15-25 min on
+    /// 2 cores; cached in the attnrot cache).
+    pub fn bin(self) -> PathBuf {
+        let var = match self {
+            Build::Pin => "ATTNROT_UPSTREAM_BIN",
+            Build::V050 => "ATTNROT_UPSTREAM_V050_BIN",
+        };
+        match std::env::var_os(var) {
+            Some(p) => PathBuf::from(p),
+            None => script("build-upstream.sh", &[self.arg()]),
+        }
     }
 }
 
