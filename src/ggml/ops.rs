@@ -341,13 +341,13 @@ pub fn classify(node: &sys::ggml_tensor) -> Result<Kind, &'static str> {
         (Err(why), sys::ggml_op_GGML_OP_MUL_MAT)
             if t::param_i32(node, 1) == sys::ggml_op_hint_GGML_HINT_SRC0_IS_HADAMARD as i32
                 && quality_mode()
-                && policy().is_some_and(|p| p.disables_rotation()) =>
+                && policy().is_some_and(|p| p.disables_rotation())
+                // log once: the first such node drops the policy
+                && !POLICY_REJECTED.swap(true, std::sync::atomic::Ordering::Relaxed) =>
         {
-            if !POLICY_REJECTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                super::host::log_error(&format!(
-                    "{POLICY_ENV}: a Hadamard product stays on another backend ({why}), so a rotation the policy turns off cannot be turned off everywhere; the backend is in exact mode"
-                ));
-            }
+            super::host::log_error(&format!(
+                "{POLICY_ENV}: a Hadamard product stays on another backend ({why}), so a rotation the policy turns off cannot be turned off everywhere; the backend is in exact mode"
+            ));
         }
         _ => {}
     }
