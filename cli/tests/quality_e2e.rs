@@ -233,7 +233,9 @@ fn session_round_trip_in_quality_mode() {
     eprintln!("quality: {first:?}\nstock from our session: {stock:?}");
 }
 
-fn ppl(mode: Mode, extra: &[(&str, &str)]) -> (f64, f64) {
+/// `llama-perplexity` on 48 KB of the Jargon File (`chunks` chunks of 256, q4_0 cache);
+/// returns its "Final estimate" line.
+fn final_ppl_line(mode: Mode, extra: &[(&str, &str)], chunks: &str) -> String {
     let e = env();
     let text = e.tmp.join("jargon.txt");
     if !text.is_file() {
@@ -246,7 +248,7 @@ fn ppl(mode: Mode, extra: &[(&str, &str)]) -> (f64, f64) {
         "-c",
         "256",
         "--chunks",
-        "3",
+        chunks,
         "-t",
         "2",
         "-ctk",
@@ -259,10 +261,18 @@ fn ppl(mode: Mode, extra: &[(&str, &str)]) -> (f64, f64) {
     let out = run("llama-perplexity", &args, mode, extra);
     let log = common::text(&out);
     assert!(out.status.success(), "{}", tail(&log, 30));
-    let l = log
-        .lines()
+    if matches!(mode, Mode::Policy(_)) {
+        assert_quality_active(&log);
+    }
+    log.lines()
         .find(|l| l.contains("Final estimate: PPL ="))
-        .unwrap_or_else(|| panic!("no PPL in\n{}", tail(&log, 30)));
+        .map(|l| l[l.find("Final").unwrap()..].to_string())
+        .unwrap_or_else(|| panic!("no PPL in\n{}", tail(&log, 30)))
+}
+
+/// PPL and its ± from a "Final estimate" line.
+fn ppl(mode: Mode, extra: &[(&str, &str)]) -> (f64, f64) {
+    let l = final_ppl_line(mode, extra, "3");
     let v: Vec<f64> = l
         .split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .filter_map(|t| t.parse().ok())
@@ -320,46 +330,17 @@ fn rotation_off_policy() -> PathBuf {
     out
 }
 
-fn final_ppl_line(mode: Mode, extra: &[(&str, &str)]) -> String {
-    let e = env();
-    let text = e.tmp.join("jargon.txt");
-    if !text.is_file() {
-        let t = common::jargon_prose();
-        std::fs::write(&text, &t.as_bytes()[..48 * 1024]).unwrap();
-    }
-    let args = [
-        "-f",
-        text.to_str().unwrap(),
-        "-c",
-        "256",
-        "--chunks",
-        "2",
-        "-t",
-        "2",
-        "-ctk",
-        "q4_0",
-        "-ctv",
-        "q4_0",
-        "-fa",
-        "on",
-    ];
-    let out = run("llama-perplexity", &args, mode, extra);
-    let log = common::text(&out);
-    assert!(out.status.success(), "{}", tail(&log, 30));
-    assert_quality_active(&log);
-    log.lines()
-        .find(|l| l.contains("Final estimate: PPL ="))
-        .map(|l| l[l.find("Final").unwrap()..].to_string())
-        .unwrap_or_else(|| panic!("no PPL in\n{}", tail(&log, 30)))
-}
-
 #[test]
 fn rotation_off_policy_equals_llama_rotation_disabled() {
     let e = env();
     let off = rotation_off_policy();
-    let policy_off = final_ppl_line(Mode::Policy(&off), &[]);
-    let llama_off = final_ppl_line(Mode::Policy(&e.policy), &[("LLAMA_ATTN_ROT_DISABLE", "1")]);
-    let policy_on = final_ppl_line(Mode::Policy(&e.policy), &[]);
+    let policy_off = final_ppl_line(Mode::Policy(&off), &[], "2");
+    let llama_off = final_ppl_line(
+        Mode::Policy(&e.policy),
+        &[("LLAMA_ATTN_ROT_DISABLE", "1")],
+        "2",
+    );
+    let policy_on = final_ppl_line(Mode::Policy(&e.policy), &[], "2");
     eprintln!("rotation off by policy: {policy_off}\nby LLAMA_ATTN_ROT_DISABLE: {llama_off}\non: {policy_on}");
     assert_eq!(
         policy_off, llama_off,
