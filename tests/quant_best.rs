@@ -70,13 +70,19 @@ fn check_row(ty: GgmlType, name: &str, x: &[f32], w: Option<&[f32]>, t: &mut Tot
     let ones = vec![1f32; n];
     let w = w.unwrap_or(&ones);
     let bs = ty.block_bytes();
+    // the bytes upstream leaves undefined (iq4_nl's skipped leading blocks) are not compared
+    let (ours_m, up_m) = (
+        diff::mask_undefined(ty, x, ours.clone()),
+        diff::mask_undefined(ty, x, up.clone()),
+    );
     for b in 0..n / 32 {
         let r = b * 32..(b + 1) * 32;
         let xb = &x[r.clone()];
         let (ob, ub) = (&ours[b * bs..(b + 1) * bs], &up[b * bs..(b + 1) * bs]);
         if !xb.iter().all(|v| v.is_finite()) {
             assert_eq!(
-                ob, ub,
+                &ours_m[b * bs..(b + 1) * bs],
+                &up_m[b * bs..(b + 1) * bs],
                 "{ty} {name}: block {b} holds NaN/Inf and must be upstream's bytes"
             );
             continue;
