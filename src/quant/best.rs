@@ -235,14 +235,7 @@ fn improve_metric<B: Search>(x: &[f32], heads: &[HeadMetric], y: &mut [u8]) -> R
         // the squared-error search's blocks
         let mut mse: Vec<B> = yh.to_vec();
         for (xb, b) in xh.chunks_exact(QK).zip(mse.iter_mut()) {
-            let xb: &[f32; QK] = xb.try_into().expect("QK");
-            if let Some(c) = B::search(xb, &ones) {
-                let cur = block_error(b, xb, &ones);
-                let ce = block_error(&c, xb, &ones);
-                if ce.is_finite() && (ce < cur || !cur.is_finite()) {
-                    *b = c;
-                }
-            }
+            search_into(b, xb.try_into().expect("QK"), &ones);
         }
         // error-feedback rounding on the grids of both candidates
         for grids_from in [mse.clone(), yh.to_vec()] {
@@ -342,16 +335,21 @@ fn improve<B: Search>(x: &[f32], w: Option<&[f32]>, y: &mut [u8]) -> Result<()> 
             Some(w) => w[i * QK..(i + 1) * QK].try_into().expect("QK weights"),
             None => &ones,
         };
-        if let Some(cand) = B::search(xb, wb) {
-            // Replace upstream's block only by a strictly better one; an upstream block that
-            // decodes to Inf/NaN (scale beyond f16) loses to any finite candidate.
-            let (ec, eu) = (block_error(&cand, xb, wb), block_error(yb, xb, wb));
-            if ec.is_finite() && (ec < eu || !eu.is_finite()) {
-                *yb = cand;
-            }
-        }
+        search_into(yb, xb, wb);
     }
     Ok(())
+}
+
+/// Replace `b` (upstream's block) by the search's block for `x` if that is strictly better
+/// under weights `w`; an upstream block that decodes to Inf/NaN (scale beyond f16) loses to
+/// any finite candidate.
+fn search_into<B: Search>(b: &mut B, x: &[f32; QK], w: &[f32; QK]) {
+    if let Some(cand) = B::search(x, w) {
+        let (ec, eu) = (block_error(&cand, x, w), block_error(b, x, w));
+        if ec.is_finite() && (ec < eu || !eu.is_finite()) {
+            *b = cand;
+        }
+    }
 }
 
 /// `Σ w·(x − to_float(b))²` in f64, decoded by the format's own `to_float`.
