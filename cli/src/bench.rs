@@ -279,11 +279,7 @@ pub fn run(mut a: Args) -> Result<()> {
             _ => bail!("--rotation takes on,off (got '{r}')"),
         }
     }
-    let model = match &a.model {
-        Some(m) if m.is_file() => m.clone(),
-        Some(m) => bail!("model file {} does not exist", m.display()),
-        None => upstream::default_model()?,
-    };
+    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
     let bin = upstream::upstream_bin()?;
     let lib = upstream::backend_lib()?;
     if a.reps == 0 {

@@ -301,24 +301,8 @@ pub fn run(a: Args) -> Result<()> {
     if a.ctx < 16 {
         bail!("--ctx must be at least 16");
     }
-    let model = match &a.model {
-        Some(m) => {
-            if !m.is_file() {
-                bail!("model file {} does not exist", m.display());
-            }
-            m.clone()
-        }
-        None => upstream::default_model()?,
-    };
-    let text = match &a.text {
-        Some(t) => {
-            if !t.is_file() {
-                bail!("text file {} does not exist", t.display());
-            }
-            t.clone()
-        }
-        None => crate::text::default_text()?,
-    };
+    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let text = upstream::given_or(&a.text, "text", crate::text::default_text)?;
     let bin = upstream::upstream_bin()?;
     let lib = if a.base == "exact" || cfgs.iter().any(|c| c.kernels != "stock") {
         Some(upstream::backend_lib()?)

@@ -111,15 +111,9 @@ fn check_args(a: &Args) -> Result<()> {
     if !matches!(a.cache.as_str(), "f16" | "q8_0") {
         bail!("--cache must be f16 or q8_0 (got '{}')", a.cache);
     }
-    if let Some(m) = &a.model {
-        if !m.is_file() {
-            bail!("model file {} does not exist", m.display());
-        }
-    }
-    if let Some(t) = &a.text {
-        if !t.is_file() {
-            bail!("text file {} does not exist", t.display());
-        }
+    // checked here too, so a bad path fails before anything runs (also with --from-capture)
+    for (p, what) in [(&a.model, "model"), (&a.text, "text")] {
+        upstream::given_or(p, what, || Ok(PathBuf::new()))?;
     }
     if let Some(d) = &a.from_capture {
         if !d.join(attnrot::capture::MANIFEST).is_file() {
@@ -242,14 +236,8 @@ pub fn run(a: Args) -> Result<()> {
     let (dir, model, text, _cleanup) = match &a.from_capture {
         Some(d) => (d.clone(), None, None, Cleanup(None)),
         None => {
-            let model = match &a.model {
-                Some(m) => m.clone(),
-                None => upstream::default_model()?,
-            };
-            let text = match &a.text {
-                Some(t) => t.clone(),
-                None => crate::text::calibration_text()?,
-            };
+            let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+            let text = upstream::given_or(&a.text, "text", crate::text::calibration_text)?;
             let (dir, cleanup) = match &a.keep_capture {
                 Some(d) => (d.clone(), Cleanup(None)),
                 None => {

@@ -96,16 +96,8 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.damping.is_finite() && a.damping > 0.0) {
         bail!("--damping must be > 0");
     }
-    let model = match &a.model {
-        Some(m) if m.is_file() => m.clone(),
-        Some(m) => bail!("model file {} does not exist", m.display()),
-        None => upstream::default_model()?,
-    };
-    let text = match &a.text {
-        Some(t) if t.is_file() => t.clone(),
-        Some(t) => bail!("text file {} does not exist", t.display()),
-        None => crate::text::calibration_text()?,
-    };
+    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let text = upstream::given_or(&a.text, "text", crate::text::calibration_text)?;
     let out = match &a.out {
         Some(o) => o.clone(),
         None => default_policy_path(&model)?,

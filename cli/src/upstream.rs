@@ -62,6 +62,20 @@ pub fn upstream_bin() -> Result<PathBuf> {
     run_script("build-upstream.sh", "building stock llama.cpp")
 }
 
+/// A user's `--model`/`--text`-style path (it must be a file: "<what> file … does not
+/// exist" otherwise), or `default()` when none was given.
+pub fn given_or(
+    p: &Option<PathBuf>,
+    what: &str,
+    default: impl FnOnce() -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    match p {
+        Some(p) if p.is_file() => Ok(p.clone()),
+        Some(p) => anyhow::bail!("{what} file {} does not exist", p.display()),
+        None => default(),
+    }
+}
+
 /// The measurement model (SmolLM2-135M-Instruct Q4_1), fetched and verified on first use.
 pub fn default_model() -> Result<PathBuf> {
     run_script("fetch-model.sh", "fetching the model")

@@ -848,6 +848,7 @@ unsafe fn identity(
 ) -> Result<(), String> {
     let [n, rows, ne12, ne13] = t::dims(x).ok_or("dims")?;
     let mut row = vec![0f32; n];
+    let mut h = vec![[0u8; 2]; if xty == GgmlType::F32 { 0 } else { n }];
     for i13 in 0..ne13 {
         for i12 in 0..ne12 {
             for r in 0..rows {
@@ -859,7 +860,6 @@ unsafe fn identity(
                     if xty == GgmlType::F32 {
                         std::ptr::copy_nonoverlapping(sp, row.as_mut_ptr() as *mut u8, n * 4);
                     } else {
-                        let mut h = vec![[0u8; 2]; n];
                         std::ptr::copy_nonoverlapping(sp, h.as_mut_ptr() as *mut u8, n * 2);
                         crate::quant::fp16::f16_row_to_f32(&h, &mut row)
                             .map_err(|e| e.to_string())?;
