@@ -4,8 +4,9 @@
 //! * decode (1 query row) at n_kv 4096 and 32768, (a) head 64, 9 query / 3 KV heads
 //!   (SmolLM2-135M) and (b) head 128, 32 / 8 heads; K/V f16, q8_0, q4_0;
 //! * prefill 512 queries × 4096 KV (shape (a), causal mask);
-//! * a memory-bandwidth probe (multi-threaded streaming read), and the decode kernel's
-//!   effective GB/s of KV read.
+//! * a memory-bandwidth probe (streaming read) on 1 thread and on all threads, and each
+//!   decode case's effective GB/s of K/V read (every cache row once) on 1 thread and on all
+//!   threads, as a share of the probe with the same number of threads — ours and upstream's.
 //!
 //! Before the criterion groups, a summary pass times each case (median of a few runs) and
 //! prints `ours`, `upstream`, the ratio and the bandwidth figures. `ATTNROT_BENCH_SUMMARY_ONLY=1`
@@ -264,64 +265,92 @@ fn ours_only() -> bool {
     std::env::var("ATTNROT_BENCH_OURS_ONLY").is_ok_and(|v| v == "1")
 }
 
-fn summary() {
+/// The thread counts the summary runs: 1 and all cores (`ATTNROT_BENCH_THREADS` if set), so
+/// each decode case is reported against the bandwidth one thread and the whole machine reach.
+fn summary_threads() -> Vec<usize> {
     let nt = threads();
-    attnrot_ref::init();
-    // `ATTNROT_BENCH_NO_PROBE=1`: skip the bandwidth probe (profiling the kernels)
-    let bw = if std::env::var("ATTNROT_BENCH_NO_PROBE").is_ok_and(|v| v == "1") {
-        f64::NAN
+    if std::env::var("ATTNROT_BENCH_THREADS").is_ok() || nt == 1 {
+        vec![nt]
     } else {
-        bandwidth_probe(nt)
-    };
+        vec![1, nt]
+    }
+}
+
+fn summary() {
+    attnrot_ref::init();
+    let nts = summary_threads();
+    // `ATTNROT_BENCH_NO_PROBE=1`: skip the bandwidth probe (profiling the kernels)
+    let bws: Vec<f64> = nts
+        .iter()
+        .map(|&nt| {
+            if std::env::var("ATTNROT_BENCH_NO_PROBE").is_ok_and(|v| v == "1") {
+                f64::NAN
+            } else {
+                bandwidth_probe(nt)
+            }
+        })
+        .collect();
     eprintln!(
-        "\n== attn bench: {nt} threads (ours and upstream), isa {:?}, upstream features {:?}, {} clock",
+        "\n== attn bench: threads {nts:?} (ours and upstream alike), isa {:?}, upstream features {:?}, {} clock",
         attnrot::simd::isa(),
         attnrot_ref::cpu_features(),
         if cputime() { "process CPU" } else { "wall" }
     );
-    eprintln!("== memory-bandwidth probe (streaming read, {nt} threads): {bw:.1} GB/s");
+    for (nt, bw) in nts.iter().zip(&bws) {
+        eprintln!("== memory-bandwidth probe (streaming read, {nt} threads): {bw:.1} GB/s");
+    }
     eprintln!(
-        "{:<34} {:>11} {:>11} {:>8} {:>10} {:>8}",
-        "case", "ours", "upstream", "speedup", "KV GB/s", "% of bw"
+        "{:<34} {:>3} {:>11} {:>11} {:>8} {:>10} {:>8} {:>10} {:>8}",
+        "case", "thr", "ours", "upstream", "speedup", "KV GB/s", "% of bw", "up GB/s", "% of bw"
     );
     for (c, decode) in cases() {
         let (q, k, v, m) = c.tensors();
         let budget = Duration::from_millis(if decode { 1500 } else { 3000 });
-        let ours = median_time(
-            || {
-                black_box(attn::attend(&q, &k, &v, m.as_ref(), None, &c.params, nt).unwrap());
-            },
-            3,
-            budget,
-        );
-        // `ATTNROT_BENCH_OURS_ONLY=1`: skip upstream (quick iterations; ratio shows as NaN)
-        let upt = if ours_only() {
-            Duration::ZERO
-        } else {
-            let mut up = RefAttn::new(&q, &k, &v, m.as_ref(), None, &c.params, nt);
-            median_time(
+        for (&nt, &bw) in nts.iter().zip(&bws) {
+            let ours = median_time(
                 || {
-                    black_box(up.compute());
+                    black_box(attn::attend(&q, &k, &v, m.as_ref(), None, &c.params, nt).unwrap());
                 },
                 3,
                 budget,
-            )
-        };
-        let gbs = c.kv_bytes() as f64 / ours.as_secs_f64() / 1e9;
-        let (g, pct) = if decode {
-            (format!("{gbs:.1}"), format!("{:.0}%", 100.0 * gbs / bw))
-        } else {
-            ("-".into(), "-".into())
-        };
-        eprintln!(
-            "{:<34} {:>9.3}ms {:>9.3}ms {:>7.2}x {:>10} {:>8}",
-            c.label,
-            ours.as_secs_f64() * 1e3,
-            upt.as_secs_f64() * 1e3,
-            upt.as_secs_f64() / ours.as_secs_f64(),
-            g,
-            pct
-        );
+            );
+            // `ATTNROT_BENCH_OURS_ONLY=1`: skip upstream (quick iterations; ratio shows as NaN)
+            let upt = if ours_only() {
+                Duration::ZERO
+            } else {
+                let mut up = RefAttn::new(&q, &k, &v, m.as_ref(), None, &c.params, nt);
+                median_time(
+                    || {
+                        black_box(up.compute());
+                    },
+                    3,
+                    budget,
+                )
+            };
+            // bytes of K and V the decode reads (each row once), over the time, over the
+            // bandwidth the same number of threads reaches
+            let share = |t: Duration| {
+                let gbs = c.kv_bytes() as f64 / t.as_secs_f64() / 1e9;
+                if decode && t > Duration::ZERO {
+                    (format!("{gbs:.1}"), format!("{:.0}%", 100.0 * gbs / bw))
+                } else {
+                    ("-".into(), "-".into())
+                }
+            };
+            let ((g, pct), (ug, upct)) = (share(ours), share(upt));
+            eprintln!(
+                "{:<34} {:>3} {:>9.3}ms {:>9.3}ms {:>7.2}x {:>10} {:>8} {:>10} {:>8}",
+                c.label,
+                nt,
+                ours.as_secs_f64() * 1e3,
+                upt.as_secs_f64() * 1e3,
+                upt.as_secs_f64() / ours.as_secs_f64(),
+                g,
+                pct,
+                ug,
+                upct
+            );
+        }
     }
     eprintln!();
 }
