@@ -5,8 +5,12 @@
 //! caches at depth 4096); `--full` is the long sweep.
 use crate::upstream;
 use anyhow::{bail, Context, Result};
+use indicatif::style::ProgressTracker;
+use indicatif::{HumanDuration, ProgressState};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -465,6 +469,8 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     let bar = crate::eval::progress_bar(est.iter().map(|s| (s * 1e3) as u64).sum(), "{percent}%");
+    let eta = Eta::default();
+    bar.set_style(bar.style().with_key("eta", eta.clone()));
     let depths = plan
         .depths
         .iter()
@@ -475,6 +481,7 @@ pub fn run(a: Args) -> Result<()> {
     type Key = (String, bool, String, String, usize);
     let mut acc: Vec<(Key, Vec<f64>, Option<usize>)> = Vec::new();
     for (i, &(c, rep, k)) in runs.iter().enumerate() {
+        eta.start((est[i] * 1e3) as u64, bar.elapsed());
         let (t, rot, kernels) = &configs[c];
         let kern = kernels[k].as_str();
         bar.set_message(format!(
@@ -573,6 +580,45 @@ pub fn run(a: Args) -> Result<()> {
         println!("wrote {}", j.display());
     }
     Ok(())
+}
+
+/// The ETA of a bar whose units are expected milliseconds of work: the expected time left,
+/// scaled by the pace of the runs done (their real over their expected time; 1 before the
+/// first ends), less what the current run has taken so far (but never below what the runs
+/// after it need).
+#[derive(Clone, Default)]
+struct Eta(Arc<Mutex<(Duration, u64)>>);
+
+impl Eta {
+    /// A run of `expected` units starts at `elapsed` (the bar's).
+    fn start(&self, expected: u64, elapsed: Duration) {
+        *self.0.lock().unwrap() = (elapsed, expected);
+    }
+
+    /// Seconds left: `pos` of `len` units done, `elapsed` now.
+    fn left(&self, pos: u64, len: u64, elapsed: Duration) -> f64 {
+        let (started, current) = *self.0.lock().unwrap();
+        let pace = if pos > 0 {
+            started.as_secs_f64() * 1e3 / pos as f64
+        } else {
+            1.0
+        };
+        let rest = len.saturating_sub(pos) as f64 * pace / 1e3;
+        let after = len.saturating_sub(pos + current) as f64 * pace / 1e3;
+        (rest - elapsed.saturating_sub(started).as_secs_f64()).max(after)
+    }
+}
+
+impl ProgressTracker for Eta {
+    fn clone_box(&self) -> Box<dyn ProgressTracker> {
+        Box::new(self.clone())
+    }
+    fn tick(&mut self, _: &ProgressState, _: Instant) {}
+    fn reset(&mut self, _: &ProgressState, _: Instant) {}
+    fn write(&self, state: &ProgressState, w: &mut dyn std::fmt::Write) {
+        let left = self.left(state.pos(), state.len().unwrap_or(0), state.elapsed());
+        let _ = write!(w, "{:#}", HumanDuration(Duration::from_secs_f64(left)));
+    }
 }
 
 /// Rows grouped by (cache, rotation, test, depth) in first-seen order, the kernels in `order`
@@ -729,6 +775,21 @@ mod tests {
             est_seconds("stock", "q4_0", &[4096], 512, 128, 1)
                 > 2.0 * est_seconds("attnrot", "q4_0", &[4096], 512, 128, 1)
         );
+    }
+
+    #[test]
+    fn eta_follows_the_pace_of_the_runs_done() {
+        let s = Duration::from_secs;
+        let e = Eta::default();
+        // nothing done yet: the expectation itself (100 s), less the current run's time
+        e.start(40_000, s(0));
+        assert_eq!(e.left(0, 100_000, s(10)), 90.0);
+        // the current run overran its 40 s: the 60 s after it remain
+        assert_eq!(e.left(0, 100_000, s(50)), 60.0);
+        // the first run (40 expected) took 80 s: twice the expectation for the rest
+        e.start(60_000, s(80));
+        assert_eq!(e.left(40_000, 100_000, s(80)), 120.0);
+        assert_eq!(e.left(100_000, 100_000, s(200)), 0.0);
     }
 
     fn sample(cache: &str, kernels: &str, test: &str, ts: f64) -> Sample {
