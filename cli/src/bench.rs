@@ -57,10 +57,10 @@ pub struct Args {
     /// Quality runs without a policy even if the model has one.
     #[arg(long, conflicts_with = "policy")]
     pub no_policy: bool,
-    /// The long sweep (~40 minutes or more on 2 cores): f16 as well, depths 0 and 4096,
-    /// rotation on and off, 3 alternating repetitions of one sample each; options given
-    /// explicitly still win. Without it the run takes under 10 minutes: q8_0 and q4_0 at
-    /// depth 4096, rotation on, one run of 2 samples per kernels.
+    /// The long sweep (about an hour on 2 cores with the quality rows): f16 as well, depths 0
+    /// and 4096, rotation on and off, 3 alternating repetitions of one sample each; options
+    /// given explicitly still win. Without it the run takes under 10 minutes on a quiet 2-core
+    /// machine: q8_0 and q4_0 at depth 4096, rotation on, one run of 2 samples per kernels.
     #[arg(long)]
     pub full: bool,
     /// Write the results as JSON.
