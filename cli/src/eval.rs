@@ -100,7 +100,8 @@ pub struct Row {
     pub seconds: f64,
 }
 
-const KV_TYPES: [&str; 8] = [
+/// The KV cache types upstream's `-ctk`/`-ctv` take that our backend serves.
+pub const KV_TYPES: [&str; 8] = [
     "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl",
 ];
 
@@ -122,7 +123,7 @@ fn parse_type_pair(s: &str) -> Result<(String, String)> {
 }
 
 /// The `mode` field of a `--kernels` value.
-fn mode_of(kernels: &str) -> &'static str {
+pub fn mode_of(kernels: &str) -> &'static str {
     match kernels {
         "attnrot" => "exact",
         "quality" => "quality",
@@ -130,7 +131,8 @@ fn mode_of(kernels: &str) -> &'static str {
     }
 }
 
-fn quantized(t: &str) -> bool {
+/// Is `t` a quantized cache type (where rotation and the quality mode change something)?
+pub fn quantized(t: &str) -> bool {
     !matches!(t, "f16" | "bf16" | "f32")
 }
 
@@ -244,18 +246,77 @@ fn run_perplexity(
     if cfg.kernels != "stock" && !loaded {
         bail!("llama-perplexity ran without the attnrot backend (GGML_BACKEND_PATH was ignored?) for {cfg:?}");
     }
-    if cfg.kernels == "quality" && tools.policy.is_some() {
-        if !log.contains("quality policy for") {
-            bail!("the quality run did not load its policy (ATTNROT_POLICY) for {cfg:?}");
-        }
-        if log.contains("the policy does not match this model") {
-            bail!("the policy does not match the model for {cfg:?}");
-        }
+    if cfg.kernels == "quality" {
+        check_policy_loaded(&log, tools.policy.as_deref()).with_context(|| format!("{cfg:?}"))?;
     }
     if cfg.kernels == "stock" && loaded {
         bail!("the stock run loaded the attnrot backend (GGML_BACKEND_DIR or a copy next to llama-perplexity?)");
     }
     Ok((log, secs))
+}
+
+/// The quality policy of the `quality` runs (`--policy`, `--no-policy`): the given file, none,
+/// or by default the model's policy in ~/.cache/attnrot (`attnrot tune` writes it) if it
+/// exists. When `announce`, says on stderr which one the quality runs use.
+pub fn quality_policy(
+    policy: &Option<PathBuf>,
+    no_policy: bool,
+    model: &Path,
+    announce: bool,
+) -> Result<Option<PathBuf>> {
+    let policy = match (policy, no_policy) {
+        (Some(p), _) if !p.is_file() => bail!("policy file {} does not exist", p.display()),
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => Some(crate::tune::default_policy_path(model)?).filter(|p| p.is_file()),
+    };
+    if announce {
+        match &policy {
+            Some(p) => eprintln!("attnrot: quality runs use the policy {}", p.display()),
+            None => eprintln!(
+                "attnrot: quality runs without a policy (squared-error search only); `attnrot tune` writes one"
+            ),
+        }
+    }
+    Ok(policy)
+}
+
+/// The environment of a quality run: `ATTNROT_QUALITY=1`, and `ATTNROT_POLICY` when there is
+/// a policy.
+pub fn quality_env(cmd: &mut Command, policy: Option<&Path>) {
+    cmd.env("ATTNROT_QUALITY", "1");
+    if let Some(p) = policy {
+        cmd.env("ATTNROT_POLICY", p);
+    }
+}
+
+/// Checks a quality run's log (llama.cpp at `-v`): with a policy, the backend must have
+/// loaded it and found it matches the model (else it ran in exact mode).
+pub fn check_policy_loaded(log: &str, policy: Option<&Path>) -> Result<()> {
+    if policy.is_some() {
+        if !log.contains("quality policy for") {
+            bail!("the quality run did not load its policy (ATTNROT_POLICY)");
+        }
+        if log.contains("the policy does not match this model") {
+            bail!("the policy does not match the model");
+        }
+    }
+    Ok(())
+}
+
+/// The progress bar of the real-model commands: elapsed time, bar, `count` (an indicatif
+/// template piece such as `{pos}/{len} runs` or `{percent}%`), ETA and a message.
+pub fn progress_bar(len: u64, count: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {count}, ETA {{eta}} — {{msg}}"
+        ))
+        .unwrap(),
+    );
+    // elapsed time and spinner move during long runs too
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
+    bar
 }
 
 /// The environment of a run with `kernels` (stock, attnrot, quality): our backend or not,
@@ -277,10 +338,7 @@ fn backend_env(cmd: &mut Command, tools: &Tools, kernels: &str) -> Result<()> {
         cmd.env("ATTNROT_FA_ALL", "1");
     }
     if kernels == "quality" {
-        cmd.env("ATTNROT_QUALITY", "1");
-        if let Some(p) = &tools.policy {
-            cmd.env("ATTNROT_POLICY", p);
-        }
+        quality_env(cmd, tools.policy.as_deref());
     }
     Ok(())
 }
@@ -309,20 +367,12 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
-    let policy = match (&a.policy, a.no_policy) {
-        (Some(p), _) if !p.is_file() => bail!("policy file {} does not exist", p.display()),
-        (Some(p), _) => Some(p.clone()),
-        (None, true) => None,
-        (None, false) => Some(crate::tune::default_policy_path(&model)?).filter(|p| p.is_file()),
-    };
-    if cfgs.iter().any(|c| c.kernels == "quality") {
-        match &policy {
-            Some(p) => eprintln!("attnrot: quality runs use the policy {}", p.display()),
-            None => eprintln!(
-                "attnrot: quality runs without a policy (squared-error search only); `attnrot tune` writes one"
-            ),
-        }
-    }
+    let policy = quality_policy(
+        &a.policy,
+        a.no_policy,
+        &model,
+        cfgs.iter().any(|c| c.kernels == "quality"),
+    )?;
     let tools = Tools {
         perplexity: bin.join("llama-perplexity"),
         lib,
@@ -334,13 +384,7 @@ pub fn run(a: Args) -> Result<()> {
     let _cleanup = Cleanup(work.clone());
 
     let mut rows: Vec<Row> = Vec::new();
-    let bar = ProgressBar::new(cfgs.len() as u64 + 1);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs, ETA {eta} — {msg}",
-        )
-        .unwrap(),
-    );
+    let bar = progress_bar(cfgs.len() as u64 + 1, "{pos}/{len} runs");
     let ctxs: Vec<usize> = {
         let mut c: Vec<usize> = cfgs.iter().map(|c| c.ctx).collect();
         c.dedup();

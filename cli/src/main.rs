@@ -25,7 +25,7 @@ enum Cmd {
     Check(check::Args),
     /// Quality on a real model: PPL, KL divergence vs f16, same-top-token %, tokens/s; stock vs attnrot, rotation on/off.
     Eval(eval::Args),
-    /// Speed on a real model: llama-bench pp/tg at several depths, stock vs attnrot, rotation on/off.
+    /// Speed on a real model: llama-bench pp/tg at several depths, stock vs attnrot (exact and quality mode), rotation on/off; --full for the long sweep.
     Bench(bench::Args),
     /// Real K/V, measured: capture Q/K/V from llama.cpp on a calibration text, outlier statistics, and the score/output errors of every ggml format (rotation none/WHT/WHT+signs) vs TurboQuant at matched bits.
     Stats(stats::Args),
