@@ -4,7 +4,9 @@
 //! f32.
 use anyhow::{bail, Context, Result};
 use attnrot::capture::{self, Event, Kind};
+use attnrot::quant::best::HeadMetric;
 use attnrot::quant::turbo::{SignedHadamard, TurboMse, TurboProd};
+use attnrot::rotate::policy::Policy;
 use attnrot::GgmlType;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -317,6 +319,9 @@ pub const QUANTIZERS: &[Quantizer] = &[
     },
 ];
 
+/// The name of the quality mode with a policy in candidate names and families.
+pub const POLICY_FAMILY: &str = "attnrot quality + policy";
+
 /// The rotation applied before a ggml format (and undone after decoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Rot {
@@ -342,6 +347,9 @@ impl Rot {
 #[derive(Clone, Copy)]
 pub enum Codec {
     Ggml(GgmlType, Quantizer),
+    /// K only: the quality mode with a policy, as the backend writes K (the score-error
+    /// search with the policy's metric of the layer, in the candidate's rotation space).
+    GgmlMetric(GgmlType),
     /// TurboQuant_mse at this many bits per coordinate, per head vector, plus one more bit
     /// for the given fraction (in quarters) of the coordinates.
     TurboMse(u32),
@@ -354,7 +362,7 @@ impl Codec {
     /// Bits per stored value (scales, norms counted) for head size `d`.
     pub fn bits(&self, d: usize) -> f64 {
         match *self {
-            Codec::Ggml(ty, _) => {
+            Codec::Ggml(ty, _) | Codec::GgmlMetric(ty) => {
                 ty.row_bytes(ty.block_size()).unwrap_or(0) as f64 * 8.0 / ty.block_size() as f64
             }
             Codec::TurboMse(b) => b as f64 + 16.0 / d as f64,
@@ -397,7 +405,12 @@ pub const SEED: u64 = 0x5eed_a77e_0001;
 /// TurboQuant_mse at 2, 3, 4 and 8 bits (and 4.25, 8.25 bits per coordinate: with the norm
 /// the 4.5 and 8.5 bits of q4_0 and q8_0 at head 64) and TurboQuant_prod (for K; V uses
 /// _mse at the same bits) at 2, 3, 4 and 8 bits.
-pub fn candidates() -> Vec<Candidate> {
+///
+/// `with_policy`: also the quality mode as the backend runs it with a policy (K by the
+/// score-error search with the policy's metric, V by the squared-error search), for every
+/// quantized format with rotation none and Walsh–Hadamard (the spaces a policy has metrics
+/// for), named "… (attnrot quality + policy)".
+pub fn candidates(with_policy: bool) -> Vec<Candidate> {
     let mut v = Vec::new();
     for q in QUANTIZERS {
         for ty in GgmlType::KV {
@@ -408,6 +421,23 @@ pub fn candidates() -> Vec<Candidate> {
                     rot,
                     k: Codec::Ggml(ty, *q),
                     v: Codec::Ggml(ty, *q),
+                });
+            }
+        }
+    }
+    if with_policy {
+        let quality = QUANTIZERS
+            .iter()
+            .find(|q| q.name == "attnrot quality")
+            .expect("the quality quantizer");
+        for ty in GgmlType::KV.into_iter().filter(|t| t.is_quantized()) {
+            for rot in [Rot::None, Rot::Wht] {
+                v.push(Candidate {
+                    name: format!("{} rot {} ({})", ty.name(), rot.name(), POLICY_FAMILY),
+                    family: format!("{POLICY_FAMILY}, rot {}", rot.name()),
+                    rot,
+                    k: Codec::GgmlMetric(ty),
+                    v: Codec::Ggml(ty, *quality),
                 });
             }
         }
@@ -445,7 +475,8 @@ pub fn candidates() -> Vec<Candidate> {
 }
 
 /// Encode and decode rows of `width = heads·d` values with `codec` after rotation `rot`
-/// (chunks of `rn`); returns the decoded rows in the original (unrotated) space.
+/// (chunks of `rn`); returns the decoded rows in the original (unrotated) space. `metric`:
+/// the K heads' metrics for [`Codec::GgmlMetric`] (in the space `rot` gives).
 pub fn roundtrip(
     codec: &Codec,
     rot: Rot,
@@ -453,10 +484,11 @@ pub fn roundtrip(
     width: usize,
     d: usize,
     rn: usize,
+    metric: Option<&[HeadMetric]>,
 ) -> Result<Vec<f32>> {
     let mut out = vec![0f32; x.len()];
     match *codec {
-        Codec::Ggml(ty, q) => {
+        Codec::Ggml(ty, _) | Codec::GgmlMetric(ty) => {
             let signs = match rot {
                 Rot::WhtSigns => Some(SignedHadamard::new(rn, SEED)?),
                 _ => None,
@@ -475,7 +507,13 @@ pub fn roundtrip(
                     }
                     (Rot::WhtSigns, None) => unreachable!(),
                 }
-                (q.quantize)(ty, &tmp, &mut buf)?;
+                match (codec, metric) {
+                    (Codec::Ggml(_, q), _) => (q.quantize)(ty, &tmp, &mut buf)?,
+                    (_, Some(m)) => {
+                        attnrot::quant::best::quantize_row_best_metric(ty, &tmp, m, &mut buf)?
+                    }
+                    (_, None) => bail!("{}: no policy metric for this layer", ty.name()),
+                }
                 fmt.dequantize_row(&buf, &mut tmp)?;
                 match (rot, &signs) {
                     (Rot::None, _) => or.copy_from_slice(&tmp),
@@ -661,13 +699,60 @@ pub fn reference(lay: &Layer) -> Reference {
 }
 
 /// The errors of one candidate on one layer.
-pub fn evaluate(lay: &Layer, reference: &Reference, c: &Candidate) -> Result<Metrics> {
+/// `policy` gives the K metrics of [`Codec::GgmlMetric`] candidates.
+pub fn evaluate(
+    lay: &Layer,
+    reference: &Reference,
+    c: &Candidate,
+    policy: Option<&Policy>,
+) -> Result<Metrics> {
+    let metric = match (c.k, policy) {
+        (Codec::GgmlMetric(_), Some(p)) => {
+            let rotated = match c.rot {
+                Rot::None => false,
+                Rot::Wht => true,
+                Rot::WhtSigns => bail!("the policy has no metrics for random signs"),
+            };
+            let m = p
+                .k_metric(lay.layer as usize, rotated)
+                .with_context(|| format!("the policy has no metrics for layer {}", lay.layer))?;
+            if m.len() != lay.n_head_kv || m.iter().any(|h| h.dim() != lay.dk) {
+                bail!(
+                    "the policy's layer {} has {} heads of {}, the capture {} of {}: another model?",
+                    lay.layer,
+                    m.len(),
+                    m.first().map_or(0, |h| h.dim()),
+                    lay.n_head_kv,
+                    lay.dk
+                );
+            }
+            Some(m)
+        }
+        (Codec::GgmlMetric(_), None) => bail!("{} needs a policy", c.name),
+        _ => None,
+    };
     let mut total = Sums::default();
     let (wk, wv) = (lay.n_head_kv * lay.dk, lay.n_head_kv * lay.dv);
     let (mut s, mut o) = (Vec::new(), Vec::new());
     for (si, seg) in lay.segments.iter().enumerate() {
-        let k = roundtrip(&c.k, c.rot, &seg.k, wk, lay.dk, rot_size(lay.dk, true))?;
-        let v = roundtrip(&c.v, c.rot, &seg.v, wv, lay.dv, rot_size(lay.dv, false))?;
+        let k = roundtrip(
+            &c.k,
+            c.rot,
+            &seg.k,
+            wk,
+            lay.dk,
+            rot_size(lay.dk, true),
+            metric,
+        )?;
+        let v = roundtrip(
+            &c.v,
+            c.rot,
+            &seg.v,
+            wv,
+            lay.dv,
+            rot_size(lay.dv, false),
+            None,
+        )?;
         attend(lay, seg, &k, &v, &mut s, &mut o);
         let mut part = Sums::default();
         (part.k_err, part.k_ref) = sq_err(&seg.k, &k);
@@ -736,8 +821,92 @@ mod tests {
 
     fn metrics(lay: &Layer, name: &str) -> Metrics {
         let r = reference(lay);
-        let c = candidates().into_iter().find(|c| c.name == name).unwrap();
-        evaluate(lay, &r, &c).unwrap()
+        let c = candidates(false)
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap();
+        evaluate(lay, &r, &c, None).unwrap()
+    }
+
+    /// A policy for the synthetic layer from its own queries: `H = E[q·qᵀ]` per KV head, in
+    /// the plain space and rotated (`R·H·R`, the normalized transform is symmetric).
+    fn policy_for(lay: &Layer, n_head_kv: usize) -> Policy {
+        let (d, seg) = (lay.dk, &lay.segments[0]);
+        let group = lay.n_head / lay.n_head_kv;
+        let mut plain = vec![0f32; n_head_kv * d * d];
+        for kh in 0..n_head_kv.min(lay.n_head_kv) {
+            for h in kh * group..(kh + 1) * group {
+                for qi in 0..seg.n_sel {
+                    let q = &seg.q[(h * seg.n_sel + qi) * d..][..d];
+                    for i in 0..d {
+                        for j in 0..d {
+                            plain[kh * d * d + i * d + j] += q[i] * q[j];
+                        }
+                    }
+                }
+            }
+        }
+        for kh in lay.n_head_kv..n_head_kv {
+            for i in 0..d {
+                plain[kh * d * d + i * d + i] = 1.0; // heads the layer does not have
+            }
+        }
+        let mut rot = plain.clone();
+        for m in rot.chunks_exact_mut(d * d) {
+            attnrot::rotate::rotate_inplace(d, m).unwrap(); // rows: H·R
+            let mut t: Vec<f32> = (0..d * d).map(|k| m[(k % d) * d + k / d]).collect();
+            attnrot::rotate::rotate_inplace(d, &mut t).unwrap(); // (R·H·R)ᵀ rows
+            m.copy_from_slice(&t);
+        }
+        let data = attnrot::rotate::policy::PolicyData {
+            fingerprint: attnrot::rotate::policy::Fingerprint {
+                n_layer: 1,
+                n_head_kv,
+                head_dim_k: d,
+            },
+            model: "synthetic",
+            calibration: serde_json::json!({}),
+            damping: 0.01,
+            rot: &[rot],
+            plain: &[plain],
+            rotate_k: Default::default(),
+            rotate_v: Default::default(),
+        };
+        Policy::from_bytes(&data.to_bytes().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn policy_candidates_cut_the_score_error_and_need_a_matching_policy() {
+        let lay = synthetic(4);
+        let r = reference(&lay);
+        let pol = policy_for(&lay, lay.n_head_kv);
+        let cands = candidates(true);
+        for rot in ["none", "wht"] {
+            let find = |n: &str| cands.iter().find(|c| c.name == n).unwrap();
+            let up = find(&format!("q4_0 rot {rot} (upstream)"));
+            let pc = find(&format!("q4_0 rot {rot} ({POLICY_FAMILY})"));
+            let (mu, mp) = (
+                evaluate(&lay, &r, up, None).unwrap(),
+                evaluate(&lay, &r, pc, Some(&pol)).unwrap(),
+            );
+            assert!(
+                mp.score_rel_err < 0.9 * mu.score_rel_err,
+                "rot {rot}: policy {} vs upstream {}",
+                mp.score_rel_err,
+                mu.score_rel_err
+            );
+            assert!(evaluate(&lay, &r, pc, None).is_err());
+        }
+        let pc = cands
+            .iter()
+            .find(|c| c.name == format!("q4_0 rot wht ({POLICY_FAMILY})"))
+            .unwrap();
+        let other = policy_for(&lay, lay.n_head_kv + 1);
+        let e = evaluate(&lay, &r, pc, Some(&other)).unwrap_err();
+        assert!(format!("{e:#}").contains("another model"), "{e:#}");
+        assert!(candidates(false)
+            .iter()
+            .all(|c| !c.name.contains(POLICY_FAMILY)));
     }
 
     #[test]
@@ -830,7 +999,7 @@ mod tests {
         let r = reference(&lay);
         let mut bias = [0f64; 2];
         for (i, codec) in [Codec::TurboProd(2), Codec::TurboMse(1)].iter().enumerate() {
-            let k = roundtrip(codec, Rot::None, &seg.k, 128, 64, 64).unwrap();
+            let k = roundtrip(codec, Rot::None, &seg.k, 128, 64, 64, None).unwrap();
             let (mut s, mut o) = (Vec::new(), Vec::new());
             attend(&lay, seg, &k, &seg.v, &mut s, &mut o);
             // regression slope of estimated on true scores

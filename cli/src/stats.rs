@@ -2,10 +2,13 @@
 //! `ATTNROT_CAPTURE` on a calibration text (not the evaluation text), then measures on the
 //! captured rows: outlier statistics before/after rotation, and for every candidate encoding
 //! (the 8 ggml formats × rotation none / Walsh–Hadamard / Walsh–Hadamard with random signs,
-//! TurboQuant_mse and _prod) the errors of K, V, the scores `Q·Kᵀ` and the attention output.
+//! TurboQuant_mse and _prod, and — with a policy from `attnrot tune` — the quality mode as the
+//! backend runs it, K by the policy's score metric) the errors of K, V, the scores `Q·Kᵀ` and
+//! the attention output.
 use crate::kvstats::{self, Candidate, Layer, Metrics, Outliers};
 use crate::upstream;
 use anyhow::{bail, Context, Result};
+use attnrot::rotate::policy::Policy;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,6 +60,15 @@ pub struct Args {
     /// Do not write a chart.
     #[arg(long)]
     pub no_chart: bool,
+    /// Quality policy (`attnrot tune`) for the "attnrot quality + policy" candidates: K written
+    /// as the backend writes it with that policy (default: the model's policy in
+    /// ~/.cache/attnrot if it exists). Measure on another text than the policy was tuned on
+    /// (e.g. `--text` the Jargon File) for an out-of-sample figure.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// No policy candidates even if the model has a policy.
+    #[arg(long, conflicts_with = "policy")]
+    pub no_policy: bool,
 }
 
 /// One candidate's results: mean over layers, and per layer.
@@ -232,7 +244,6 @@ impl Drop for Cleanup {
 
 pub fn run(a: Args) -> Result<()> {
     check_args(&a)?;
-    let cands = kvstats::candidates();
     let (dir, model, text, _cleanup) = match &a.from_capture {
         Some(d) => (d.clone(), None, None, Cleanup(None)),
         None => {
@@ -253,6 +264,30 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
 
+    // the policy of the "quality + policy" candidates: given, or the model's default
+    let policy_path = match (&a.policy, model.as_ref().or(a.model.as_ref())) {
+        (Some(p), _) if !p.is_file() => bail!("policy file {} does not exist", p.display()),
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(m)) if !a.no_policy => {
+            Some(crate::tune::default_policy_path(m)?).filter(|p| p.is_file())
+        }
+        (None, _) => None,
+    };
+    let policy = match &policy_path {
+        Some(p) => {
+            let pol = Policy::load(p)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("reading the policy {}", p.display()))?;
+            eprintln!(
+                "attnrot: \"{}\" candidates use the policy {}",
+                kvstats::POLICY_FAMILY,
+                p.display()
+            );
+            Some(pol)
+        }
+        None => None,
+    };
+    let cands = kvstats::candidates(policy.is_some());
     let layers = kvstats::load(&dir, &a.layers, a.max_queries)?;
     let bar = ProgressBar::new(layers.len() as u64);
     bar.set_style(
@@ -261,7 +296,7 @@ pub fn run(a: Args) -> Result<()> {
         )
         .unwrap(),
     );
-    let results = analyse(&layers, &cands, a.threads.max(1), &bar)?;
+    let results = analyse(&layers, &cands, policy.as_ref(), a.threads.max(1), &bar)?;
     bar.finish_and_clear();
 
     let (layer_stats, per_cand) = results;
@@ -344,6 +379,7 @@ type Analysis = (Vec<LayerStats>, Vec<Vec<Metrics>>);
 fn analyse(
     layers: &[Layer],
     cands: &[Candidate],
+    policy: Option<&Policy>,
     threads: usize,
     bar: &ProgressBar,
 ) -> Result<Analysis> {
@@ -353,7 +389,7 @@ fn analyse(
         let m = cands
             .iter()
             .map(|c| {
-                kvstats::evaluate(lay, &r, c)
+                kvstats::evaluate(lay, &r, c, policy)
                     .with_context(|| format!("{} on layer {}", c.name, lay.layer))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -119,6 +119,8 @@ pub fn run(a: Args) -> Result<()> {
         json: None,
         chart: PathBuf::new(),
         no_chart: true,
+        policy: None,
+        no_policy: true,
     };
     let log = crate::stats::capture_run(&sa, &dir, &model, &text)?;
     if log.contains("capture limit of") {
