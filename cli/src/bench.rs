@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Cache types (K=V).
@@ -279,7 +280,7 @@ pub fn run(mut a: Args) -> Result<()> {
             _ => bail!("--rotation takes on,off (got '{r}')"),
         }
     }
-    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let model = upstream::model(&a.model)?;
     let bin = upstream::upstream_bin()?;
     let lib = upstream::backend_lib()?;
     if a.reps == 0 {

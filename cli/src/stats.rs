@@ -13,7 +13,8 @@ use std::time::Duration;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Calibration text (default: the Debian Policy Manual from Debian's debian-policy; not
@@ -112,9 +113,8 @@ fn check_args(a: &Args) -> Result<()> {
         bail!("--cache must be f16 or q8_0 (got '{}')", a.cache);
     }
     // checked here too, so a bad path fails before anything runs (also with --from-capture)
-    for (p, what) in [(&a.model, "model"), (&a.text, "text")] {
-        upstream::given_or(p, what, || Ok(PathBuf::new()))?;
-    }
+    upstream::check_model(&a.model)?;
+    upstream::given_or(&a.text, "text", || Ok(PathBuf::new()))?;
     if let Some(d) = &a.from_capture {
         if !d.join(attnrot::capture::MANIFEST).is_file() {
             bail!(
@@ -236,7 +236,7 @@ pub fn run(a: Args) -> Result<()> {
     let (dir, model, text, _cleanup) = match &a.from_capture {
         Some(d) => (d.clone(), None, None, Cleanup(None)),
         None => {
-            let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+            let model = upstream::model(&a.model)?;
             let text = upstream::given_or(&a.text, "text", crate::text::calibration_text)?;
             let (dir, cleanup) = match &a.keep_capture {
                 Some(d) => (d.clone(), Cleanup(None)),

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Calibration text (default: the Debian Policy Manual; never the evaluation text).
@@ -96,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.damping.is_finite() && a.damping > 0.0) {
         bail!("--damping must be > 0");
     }
-    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let model = upstream::model(&a.model)?;
     let text = upstream::given_or(&a.text, "text", crate::text::calibration_text)?;
     let out = match &a.out {
         Some(o) => o.clone(),
