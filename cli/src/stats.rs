@@ -411,7 +411,8 @@ fn layer_outliers(lay: &Layer) -> Result<LayerStats> {
 }
 
 /// The matched-bits comparisons: q4_0 (4.5 bits) against TurboQuant at 4 bits (_mse 4b =
-/// 4.25 bits per value at head 64, _mse 4.25b = 4.5, _prod 4b = 4.5 per K value), q8_0
+/// 4 + 16/d bits per value, 4.25 at head 64; _mse 4.5b/value = 4.5 at any head size; _prod
+/// 4b = 4 + 32/d per K value, 4.5 at head 64), q8_0
 /// (8.5) against TurboQuant at 8 bits; for every quantizer and rotation variant other than
 /// the unrotated upstream base.
 pub fn summary(rows: &[CandidateResult]) -> Vec<ShareRow> {
@@ -423,7 +424,7 @@ pub fn summary(rows: &[CandidateResult]) -> Vec<ShareRow> {
         };
         for tq in [
             format!("TurboQuant_mse {tb}b"),
-            format!("TurboQuant_mse {tb}.25b"),
+            format!("TurboQuant_mse {tb}.5b/value"),
             format!("TurboQuant_prod {tb}b (V _mse {tb}b)"),
         ] {
             let Some(t) = find(&tq) else { continue };
