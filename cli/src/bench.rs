@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Cache types (K=V) [default: q8_0,q4_0; with --full: f16,q8_0,q4_0].
@@ -445,7 +446,7 @@ pub fn est_seconds(
 
 pub fn run(a: Args) -> Result<()> {
     let plan = Plan::of(&a)?;
-    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let model = upstream::model(&a.model)?;
     let bin = upstream::upstream_bin()?;
     let lib = upstream::backend_lib()?;
     let configs = plan.configs();

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Plain-text file to evaluate on (default: the Jargon File from Debian's jargon-text).
@@ -359,7 +360,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.ctx < 16 {
         bail!("--ctx must be at least 16");
     }
-    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let model = upstream::model(&a.model)?;
     let text = upstream::given_or(&a.text, "text", crate::text::default_text)?;
     let bin = upstream::upstream_bin()?;
     let lib = if a.base == "exact" || cfgs.iter().any(|c| c.kernels != "stock") {

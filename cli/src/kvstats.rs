@@ -350,10 +350,12 @@ pub enum Codec {
     /// K only: the quality mode with a policy, as the backend writes K (the score-error
     /// search with the policy's metric of the layer, in the candidate's rotation space).
     GgmlMetric(GgmlType),
-    /// TurboQuant_mse at this many bits per coordinate, per head vector, plus one more bit
-    /// for the given fraction (in quarters) of the coordinates.
+    /// TurboQuant_mse at this many bits per coordinate, per head vector.
     TurboMse(u32),
-    TurboMseQuarter(u32),
+    /// TurboQuant_mse at this many bits per coordinate plus one more bit for `d/2 − 16` of
+    /// the `d` coordinates: with the f16 norm exactly half a bit per value more (q4_0's 4.5
+    /// and q8_0's 8.5 bits at any head size ≥ 32; at head 64 a quarter of the coordinates).
+    TurboMseHalf(u32),
     /// TurboQuant_prod (mse at bits − 1 plus 1-bit QJL), per head vector.
     TurboProd(u32),
 }
@@ -366,10 +368,18 @@ impl Codec {
                 ty.row_bytes(ty.block_size()).unwrap_or(0) as f64 * 8.0 / ty.block_size() as f64
             }
             Codec::TurboMse(b) => b as f64 + 16.0 / d as f64,
-            Codec::TurboMseQuarter(b) => b as f64 + 0.25 + 16.0 / d as f64,
+            Codec::TurboMseHalf(b) => {
+                b as f64 + turbo_half_extra(d) as f64 / d as f64 + 16.0 / d as f64
+            }
             Codec::TurboProd(b) => b as f64 + 32.0 / d as f64,
         }
     }
+}
+
+/// Coordinates of a head of `d` that [`Codec::TurboMseHalf`] gives one more bit: `d/2 − 16`,
+/// so that with the 16-bit norm the head costs half a bit per value more (0 below d = 32).
+pub fn turbo_half_extra(d: usize) -> usize {
+    (d / 2).saturating_sub(16)
 }
 
 /// One candidate: how K and V are encoded.
@@ -402,8 +412,8 @@ pub fn rot_size(d: usize, is_k: bool) -> usize {
 pub const SEED: u64 = 0x5eed_a77e_0001;
 
 /// The candidate list: every ggml format with every quantizer and rotation variant, then
-/// TurboQuant_mse at 2, 3, 4 and 8 bits (and 4.25, 8.25 bits per coordinate: with the norm
-/// the 4.5 and 8.5 bits of q4_0 and q8_0 at head 64) and TurboQuant_prod (for K; V uses
+/// TurboQuant_mse at 2, 3, 4 and 8 bits (and at 4.5 and 8.5 bits per value with the norm,
+/// the bits of q4_0 and q8_0, see [`Codec::TurboMseHalf`]) and TurboQuant_prod (for K; V uses
 /// _mse at the same bits) at 2, 3, 4 and 8 bits.
 ///
 /// `with_policy`: also the quality mode as the backend runs it with a policy (K by the
@@ -452,14 +462,14 @@ pub fn candidates(with_policy: bool) -> Vec<Candidate> {
         });
     }
     for b in [4u32, 8] {
-        // a quarter of the coordinates at b+1 bits: b + 0.5 bits per value at head 64, the
-        // bits of q4_0 / q8_0
+        // d/2 − 16 of the coordinates at b+1 bits: with the norm b + 0.5 bits per value, the
+        // bits of q4_0 / q8_0, at any head size
         v.push(Candidate {
-            name: format!("TurboQuant_mse {b}.25b"),
+            name: format!("TurboQuant_mse {b}.5b/value"),
             family: "TurboQuant_mse".into(),
             rot: Rot::None,
-            k: Codec::TurboMseQuarter(b),
-            v: Codec::TurboMseQuarter(b),
+            k: Codec::TurboMseHalf(b),
+            v: Codec::TurboMseHalf(b),
         });
     }
     for b in [2u32, 3, 4, 8] {
@@ -533,8 +543,8 @@ pub fn roundtrip(
                 e.roundtrip(xr, or)?;
             }
         }
-        Codec::TurboMseQuarter(b) => {
-            let e = TurboMse::new_mixed(d, b, d / 4, SEED)?;
+        Codec::TurboMseHalf(b) => {
+            let e = TurboMse::new_mixed(d, b, turbo_half_extra(d), SEED)?;
             for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
                 e.roundtrip(xr, or)?;
             }
@@ -1012,6 +1022,16 @@ mod tests {
         }
         assert!((bias[0] - 1.0).abs() < 0.05, "prod slope {}", bias[0]);
         assert!(bias[1] < 0.9, "mse 1-bit slope {}", bias[1]);
+    }
+
+    #[test]
+    fn matched_turboquant_has_the_bits_of_q4_0_and_q8_0_at_every_head_size() {
+        for d in [32usize, 64, 128, 256, 512] {
+            assert_eq!(Codec::TurboMseHalf(4).bits(d), 4.5, "d {d}");
+            assert_eq!(Codec::TurboMseHalf(8).bits(d), 8.5, "d {d}");
+            let e = TurboMse::new_mixed(d, 4, turbo_half_extra(d), SEED).unwrap();
+            assert_eq!(e.bits_per_value(), 4.5, "d {d}");
+        }
     }
 
     #[test]

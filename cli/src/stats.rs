@@ -16,7 +16,8 @@ use std::time::Duration;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Calibration text (default: the Debian Policy Manual from Debian's debian-policy; not
@@ -124,9 +125,8 @@ fn check_args(a: &Args) -> Result<()> {
         bail!("--cache must be f16 or q8_0 (got '{}')", a.cache);
     }
     // checked here too, so a bad path fails before anything runs (also with --from-capture)
-    for (p, what) in [(&a.model, "model"), (&a.text, "text")] {
-        upstream::given_or(p, what, || Ok(PathBuf::new()))?;
-    }
+    upstream::check_model(&a.model)?;
+    upstream::given_or(&a.text, "text", || Ok(PathBuf::new()))?;
     if let Some(d) = &a.from_capture {
         if !d.join(attnrot::capture::MANIFEST).is_file() {
             bail!(
@@ -247,7 +247,7 @@ pub fn run(a: Args) -> Result<()> {
     let (dir, model, text, _cleanup) = match &a.from_capture {
         Some(d) => (d.clone(), None, None, Cleanup(None)),
         None => {
-            let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+            let model = upstream::model(&a.model)?;
             let text = upstream::given_or(&a.text, "text", crate::text::calibration_text)?;
             let (dir, cleanup) = match &a.keep_capture {
                 Some(d) => (d.clone(), Cleanup(None)),
@@ -265,7 +265,13 @@ pub fn run(a: Args) -> Result<()> {
     };
 
     // the policy of the "quality + policy" candidates: given, or the model's default
-    let policy_path = match (&a.policy, model.as_ref().or(a.model.as_ref())) {
+    // with --from-capture, --model (a path or a name) only locates the default policy
+    let policy_model = match (&model, &a.model) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(_)) if a.policy.is_none() && !a.no_policy => Some(upstream::model(&a.model)?),
+        _ => None,
+    };
+    let policy_path = match (&a.policy, policy_model.as_ref()) {
         (Some(p), _) if !p.is_file() => bail!("policy file {} does not exist", p.display()),
         (Some(p), _) => Some(p.clone()),
         (None, Some(m)) if !a.no_policy => {
@@ -447,7 +453,8 @@ fn layer_outliers(lay: &Layer) -> Result<LayerStats> {
 }
 
 /// The matched-bits comparisons: q4_0 (4.5 bits) against TurboQuant at 4 bits (_mse 4b =
-/// 4.25 bits per value at head 64, _mse 4.25b = 4.5, _prod 4b = 4.5 per K value), q8_0
+/// 4 + 16/d bits per value, 4.25 at head 64; _mse 4.5b/value = 4.5 at any head size; _prod
+/// 4b = 4 + 32/d per K value, 4.5 at head 64), q8_0
 /// (8.5) against TurboQuant at 8 bits; for every quantizer and rotation variant other than
 /// the unrotated upstream base.
 pub fn summary(rows: &[CandidateResult]) -> Vec<ShareRow> {
@@ -459,7 +466,7 @@ pub fn summary(rows: &[CandidateResult]) -> Vec<ShareRow> {
         };
         for tq in [
             format!("TurboQuant_mse {tb}b"),
-            format!("TurboQuant_mse {tb}.25b"),
+            format!("TurboQuant_mse {tb}.5b/value"),
             format!("TurboQuant_prod {tb}b (V _mse {tb}b)"),
         ] {
             let Some(t) = find(&tq) else { continue };

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    /// GGUF model, or `smollm2` / `gemma3` (fetched and verified on first use; default: smollm2,
+    /// SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Calibration text (default: the Debian Policy Manual; never the evaluation text).
@@ -96,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.damping.is_finite() && a.damping > 0.0) {
         bail!("--damping must be > 0");
     }
-    let model = upstream::given_or(&a.model, "model", upstream::default_model)?;
+    let model = upstream::model(&a.model)?;
     let text = upstream::given_or(&a.text, "text", crate::text::calibration_text)?;
     let out = match &a.out {
         Some(o) => o.clone(),
@@ -345,13 +346,23 @@ fn rotation_choice(
     let (mut rk, mut rv) = (BTreeMap::new(), BTreeMap::new());
     println!("rotation choice (quality mode, calibration rows; rotated / unrotated error):");
     println!(
-        "{:<8} {:>16} {:>6} {:>16} {:>6}",
-        "type", "K score error", "rot K", "V sq. error", "rot V"
+        "{:<8} {:>16} {:>6} {:>16} {:>6}  {:<28} {:<28}",
+        "type",
+        "K score error",
+        "rot K",
+        "V sq. error",
+        "rot V",
+        "K per layer: min-max, off wins",
+        "V per layer: same"
     );
     for ty in types {
         let mut err = [[0f64; 2]; 2]; // [side][rot, plain]
+                                      // per layer: rotated / unrotated error (the choice is per model; this shows whether a
+                                      // per-layer choice would differ)
+        let mut per_layer: [Vec<(u32, f64)>; 2] = [Vec::new(), Vec::new()];
         for (layer, sides) in kv.iter_mut() {
             let l = *layer as usize;
+            let before = err;
             for (side, rows) in sides.iter().enumerate() {
                 let Some(r) = rows else { continue };
                 let bytes = ty.row_bytes(r.width)?;
@@ -380,18 +391,45 @@ fn rotation_choice(
                     }
                 }
             }
+            for (side, pl) in per_layer.iter_mut().enumerate() {
+                let (r, p) = (
+                    err[side][0] - before[side][0],
+                    err[side][1] - before[side][1],
+                );
+                if p > 0.0 {
+                    pl.push((*layer, r / p));
+                }
+            }
         }
+        let layers = |pl: &[(u32, f64)]| {
+            let (lo, hi) = pl.iter().fold((f64::INFINITY, 0f64), |(a, b), &(_, x)| {
+                (a.min(x), b.max(x))
+            });
+            let off: Vec<String> = pl
+                .iter()
+                .filter(|(_, x)| *x > 1.0)
+                .map(|(l, _)| l.to_string())
+                .collect();
+            let off = if off.is_empty() {
+                "none".to_string()
+            } else {
+                off.join(" ")
+            };
+            format!("{lo:.3}-{hi:.3}, off: {off}")
+        };
         let k = err[0][0] <= err[0][1];
         let v = err[1][0] <= err[1][1];
         rk.insert(ty.name().to_string(), k);
         rv.insert(ty.name().to_string(), v);
         println!(
-            "{:<8} {:>16.3} {:>6} {:>16.3} {:>6}",
+            "{:<8} {:>16.3} {:>6} {:>16.3} {:>6}  {:<28} {:<28}",
             ty.name(),
             err[0][0] / err[0][1],
             if k { "on" } else { "off" },
             err[1][0] / err[1][1],
-            if v { "on" } else { "off" }
+            if v { "on" } else { "off" },
+            layers(&per_layer[0]),
+            layers(&per_layer[1])
         );
     }
     Ok((rk, rv))

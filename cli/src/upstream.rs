@@ -15,7 +15,7 @@ pub fn repo_root() -> PathBuf {
     }
 }
 
-fn run_script(name: &str, what: &str) -> Result<PathBuf> {
+fn run_script(name: &str, args: &[&str], what: &str) -> Result<PathBuf> {
     let script = repo_root().join("scripts").join(name);
     if !script.exists() {
         bail!(
@@ -25,6 +25,7 @@ fn run_script(name: &str, what: &str) -> Result<PathBuf> {
     }
     let out = Command::new("bash")
         .arg(&script)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -59,7 +60,7 @@ pub fn upstream_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ATTNROT_UPSTREAM_BIN") {
         return Ok(PathBuf::from(p));
     }
-    run_script("build-upstream.sh", "building stock llama.cpp")
+    run_script("build-upstream.sh", &[], "building stock llama.cpp")
 }
 
 /// A user's `--model`/`--text`-style path (it must be a file: "<what> file … does not
@@ -78,7 +79,38 @@ pub fn given_or(
 
 /// The measurement model (SmolLM2-135M-Instruct Q4_1), fetched and verified on first use.
 pub fn default_model() -> Result<PathBuf> {
-    run_script("fetch-model.sh", "fetching the model")
+    run_script("fetch-model.sh", &[], "fetching the model")
+}
+
+/// The models `scripts/fetch-model.sh NAME` fetches, which `--model NAME` names.
+pub const MODELS: [&str; 2] = ["smollm2", "gemma3"];
+
+/// The name of a fetched model if `p` is one (and no file of that name is there).
+fn model_name(p: &Path) -> Option<&'static str> {
+    MODELS
+        .into_iter()
+        .find(|m| p.as_os_str() == *m && !p.is_file())
+}
+
+/// `--model`: a GGUF file, a name from [`MODELS`] (fetched and verified on first use), or
+/// the default model.
+pub fn model(p: &Option<PathBuf>) -> Result<PathBuf> {
+    match p.as_deref().and_then(model_name) {
+        Some(m) => run_script("fetch-model.sh", &[m], "fetching the model"),
+        None => given_or(p, "model", default_model),
+    }
+}
+
+/// Fails, before anything runs, if `--model` is neither a file nor a name from [`MODELS`].
+pub fn check_model(p: &Option<PathBuf>) -> Result<()> {
+    match p {
+        Some(p) if model_name(p).is_none() && !p.is_file() => bail!(
+            "model file {} does not exist (or name one of {})",
+            p.display(),
+            MODELS.join(", ")
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `libattnrot.so`: next to this executable (cargo puts the cdylib there), or `ATTNROT_LIB`.

@@ -89,7 +89,7 @@ fn tiny_stats_run_is_well_formed_and_ordered() {
         }
     }
     assert_eq!(cand(&v, "q4_0 rot none (upstream)")["bits_k"], 4.5);
-    assert_eq!(cand(&v, "TurboQuant_mse 4.25b")["bits_k"], 4.5);
+    assert_eq!(cand(&v, "TurboQuant_mse 4.5b/value")["bits_k"], 4.5);
     assert_eq!(cand(&v, "TurboQuant_prod 4b (V _mse 4b)")["bits_k"], 4.5);
     // orderings that must hold on real K/V
     for m in ["score_rel_err", "out_rel_err", "k_rel_rmse"] {
@@ -108,7 +108,10 @@ fn tiny_stats_run_is_well_formed_and_ordered() {
         );
         assert!(e("TurboQuant_mse 4b") < e("TurboQuant_mse 3b"), "{m}");
         assert!(e("TurboQuant_mse 3b") < e("TurboQuant_mse 2b"), "{m}");
-        assert!(e("TurboQuant_mse 4.25b") < e("TurboQuant_mse 4b"), "{m}");
+        assert!(
+            e("TurboQuant_mse 4.5b/value") < e("TurboQuant_mse 4b"),
+            "{m}"
+        );
     }
     for t in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"] {
         for r in ["none", "wht"] {
