@@ -123,16 +123,7 @@ impl Plan {
                 _ => bail!("--rotation takes on,off (got '{r}')"),
             }
         }
-        let mut kernels = Vec::new();
-        for k in &a.kernels {
-            match k.as_str() {
-                "stock" | "attnrot" | "quality" => kernels.push(k.clone()),
-                _ => bail!("unknown --kernels value '{k}' (stock, attnrot, quality)"),
-            }
-        }
-        if kernels.is_empty() {
-            bail!("--kernels is empty");
-        }
+        let kernels = crate::eval::parse_kernels(&a.kernels)?;
         let reps = a.reps.unwrap_or(if a.full { 3 } else { 1 });
         if reps == 0 {
             bail!("--reps must be at least 1");

@@ -137,10 +137,10 @@ pub fn quantized(t: &str) -> bool {
     !matches!(t, "f16" | "bf16" | "f32")
 }
 
-/// The configurations `args` asks for, in run order.
-pub fn configs(a: &Args) -> Result<Vec<Config>> {
+/// `--kernels` of eval and bench: stock, attnrot, quality; at least one.
+pub fn parse_kernels(given: &[String]) -> Result<Vec<String>> {
     let mut kernels = Vec::new();
-    for k in &a.kernels {
+    for k in given {
         match k.as_str() {
             "stock" | "attnrot" | "quality" => kernels.push(k.clone()),
             _ => bail!("unknown --kernels value '{k}' (stock, attnrot, quality)"),
@@ -149,6 +149,12 @@ pub fn configs(a: &Args) -> Result<Vec<Config>> {
     if kernels.is_empty() {
         bail!("--kernels is empty");
     }
+    Ok(kernels)
+}
+
+/// The configurations `args` asks for, in run order.
+pub fn configs(a: &Args) -> Result<Vec<Config>> {
+    let kernels = parse_kernels(&a.kernels)?;
     let mut ctxs = vec![a.ctx];
     if a.long && a.ctx != 2048 {
         ctxs.push(2048);

@@ -396,55 +396,45 @@ fn improve_metric<B: Search>(x: &[f32], heads: &[HeadMetric], y: &mut [u8]) -> R
 /// Unit weights.
 const ONES: [f32; QK] = [1.0; QK];
 
-/// [`improve_metric`] compiled for the CPU's vector units (the same arithmetic, so the same bytes,
-/// on every ISA: no fused multiply-adds the scalar code does not have, fixed summation
-/// order).
-fn improve_metric_isa<B: Search>(x: &[f32], heads: &[HeadMetric], y: &mut [u8]) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::Isa;
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-        fn avx512<B: Search>(x: &[f32], heads: &[HeadMetric], y: &mut [u8]) -> Result<()> {
-            improve_metric::<B>(x, heads, y)
+/// `$name<B>($args)`: `$kernel::<B>` compiled for the CPU's vector units — AVX-512 and
+/// AVX2 builds of the same generic code, chosen by [`crate::simd::isa`]. The arithmetic is
+/// the same on every ISA (no fused multiply-adds the scalar code does not have, fixed
+/// summation order), so are the bytes (tested).
+macro_rules! isa_dispatch {
+    ($(#[$m:meta])* fn $name:ident => $kernel:ident($($a:ident: $t:ty),*)) => {
+        $(#[$m])*
+        fn $name<B: Search>($($a: $t),*) -> Result<()> {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::simd::Isa;
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+                fn avx512<B: Search>($($a: $t),*) -> Result<()> {
+                    $kernel::<B>($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma,f16c")]
+                fn avx2<B: Search>($($a: $t),*) -> Result<()> {
+                    $kernel::<B>($($a),*)
+                }
+                match crate::simd::isa() {
+                    // SAFETY: the ISA was detected on this CPU (`simd::isa` never exceeds it).
+                    Isa::Avx512 => return unsafe { avx512::<B>($($a),*) },
+                    Isa::Avx2 => return unsafe { avx2::<B>($($a),*) },
+                    Isa::Scalar => {}
+                }
+            }
+            $kernel::<B>($($a),*)
         }
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn avx2<B: Search>(x: &[f32], heads: &[HeadMetric], y: &mut [u8]) -> Result<()> {
-            improve_metric::<B>(x, heads, y)
-        }
-        match crate::simd::isa() {
-            // SAFETY: the ISA was detected on this CPU (`simd::isa` never exceeds it).
-            Isa::Avx512 => return unsafe { avx512::<B>(x, heads, y) },
-            Isa::Avx2 => return unsafe { avx2::<B>(x, heads, y) },
-            Isa::Scalar => {}
-        }
-    }
-    improve_metric::<B>(x, heads, y)
+    };
 }
 
-/// [`improve`] compiled for the CPU's vector units (the same arithmetic, so the same bytes,
-/// on every ISA: no fused multiply-adds the scalar code does not have, fixed summation
-/// order).
-fn improve_isa<B: Search>(x: &[f32], w: Option<&[f32]>, y: &mut [u8]) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::Isa;
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-        fn avx512<B: Search>(x: &[f32], w: Option<&[f32]>, y: &mut [u8]) -> Result<()> {
-            improve::<B>(x, w, y)
-        }
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn avx2<B: Search>(x: &[f32], w: Option<&[f32]>, y: &mut [u8]) -> Result<()> {
-            improve::<B>(x, w, y)
-        }
-        match crate::simd::isa() {
-            // SAFETY: the ISA was detected on this CPU (`simd::isa` never exceeds it).
-            Isa::Avx512 => return unsafe { avx512::<B>(x, w, y) },
-            Isa::Avx2 => return unsafe { avx2::<B>(x, w, y) },
-            Isa::Scalar => {}
-        }
-    }
-    improve::<B>(x, w, y)
-}
+isa_dispatch!(
+    /// [`improve_metric`] for the CPU's vector units.
+    fn improve_metric_isa => improve_metric(x: &[f32], heads: &[HeadMetric], y: &mut [u8])
+);
+isa_dispatch!(
+    /// [`improve`] for the CPU's vector units.
+    fn improve_isa => improve(x: &[f32], w: Option<&[f32]>, y: &mut [u8])
+);
 
 /// A format whose blocks the search can choose.
 trait Search: BlockFormat {
