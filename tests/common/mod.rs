@@ -258,3 +258,56 @@ pub fn other_isa() -> &'static str {
         _ => "scalar",
     }
 }
+
+/// A file of little-endian `f32`s (the hosts' logits dumps).
+pub fn read_f32(p: &Path) -> Vec<f32> {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Mean KL divergence KL(P_base || P_other) over `positions` rows of `n_vocab` logits, and the
+/// share (%) of positions whose top token agrees (as llama-perplexity's `--kl-divergence`
+/// reports them). Panics on a wrong size or a non-finite logit.
+pub fn kld_logits(a: &[f32], b: &[f32], n_vocab: usize, positions: usize) -> (f64, f64) {
+    let n = n_vocab;
+    assert_eq!(a.len(), positions * n, "logits size");
+    assert_eq!(b.len(), a.len(), "logits size");
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        row.iter().map(|&x| x as f64 - lse).collect()
+    };
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0
+    };
+    let (mut sum, mut same) = (0.0, 0usize);
+    for p in 0..positions {
+        let (ra, rb) = (&a[p * n..(p + 1) * n], &b[p * n..(p + 1) * n]);
+        assert!(
+            ra.iter().chain(rb).all(|x| x.is_finite()),
+            "non-finite logits at {p}"
+        );
+        let (la, lb) = (log_softmax(ra), log_softmax(rb));
+        sum += la
+            .iter()
+            .zip(&lb)
+            .map(|(x, y)| x.exp() * (x - y))
+            .sum::<f64>();
+        same += usize::from(argmax(ra) == argmax(rb));
+    }
+    (
+        sum / positions as f64,
+        100.0 * same as f64 / positions as f64,
+    )
+}
