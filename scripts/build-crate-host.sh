@@ -15,12 +15,14 @@
 # Everything lives in the attnrot cache, keyed by the content of the host's sources:
 #   $cache/crate-host/<key>/            copy of tests/hosts/llama-cpp-2 + target/ (key: its
 #                                       Cargo.toml + Cargo.lock)
+#   $dir/bin/test-backend-ops           the pin's tests/test-backend-ops.cpp (public ggml API
+#                                       only) compiled against 0.26.0's headers and libraries
 #   prints the path of $dir/run on stdout: the host binary run as `cargo run` runs it (the
 #   crate's libraries from its OUT_DIR on LD_LIBRARY_PATH; the backends directory, with the 14
 #   libggml-cpu-<variant>.so, is baked into the binary by the crate).
 # One upstream build at a time on the machine (the lock of build-upstream.sh).
 # First build: long (libllama + 14 CPU variants of ggml-cpu) — opt-in only
-# (ATTNROT_TEST_GGML026=1, tests/llama_cpp_2.rs).
+# (ATTNROT_TEST_GGML026=1: tests/llama_cpp_2.rs, tests/backend_ops.rs g026_*).
 #
 # Usage: scripts/build-crate-host.sh     ATTNROT_UPSTREAM_JOBS=N -> parallel jobs (default 2)
 set -euo pipefail
@@ -38,11 +40,11 @@ hostsrc="$root/tests/hosts/llama-cpp-2"
 # The directory is keyed by the dependencies (a new lock file = a new llama.cpp build); the
 # program and this script are checked by content (a change = an incremental cargo build).
 key=$(cat "$hostsrc/Cargo.toml" "$hostsrc/Cargo.lock" | sha256sum | cut -c1-12)
-stamp=$(cat "$0" "$hostsrc/src/main.rs" | sha256sum | cut -c1-64)
+stamp=$(cat "$0" "$hostsrc/src/main.rs" "$root/vendor/fetch.sh" | sha256sum | cut -c1-64)
 dir="$cache/crate-host/$key"
 bin="$dir/target/release/attnrot-llama-cpp-2-host"
 run="$dir/run"
-if [ -x "$run" ] && [ "$(cat "$dir/.built" 2>/dev/null)" = "$stamp" ]; then
+if [ -x "$run" ] && [ -x "$dir/bin/test-backend-ops" ] && [ "$(cat "$dir/.built" 2>/dev/null)" = "$stamp" ]; then
   echo "$run"
   exit 0
 fi
@@ -106,6 +108,27 @@ cat >"$run" <<RUN
 LD_LIBRARY_PATH="$lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$bin" "\$@"
 RUN
 chmod +x "$run"
+
+# --- test-backend-ops against these libraries --------------------------------------------------
+# The crate's tree has no tests/. The pin's tests/test-backend-ops.cpp uses ggml's public
+# headers only (ggml.h, ggml-alloc.h, ggml-backend.h, ggml-cpp.h), so it is compiled against
+# 0.26.0's headers and linked to the crate's libggml/libggml-base (rpath): the pin's test
+# cases, run by 0.26.0's ggml, compared with 0.26.0's CPU backend (found through the backends
+# directory the crate compiled into libggml).
+pin_tree=$("$root/vendor/fetch.sh")
+inc="$lib/../include" # the crate's CMake install of 0.26.0's public headers
+[ -f "$inc/ggml-backend.h" ] || { log "no ggml headers in $inc"; exit 1; }
+mkdir -p "$dir/bin"
+log "compiling the pin's test-backend-ops against ggml 0.26.0 ($inc)"
+if ! nice -n 10 g++ -std=c++17 -O2 -I"$inc" "$pin_tree/tests/test-backend-ops.cpp" \
+  -o "$dir/bin/test-backend-ops.tmp" -L"$lib" -lggml -lggml-base -Wl,-rpath,"$lib" -pthread \
+  >"$dir/test-backend-ops.log" 2>&1; then
+  tail -n 20 "$dir/test-backend-ops.log" >&2
+  log "test-backend-ops build failed (full log: $dir/test-backend-ops.log)"
+  exit 1
+fi
+mv "$dir/bin/test-backend-ops.tmp" "$dir/bin/test-backend-ops"
+
 echo "$stamp" >"$dir/.built"
-log "llama-cpp-2 host ready: $run"
+log "llama-cpp-2 host ready: $run (and $dir/bin/test-backend-ops)"
 echo "$run"

@@ -80,6 +80,10 @@ pub enum Build {
     /// llama.cpp v0.5.0 (0ad4a86; npm `node-llama-cpp@3.22.1`'s git bundle, de3ff81),
     /// ggml 0.25.1, with llama-server.
     V050,
+    /// ggml 0.26.0 as crates.io `llama-cpp-sys-2` 0.1.161 builds it (`scripts/build-crate-host.sh`):
+    /// only `test-backend-ops` (the pin's source against 0.26.0's libraries; the crate's tree
+    /// has no tools or tests). Opt-in: [`Build::G026.opted_in`](Build::opted_in).
+    G026,
 }
 
 impl Build {
@@ -88,6 +92,7 @@ impl Build {
         match self {
             Build::Pin => "pin",
             Build::V050 => "v0.5.0",
+            Build::G026 => "0.26.0",
         }
     }
 
@@ -96,6 +101,7 @@ impl Build {
         match self {
             Build::Pin => "host ggml 0.25.3",
             Build::V050 => "host ggml 0.25.1",
+            Build::G026 => "host ggml 0.26.0",
         }
     }
 
@@ -114,11 +120,30 @@ impl Build {
         let var = match self {
             Build::Pin => "ATTNROT_UPSTREAM_BIN",
             Build::V050 => "ATTNROT_UPSTREAM_V050_BIN",
+            Build::G026 => {
+                // scripts/build-crate-host.sh prints <dir>/run; test-backend-ops is in <dir>/bin
+                let run = script("build-crate-host.sh", &[]);
+                return run.parent().expect("<dir>/run").join("bin");
+            }
         };
         match std::env::var_os(var) {
             Some(p) => PathBuf::from(p),
             None => script("build-upstream.sh", &[self.arg()]),
         }
+    }
+
+    /// Tests of an opt-in build run only when asked (`ATTNROT_TEST_GGML026=1` for
+    /// [`Build::G026`], whose first build takes ~20 min); otherwise they print why and pass.
+    /// The pin and v0.5.0 always run.
+    pub fn opted_in(self) -> bool {
+        if self != Build::G026 || std::env::var("ATTNROT_TEST_GGML026").as_deref() == Ok("1") {
+            return true;
+        }
+        eprintln!(
+            "SKIPPED (opt-in): ATTNROT_TEST_GGML026=1 runs the ggml 0.26.0 tests \
+             (scripts/build-crate-host.sh builds llama-cpp-2 0.1.160 with dynamic backends)"
+        );
+        false
     }
 }
 
