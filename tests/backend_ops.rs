@@ -6,7 +6,10 @@
 //!   built with upstream's CMake by `scripts/build-upstream.sh` (first time on a fresh machine:
 //!   about 30 minutes on 2 cores; cached afterwards), with `GGML_BACKEND_PATH` pointing at our
 //!   .so. `v050_test_backend_ops` runs the same checks with v0.5.0's own test-backend-ops
-//!   (`scripts/build-upstream.sh v0.5.0`, ggml 0.25.1) on the default subsets. test-backend-ops compares every case our device claims with the CPU backend.
+//!   (`scripts/build-upstream.sh v0.5.0`, ggml 0.25.1) on the default subsets. `g026_*`
+//!   (opt-in, `ATTNROT_TEST_GGML026=1`): the same in ggml 0.26.0, with the pin's
+//!   test-backend-ops source compiled against the libraries `llama-cpp-sys-2` 0.1.161 builds
+//!   (`scripts/build-crate-host.sh`; the crate's tree has no tests). test-backend-ops compares every case our device claims with the CPU backend.
 //!   Its own verdict is not enough (it prints "1/1 backends passed OK" when `-b` names a device
 //!   that never loaded), so the output is parsed: our device must have been initialised, every
 //!   case counted as passed / claimed / total, claimed > 0, passed == claimed, and the cases we
@@ -412,7 +415,16 @@ fn v050_test_backend_ops_set_rows() {
     set_rows(Build::V050);
 }
 
+/// [`test_backend_ops_set_rows`] in ggml 0.26.0 (opt-in, [`Build::G026`]).
+#[test]
+fn g026_test_backend_ops_set_rows() {
+    set_rows(Build::G026);
+}
+
 fn set_rows(build: Build) {
+    if !build.opted_in() {
+        return;
+    }
     let must = |fa_all: bool| {
         move |vars: &str| {
             let dst = var(vars, "type_dst").and_then(attnrot::GgmlType::from_name);
@@ -456,7 +468,16 @@ fn v050_test_backend_ops_mul_mat_hadamard() {
     mul_mat_hadamard(Build::V050);
 }
 
+/// [`test_backend_ops_mul_mat_hadamard`] in ggml 0.26.0 (opt-in, [`Build::G026`]).
+#[test]
+fn g026_test_backend_ops_mul_mat_hadamard() {
+    mul_mat_hadamard(Build::G026);
+}
+
 fn mul_mat_hadamard(build: Build) {
+    if !build.opted_in() {
+        return;
+    }
     // Every hinted product upstream tests is a power-of-two size we rotate.
     let (claimed, total) = support_ops(build, "MUL_MAT_HADAMARD", &|_| true);
     assert_eq!(claimed, total);
@@ -505,7 +526,17 @@ fn v050_test_backend_ops_flash_attn_ext() {
     flash_attn_ext_default_policy(Build::V050);
 }
 
+/// The FLASH_ATTN_EXT checks in ggml 0.26.0 (opt-in, [`Build::G026`]).
+#[test]
+fn g026_test_backend_ops_flash_attn_ext() {
+    flash_attn_ext(Build::G026);
+    flash_attn_ext_default_policy(Build::G026);
+}
+
 fn flash_attn_ext(build: Build) {
+    if !build.opted_in() {
+        return;
+    }
     let (claimed_default, total) =
         support_ops_env(build, "FLASH_ATTN_EXT", &[], &|v| fa_must_claim(v, false));
     let (claimed_all, total_all) =
@@ -534,6 +565,9 @@ fn test_backend_ops_flash_attn_ext_default_policy() {
 }
 
 fn flash_attn_ext_default_policy(build: Build) {
+    if !build.opted_in() {
+        return;
+    }
     let filter = r"^hsk=64,hsv=64,nh=4,nr23=\[4,1\],kv=512,nb=(1|3),";
     let r = run_ops_env(build, "FLASH_ATTN_EXT", Some(filter), &[], |v| {
         fa_must_claim(v, false)

@@ -23,8 +23,8 @@
 //! skip elsewhere.
 mod common;
 
-use common::{cdylib, model, other_isa, require, text, try_script};
-use std::path::{Path, PathBuf};
+use common::{cdylib, kld_logits, model, other_isa, read_f32, require, text, try_script};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Teacher-forced positions whose logits are compared.
@@ -244,57 +244,12 @@ fn run_node(s: &Setup, ty: &str, ours: bool, env: &[(&str, &str)], tag: &str) ->
     }
 }
 
-fn read_f32(p: &Path) -> Vec<f32> {
-    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// Mean KL divergence KL(P_base || P_other) over the positions, and the share of positions
-/// whose top token agrees (as llama-perplexity's `--kl-divergence` reports them).
+/// Mean KL divergence of `other` against `base` and the same-top-token share
+/// ([`common::kld_logits`]) over the logits files of two runs.
 fn kld(base: &NodeRun, other: &NodeRun) -> (f64, f64) {
     assert_eq!(base.n_vocab, other.n_vocab);
     let (a, b) = (read_f32(&base.logits), read_f32(&other.logits));
-    let n = base.n_vocab;
-    assert_eq!(a.len(), POSITIONS * n, "logits file size");
-    assert_eq!(b.len(), a.len(), "logits file size");
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-        let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-        row.iter().map(|&x| x as f64 - lse).collect()
-    };
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            })
-            .0
-    };
-    let (mut sum, mut same) = (0.0, 0usize);
-    for p in 0..POSITIONS {
-        let (ra, rb) = (&a[p * n..(p + 1) * n], &b[p * n..(p + 1) * n]);
-        assert!(
-            ra.iter().chain(rb).all(|x| x.is_finite()),
-            "non-finite logits at {p}"
-        );
-        let (la, lb) = (log_softmax(ra), log_softmax(rb));
-        sum += la
-            .iter()
-            .zip(&lb)
-            .map(|(x, y)| x.exp() * (x - y))
-            .sum::<f64>();
-        same += usize::from(argmax(ra) == argmax(rb));
-    }
-    (
-        sum / POSITIONS as f64,
-        100.0 * same as f64 / POSITIONS as f64,
-    )
+    kld_logits(&a, &b, base.n_vocab, POSITIONS)
 }
 
 #[test]

@@ -25,12 +25,10 @@ pub enum Bindings {
     /// [`super::sys`]: the headers of the pin (0c1e57098), identical in v0.5.0 (0ad4a86).
     Sys,
     /// [`super::sys3`]: ggml 0.26.0, backend API 3 (crates.io `llama-cpp-sys-2` 0.1.160 /
-    /// 0.1.161). No row of [`SUPPORTED`] uses it yet: no host of that version has been tested
-    /// end to end (its tree has neither tools nor tests; see vendor/README.md). The code is
-    /// ready for one: everything the backend reads or fills in has the same layout as in
-    /// [`super::sys`] (checked below at compile time), and the one struct that differs, the
-    /// buffer-type interface, is only reached through the host's functions
-    /// ([`Host::buft_is_host`]).
+    /// 0.1.161). The backend is written against [`super::sys`]: everything it reads or fills
+    /// in has the same layout in both (checked below at compile time); the one struct that
+    /// differs, the buffer-type interface, is only reached through the host's functions
+    /// ([`Host::buft_is_host`]); what the registry must say is the row's `api_version`.
     Sys3,
 }
 
@@ -199,6 +197,15 @@ pub const SUPPORTED: &[Supported] = &[
         bindings: Bindings::Sys,
         source: "llama.cpp v0.5.0 0ad4a86 (npm node-llama-cpp 3.22.1)",
     },
+    Supported {
+        version: "0.26.0",
+        // The crate vendors the tree without git history and does not record its llama.cpp
+        // commit: its CMake build reports "unknown", the only commit accepted here.
+        commits: &[],
+        api_version: 3,
+        bindings: Bindings::Sys3,
+        source: "crates.io llama-cpp-sys-2 0.1.160/0.1.161, as the crate builds it",
+    },
 ];
 
 /// The pin: the tree the tests, benches and the in-process reference are built from.
@@ -361,9 +368,13 @@ pub fn check_version(version: &str, commit: &str) -> Result<&'static Supported, 
     let hex = c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit());
     let same = |k: &&str| hex && (k.starts_with(c) || c.starts_with(*k));
     if !row.commits.iter().any(same) {
+        let which = if row.commits.is_empty() {
+            "only as built from its source archive (commit \"unknown\")".to_string()
+        } else {
+            format!("only from commit {}", row.commits.join(" / "))
+        };
         return Err(format!(
-            "host ggml {version} is from commit {commit:?}, this backend serves ggml {version} only from commit {}; supported: {}",
-            row.commits.join(" / "),
+            "host ggml {version} is from commit {commit:?}, this backend serves ggml {version} {which}; supported: {}",
             supported_list()
         ));
     }
@@ -498,6 +509,16 @@ mod tests {
             assert_eq!(ok("0.25.1", c), Ok("0.25.1"), "{c}");
         }
         assert_eq!(check_version("0.25.1", "0ad4a86").unwrap().api_version, 2);
+        // 0.26.0 (crates.io llama-cpp-sys-2): API 3, its own bindings, commit "unknown" only
+        for c in ["unknown", "unknown-dirty", " unknown "] {
+            let r = check_version("0.26.0", c).unwrap();
+            assert_eq!((r.version, r.api_version), ("0.26.0", 3), "{c}");
+            assert_eq!(r.bindings, Bindings::Sys3);
+        }
+        for c in ["0c1e570", "0ad4a86", "abcdef1", ""] {
+            let e = check_version("0.26.0", c).unwrap_err();
+            assert!(e.contains("only as built from its source archive"), "{e}");
+        }
         assert_eq!(check_version("0.25.3", "unknown").unwrap(), PIN);
         // a commit of another row, or none, is refused
         for (v, c) in [
@@ -512,13 +533,21 @@ mod tests {
             assert!(e.contains("0.25.3") && e.contains("0.25.1"), "{e}");
         }
         // other versions: refused, naming what is supported
-        for v in ["0.25.2", "0.25.3.1", "0.26.0", "", "0.25"] {
+        for v in ["0.25.2", "0.25.3.1", "0.26.1", "0.27.0", "", "0.25", "0.26"] {
             let e = check_version(v, "unknown").unwrap_err();
             assert!(
                 e.contains("ggml 0.25.3 (llama.cpp 0c1e57098")
-                    && e.contains("ggml 0.25.1 (llama.cpp v0.5.0 0ad4a86"),
+                    && e.contains("ggml 0.25.1 (llama.cpp v0.5.0 0ad4a86")
+                    && e.contains("ggml 0.26.0 (crates.io llama-cpp-sys-2"),
                 "{e}"
             );
+        }
+        // each row's registry number is that of its bindings, and the generated modules
+        // carry the numbers the loaders check (ggml-backend-impl.h)
+        assert_eq!(Bindings::Sys.api_version(), 2);
+        assert_eq!(Bindings::Sys3.api_version(), 3);
+        for s in SUPPORTED {
+            assert_eq!(s.api_version, s.bindings.api_version(), "{}", s.version);
         }
         // one row per version
         for (i, a) in SUPPORTED.iter().enumerate() {

@@ -80,6 +80,10 @@ pub enum Build {
     /// llama.cpp v0.5.0 (0ad4a86; npm `node-llama-cpp@3.22.1`'s git bundle, de3ff81),
     /// ggml 0.25.1, with llama-server.
     V050,
+    /// ggml 0.26.0 as crates.io `llama-cpp-sys-2` 0.1.161 builds it (`scripts/build-crate-host.sh`):
+    /// only `test-backend-ops` (the pin's source against 0.26.0's libraries; the crate's tree
+    /// has no tools or tests). Opt-in: [`Build::G026.opted_in`](Build::opted_in).
+    G026,
 }
 
 impl Build {
@@ -88,6 +92,7 @@ impl Build {
         match self {
             Build::Pin => "pin",
             Build::V050 => "v0.5.0",
+            Build::G026 => "0.26.0",
         }
     }
 
@@ -96,6 +101,7 @@ impl Build {
         match self {
             Build::Pin => "host ggml 0.25.3",
             Build::V050 => "host ggml 0.25.1",
+            Build::G026 => "host ggml 0.26.0",
         }
     }
 
@@ -114,11 +120,30 @@ impl Build {
         let var = match self {
             Build::Pin => "ATTNROT_UPSTREAM_BIN",
             Build::V050 => "ATTNROT_UPSTREAM_V050_BIN",
+            Build::G026 => {
+                // scripts/build-crate-host.sh prints <dir>/run; test-backend-ops is in <dir>/bin
+                let run = script("build-crate-host.sh", &[]);
+                return run.parent().expect("<dir>/run").join("bin");
+            }
         };
         match std::env::var_os(var) {
             Some(p) => PathBuf::from(p),
             None => script("build-upstream.sh", &[self.arg()]),
         }
+    }
+
+    /// Tests of an opt-in build run only when asked (`ATTNROT_TEST_GGML026=1` for
+    /// [`Build::G026`], whose first build takes ~20 min); otherwise they print why and pass.
+    /// The pin and v0.5.0 always run.
+    pub fn opted_in(self) -> bool {
+        if self != Build::G026 || std::env::var("ATTNROT_TEST_GGML026").as_deref() == Ok("1") {
+            return true;
+        }
+        eprintln!(
+            "SKIPPED (opt-in): ATTNROT_TEST_GGML026=1 runs the ggml 0.26.0 tests \
+             (scripts/build-crate-host.sh builds llama-cpp-2 0.1.160 with dynamic backends)"
+        );
+        false
     }
 }
 
@@ -257,4 +282,57 @@ pub fn other_isa() -> &'static str {
         Isa::Avx512 => "avx2",
         _ => "scalar",
     }
+}
+
+/// A file of little-endian `f32`s (the hosts' logits dumps).
+pub fn read_f32(p: &Path) -> Vec<f32> {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Mean KL divergence KL(P_base || P_other) over `positions` rows of `n_vocab` logits, and the
+/// share (%) of positions whose top token agrees (as llama-perplexity's `--kl-divergence`
+/// reports them). Panics on a wrong size or a non-finite logit.
+pub fn kld_logits(a: &[f32], b: &[f32], n_vocab: usize, positions: usize) -> (f64, f64) {
+    let n = n_vocab;
+    assert_eq!(a.len(), positions * n, "logits size");
+    assert_eq!(b.len(), a.len(), "logits size");
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        row.iter().map(|&x| x as f64 - lse).collect()
+    };
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0
+    };
+    let (mut sum, mut same) = (0.0, 0usize);
+    for p in 0..positions {
+        let (ra, rb) = (&a[p * n..(p + 1) * n], &b[p * n..(p + 1) * n]);
+        assert!(
+            ra.iter().chain(rb).all(|x| x.is_finite()),
+            "non-finite logits at {p}"
+        );
+        let (la, lb) = (log_softmax(ra), log_softmax(rb));
+        sum += la
+            .iter()
+            .zip(&lb)
+            .map(|(x, y)| x.exp() * (x - y))
+            .sum::<f64>();
+        same += usize::from(argmax(ra) == argmax(rb));
+    }
+    (
+        sum / positions as f64,
+        100.0 * same as f64 / positions as f64,
+    )
 }
