@@ -24,14 +24,7 @@ const ROWS: usize = 256;
 const LAYERS: f64 = 30.0;
 
 fn types() -> Vec<GgmlType> {
-    let all = [
-        GgmlType::Q8_0,
-        GgmlType::Q5_1,
-        GgmlType::Q5_0,
-        GgmlType::Q4_1,
-        GgmlType::Q4_0,
-        GgmlType::IQ4_NL,
-    ];
+    let all = GgmlType::KV_QUANTIZED;
     match std::env::var("ATTNROT_BENCH_FORMATS") {
         Ok(s) => all
             .into_iter()

@@ -29,6 +29,15 @@ impl GgmlType {
         GgmlType::Q5_1,
         GgmlType::IQ4_NL,
     ];
+    /// The six quantized KV-cache formats (the ones with a choice of block to make).
+    pub const KV_QUANTIZED: [GgmlType; 6] = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+    ];
     pub const ALL: [GgmlType; 10] = [
         GgmlType::F32,
         GgmlType::F16,

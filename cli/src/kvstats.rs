@@ -306,17 +306,21 @@ fn quality_quantize(ty: GgmlType, x: &[f32], y: &mut [u8]) -> attnrot::Result<()
     attnrot::quant::best::quantize_row_best(ty, x, None, y)
 }
 
+/// Attnrot's quality mode without a policy (`quant::best`, error-minimizing, unweighted);
+/// also the V side of the "quality + policy" candidates.
+pub const QUALITY: Quantizer = Quantizer {
+    name: "attnrot quality",
+    quantize: quality_quantize,
+};
+
 /// The quantizers compared for every ggml format: upstream's (what ggml's CPU backend
-/// stores) and attnrot's quality mode (`quant::best`, error-minimizing, unweighted).
+/// stores) and [`QUALITY`].
 pub const QUANTIZERS: &[Quantizer] = &[
     Quantizer {
         name: "upstream",
         quantize: upstream_quantize,
     },
-    Quantizer {
-        name: "attnrot quality",
-        quantize: quality_quantize,
-    },
+    QUALITY,
 ];
 
 /// The name of the quality mode with a policy in candidate names and families.
@@ -436,18 +440,14 @@ pub fn candidates(with_policy: bool) -> Vec<Candidate> {
         }
     }
     if with_policy {
-        let quality = QUANTIZERS
-            .iter()
-            .find(|q| q.name == "attnrot quality")
-            .expect("the quality quantizer");
-        for ty in GgmlType::KV.into_iter().filter(|t| t.is_quantized()) {
+        for ty in GgmlType::KV_QUANTIZED {
             for rot in [Rot::None, Rot::Wht] {
                 v.push(Candidate {
                     name: format!("{} rot {} ({})", ty.name(), rot.name(), POLICY_FAMILY),
                     family: format!("{POLICY_FAMILY}, rot {}", rot.name()),
                     rot,
                     k: Codec::GgmlMetric(ty),
-                    v: Codec::Ggml(ty, *quality),
+                    v: Codec::Ggml(ty, QUALITY),
                 });
             }
         }

@@ -335,14 +335,6 @@ fn rotation_choice(
             .collect()
     };
     let (m_rot, m_plain) = (metrics(rot)?, metrics(plain)?);
-    let types = [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::IQ4_NL,
-    ];
     let (mut rk, mut rv) = (BTreeMap::new(), BTreeMap::new());
     println!("rotation choice (quality mode, calibration rows; rotated / unrotated error):");
     println!(
@@ -355,7 +347,7 @@ fn rotation_choice(
         "K per layer: min-max, off wins",
         "V per layer: same"
     );
-    for ty in types {
+    for ty in GgmlType::KV_QUANTIZED {
         let mut err = [[0f64; 2]; 2]; // [side][rot, plain]
                                       // per layer: rotated / unrotated error (the choice is per model; this shows whether a
                                       // per-layer choice would differ)

@@ -983,14 +983,7 @@ mod tests {
     #[test]
     fn lower_error_than_upstream_on_gaussian_rows() {
         let x = gauss(7, 32 * 512);
-        for ty in [
-            GgmlType::Q8_0,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::IQ4_NL,
-        ] {
+        for ty in GgmlType::KV_QUANTIZED {
             let n = ty.row_bytes(x.len()).unwrap();
             let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
             crate::quant::format(ty)
@@ -1120,14 +1113,7 @@ mod isa_tests {
         let x: Vec<f32> = (0..64 * 3 * 64)
             .map(|i| ((i as f32 * 0.7311).sin() * 3.0 + (i % 7) as f32 * 0.1).powi(3))
             .collect();
-        for ty in [
-            GgmlType::Q8_0,
-            GgmlType::Q4_0,
-            GgmlType::Q5_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_1,
-            GgmlType::IQ4_NL,
-        ] {
+        for ty in GgmlType::KV_QUANTIZED {
             let n = ty.row_bytes(x.len()).unwrap();
             // a metric with a strong direction, as real queries have
             let d = 64;
