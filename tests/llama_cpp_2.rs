@@ -25,7 +25,7 @@
 //!   stock's bit for bit.
 mod common;
 
-use common::{cdylib, kld_logits, model, other_isa, read_f32, text, try_script};
+use common::{kld_logits, model, other_isa, read_f32, run_host, try_script, HostRun};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -100,42 +100,12 @@ fn run(host: &Path, model: &Path, textf: &Path, ty: &str, ours: bool, env: &[(&s
         .arg(textf)
         .arg(POSITIONS.to_string())
         .arg(&logits)
-        .env_remove("GGML_BACKEND_PATH")
-        .env_remove("LLAMA_ATTN_ROT_DISABLE")
-        .env_remove("ATTNROT_ISA")
-        .env_remove(attnrot::ggml::ops::FA_ALL_ENV)
-        .env_remove("LD_LIBRARY_PATH")
-        .env("OMP_NUM_THREADS", "1")
-        .envs(env.iter().copied());
-    if ours {
-        cmd.env("GGML_BACKEND_PATH", cdylib());
-    }
-    let t0 = std::time::Instant::now();
-    let o = cmd.output().expect("run the llama-cpp-2 host");
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    eprintln!(
-        "  [{:.1} s] {}attnrot-llama-cpp-2-host {ty}{}",
-        t0.elapsed().as_secs_f64(),
-        if ours {
-            "GGML_BACKEND_PATH=libattnrot.so "
-        } else {
-            ""
-        },
-        env.iter()
-            .map(|(k, v)| format!(" {k}={v}"))
-            .collect::<String>()
-    );
-    let tail: String = {
-        let l: Vec<&str> = stderr.lines().collect();
-        l[l.len().saturating_sub(40)..].join("\n")
-    };
-    assert!(
-        o.status.success(),
-        "host failed ({}):\n{}",
-        o.status,
-        text(&o)
-    );
+        .env("OMP_NUM_THREADS", "1");
+    let HostRun {
+        stdout,
+        stderr,
+        tail,
+    } = run_host(cmd, &format!("attnrot-llama-cpp-2-host {ty}"), ours, env);
     let field = |k: &str| {
         stdout
             .lines()

@@ -23,7 +23,7 @@
 //! skip elsewhere.
 mod common;
 
-use common::{cdylib, kld_logits, model, other_isa, read_f32, require, text, try_script};
+use common::{kld_logits, model, other_isa, read_f32, require, run_host, try_script, HostRun};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -156,46 +156,17 @@ fn run_node(s: &Setup, ty: &str, ours: bool, env: &[(&str, &str)], tag: &str) ->
         .arg(&s.text)
         .arg(POSITIONS.to_string())
         .arg(&logits)
-        .env("NODE_LLAMA_CPP_SKIP_DOWNLOAD", "true")
-        .env_remove("GGML_BACKEND_PATH")
-        .env_remove("LLAMA_ATTN_ROT_DISABLE")
-        .env_remove("ATTNROT_ISA")
-        .env_remove(attnrot::ggml::ops::FA_ALL_ENV)
-        .env_remove("LD_LIBRARY_PATH")
-        .envs(env.iter().copied());
-    if ours {
-        cmd.env("GGML_BACKEND_PATH", cdylib());
-    }
-    let t0 = std::time::Instant::now();
-    let o = cmd.output().expect("run node");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    eprintln!(
-        "  [{:.1} s] {}node node_llama.mjs {ty}/{ty}{}",
-        t0.elapsed().as_secs_f64(),
-        if ours {
-            "GGML_BACKEND_PATH=libattnrot.so "
-        } else {
-            ""
-        },
-        env.iter()
-            .map(|(k, v)| format!(" {k}={v}"))
-            .collect::<String>()
-    );
-    let tail: String = {
-        let l: Vec<&str> = stderr.lines().collect();
-        l[l.len().saturating_sub(40)..].join("\n")
-    };
-    assert!(
-        o.status.success(),
-        "node failed ({}):\n{out}\n--- stderr tail ---\n{tail}",
-        o.status
-    );
+        .env("NODE_LLAMA_CPP_SKIP_DOWNLOAD", "true");
+    let HostRun {
+        stdout: out,
+        stderr,
+        tail,
+    } = run_host(cmd, &format!("node node_llama.mjs {ty}/{ty}"), ours, env);
     let json = out
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no report from node_llama.mjs:\n{}", text(&o)));
+        .unwrap_or_else(|| panic!("no report from node_llama.mjs:\n{out}\n{tail}"));
     let field = |k: &str| json_field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
     assert_eq!(field("buildType"), "prebuilt", "not the npm prebuilt");
     let want_ty = match ty {

@@ -336,3 +336,57 @@ pub fn kld_logits(a: &[f32], b: &[f32], n_vocab: usize, positions: usize) -> (f6
         100.0 * same as f64 / positions as f64,
     )
 }
+
+/// One finished run of a host program (node with node-llama-cpp, the llama-cpp-2 program).
+pub struct HostRun {
+    pub stdout: String,
+    pub stderr: String,
+    /// the last 40 lines of stderr, for failure messages
+    pub tail: String,
+}
+
+/// Runs a host program the way the host tests do: the variables they control are cleared
+/// (`GGML_BACKEND_PATH`, `LLAMA_ATTN_ROT_DISABLE`, `ATTNROT_ISA`, `ATTNROT_FA_ALL`,
+/// `LD_LIBRARY_PATH`), then `env` is set, and `GGML_BACKEND_PATH` = our backend when `ours`.
+/// Prints one line with the time and what ran (`label`); fails the test if the host failed.
+pub fn run_host(mut cmd: Command, label: &str, ours: bool, env: &[(&str, &str)]) -> HostRun {
+    cmd.env_remove("GGML_BACKEND_PATH")
+        .env_remove("LLAMA_ATTN_ROT_DISABLE")
+        .env_remove("ATTNROT_ISA")
+        .env_remove(attnrot::ggml::ops::FA_ALL_ENV)
+        .env_remove("LD_LIBRARY_PATH")
+        .envs(env.iter().copied());
+    if ours {
+        cmd.env("GGML_BACKEND_PATH", cdylib());
+    }
+    let t0 = std::time::Instant::now();
+    let o = cmd.output().unwrap_or_else(|e| panic!("run {label}: {e}"));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!(
+        "  [{:.1} s] {}{label}{}",
+        t0.elapsed().as_secs_f64(),
+        if ours {
+            "GGML_BACKEND_PATH=libattnrot.so "
+        } else {
+            ""
+        },
+        env.iter()
+            .map(|(k, v)| format!(" {k}={v}"))
+            .collect::<String>()
+    );
+    let tail = {
+        let l: Vec<&str> = stderr.lines().collect();
+        l[l.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(
+        o.status.success(),
+        "{label} failed ({}):\n{stdout}\n--- stderr tail ---\n{tail}",
+        o.status
+    );
+    HostRun {
+        stdout,
+        stderr,
+        tail,
+    }
+}
