@@ -3,21 +3,13 @@
 //! JSON, and bad input. Speed is not asserted (it lives in benchmarks). Needs what
 //! `eval_e2e.rs` needs: the stock llama.cpp programs, the model and `libattnrot.so` next to
 //! the `attnrot` binary.
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn attnrot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_attnrot"));
-    c.env_remove("RUST_BACKTRACE")
-        .env_remove("ATTNROT_QUALITY")
-        .env_remove("ATTNROT_POLICY");
-    c
-}
+use std::path::PathBuf;
+use support::{attnrot, run_json_stdout, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attnrot-bench-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    support::tmp("bench", name)
 }
 
 const SHORT: [&str; 10] = [
@@ -36,18 +28,7 @@ const SHORT: [&str; 10] = [
 #[test]
 fn short_bench_has_stock_exact_and_quality_rows() {
     let json = tmp("bench.json");
-    let out = attnrot()
-        .args(SHORT)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run attnrot bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "attnrot bench failed:\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (v, stdout) = run_json_stdout(&[&SHORT[..], &["--json", s(&json)]].concat());
     let rows = v.as_array().unwrap();
     // pp32 and tg8, each stock / attnrot / quality
     assert_eq!(rows.len(), 6, "{rows:#?}");

@@ -3,40 +3,32 @@
 //! scripts/build-upstream.sh), the model (scripts/fetch-model.sh) and the evaluation text,
 //! and `libattnrot.so` next to the `attnrot` binary (`cargo build --release` puts it there;
 //! scripts/test.sh does that before the tests).
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn attnrot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_attnrot"));
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
+use std::path::PathBuf;
+use support::{attnrot, run_json, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attnrot-eval-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    support::tmp("eval", name)
 }
 
 #[test]
 fn short_eval_numbers_hang_together() {
     let json = tmp("eval.json");
     let chart = tmp("eval.png");
-    let out = attnrot()
-        .args([
-            "eval", "--chunks", "2", "--ctx", "512", "--types", "f16,q4_0", "--json",
-        ])
-        .arg(&json)
-        .arg("--chart")
-        .arg(&chart)
-        .output()
-        .expect("run attnrot eval");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "attnrot eval failed:\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = run_json(&[
+        "eval",
+        "--chunks",
+        "2",
+        "--ctx",
+        "512",
+        "--types",
+        "f16,q4_0",
+        "--json",
+        s(&json),
+        "--chart",
+        s(&chart),
+    ]);
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(v["base"], "exact");
     // f16: 1 rotation setting x 2 kernels (stock, attnrot); q4_0: 2 x 3 (stock, attnrot, quality)

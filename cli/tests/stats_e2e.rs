@@ -2,32 +2,13 @@
 //! few queries): the capture through stock llama-perplexity + libattnrot.so, its format, the
 //! analysis, and orderings that must hold on real K/V. Needs what `eval_e2e.rs` needs (stock
 //! llama.cpp programs, the model, `libattnrot.so` next to the binary) and the calibration text.
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
-fn attnrot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_attnrot"));
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
+use std::path::PathBuf;
+use support::{attnrot, run_json as run_ok, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attnrot-stats-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn run_ok(args: &[&str]) -> serde_json::Value {
-    let out = attnrot().args(args).output().expect("run attnrot stats");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "attnrot {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = args[args.iter().position(|a| *a == "--json").unwrap() + 1];
-    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+    support::tmp("stats", name)
 }
 
 fn cand<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -41,10 +22,6 @@ fn cand<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 fn err(v: &serde_json::Value, name: &str, metric: &str) -> f64 {
     cand(v, name)["mean"][metric].as_f64().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
