@@ -25,7 +25,10 @@
 //!   stock's bit for bit.
 mod common;
 
-use common::{kld_logits, model, other_isa, read_f32, run_host, try_script, HostRun};
+use common::{
+    assert_within_noise_floor, kld_logits, model, other_isa, print_host_summary, read_f32,
+    run_host, try_script, HostRun,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -242,14 +245,7 @@ fn llama_cpp_2_dynamic_backends() {
                 &[("ATTNROT_ISA", other_isa())],
             );
             let (f, _) = kld_logits(&ours.logits, &other.logits, ours.n_vocab, POSITIONS);
-            eprintln!(
-                "{ty}: rounding-noise floor (ours[ATTNROT_ISA={}] vs ours) {f:.3e}",
-                other_isa()
-            );
-            assert!(
-                k <= 2.0 * f + 1e-4,
-                "{ty}: KLD ours vs stock {k:.3e} is above the rounding-noise floor (2 x {f:.3e})"
-            );
+            assert_within_noise_floor(ty, k, f);
             Some(f)
         } else {
             None
@@ -257,12 +253,5 @@ fn llama_cpp_2_dynamic_backends() {
         assert!(k.is_finite() && k >= 0.0, "{ty}: KLD ours vs stock is {k}");
         report.push((ty, same, k, same_top, floor));
     }
-    eprintln!("summary (llama-cpp-2 0.1.160 dynamic-backends, ggml 0.26.0):");
-    for (ty, same, k, top, floor) in report {
-        eprintln!(
-            "  {ty}: text {}, KLD ours vs stock {k:.3e}, same top {top:.1} %{}",
-            if same { "identical" } else { "differs" },
-            floor.map_or(String::new(), |f| format!(", noise floor {f:.3e}"))
-        );
-    }
+    print_host_summary("llama-cpp-2 0.1.160 dynamic-backends, ggml 0.26.0", &report);
 }

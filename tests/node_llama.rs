@@ -23,7 +23,10 @@
 //! skip elsewhere.
 mod common;
 
-use common::{kld_logits, model, other_isa, read_f32, require, run_host, try_script, HostRun};
+use common::{
+    assert_within_noise_floor, kld_logits, model, other_isa, print_host_summary, read_f32, require,
+    run_host, try_script, HostRun,
+};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -251,14 +254,7 @@ fn node_llama_cpp_prebuilt() {
         let floor = if !same || force_floor {
             let other = run_node(&s, ty, true, &[("ATTNROT_ISA", other_isa())], "variant");
             let (f, _) = kld(&ours, &other);
-            eprintln!(
-                "{ty}: rounding-noise floor (ours[ATTNROT_ISA={}] vs ours) {f:.3e}",
-                other_isa()
-            );
-            assert!(
-                k <= 2.0 * f + 1e-4,
-                "{ty}: KLD ours vs stock {k:.3e} is above the rounding-noise floor (2 x {f:.3e})"
-            );
+            assert_within_noise_floor(ty, k, f);
             Some(f)
         } else {
             None
@@ -266,12 +262,5 @@ fn node_llama_cpp_prebuilt() {
         assert!(k.is_finite() && k >= 0.0, "{ty}: KLD ours vs stock is {k}");
         report.push((ty, same, k, same_top, floor));
     }
-    eprintln!("summary (node-llama-cpp 3.22.1 prebuilt, llama.cpp v0.5.0):");
-    for (ty, same, k, top, floor) in report {
-        eprintln!(
-            "  {ty}: text {}, KLD ours vs stock {k:.3e}, same top {top:.1} %{}",
-            if same { "identical" } else { "differs" },
-            floor.map_or(String::new(), |f| format!(", noise floor {f:.3e}"))
-        );
-    }
+    print_host_summary("node-llama-cpp 3.22.1 prebuilt, llama.cpp v0.5.0", &report);
 }

@@ -390,3 +390,32 @@ pub fn run_host(mut cmd: Command, label: &str, ours: bool, env: &[(&str, &str)])
         tail,
     }
 }
+
+/// The noise rule of the host tests: our KLD against stock is within twice the rounding-noise
+/// floor `f` (our kernels on another ISA against ours) plus 1e-4. Prints the floor.
+pub fn assert_within_noise_floor(ty: &str, k: f64, f: f64) {
+    eprintln!(
+        "{ty}: rounding-noise floor (ours[ATTNROT_ISA={}] vs ours) {f:.3e}",
+        other_isa()
+    );
+    assert!(
+        k <= 2.0 * f + 1e-4,
+        "{ty}: KLD ours vs stock {k:.3e} is above the rounding-noise floor (2 x {f:.3e})"
+    );
+}
+
+/// One cache type's result in a host test: type, greedy text identical, KLD ours vs stock,
+/// same top token %, the noise floor if measured.
+pub type HostResult<'a> = (&'a str, bool, f64, f64, Option<f64>);
+
+/// The host tests' closing summary.
+pub fn print_host_summary(title: &str, report: &[HostResult]) {
+    eprintln!("summary ({title}):");
+    for (ty, same, k, top, floor) in report {
+        eprintln!(
+            "  {ty}: text {}, KLD ours vs stock {k:.3e}, same top {top:.1} %{}",
+            if *same { "identical" } else { "differs" },
+            floor.map_or(String::new(), |f| format!(", noise floor {f:.3e}"))
+        );
+    }
+}
