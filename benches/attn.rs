@@ -15,6 +15,8 @@
 //! with the process CPU clock (use with `ATTNROT_BENCH_THREADS=1` on a loaded machine: time
 //! slices lost to other processes do not count); `ATTNROT_BENCH_OURS_ONLY=1` skips upstream and
 //! `ATTNROT_BENCH_NO_PROBE=1` the bandwidth probe (quick runs, profiling).
+//! Every case runs with `GGML_PREC_F32`, as llama.cpp's graphs set it (upstream's CPU backend
+//! ignores it); `ATTNROT_BENCH_PREC=default` measures `GGML_PREC_DEFAULT` instead.
 use attnrot::attn::{self, Params, Tensor};
 use attnrot::quant::fp16::f32_to_f16;
 use attnrot::GgmlType;
@@ -117,7 +119,10 @@ impl Case {
             k,
             v,
             mask,
-            params: Params::new(1.0 / (d as f32).sqrt()),
+            params: Params {
+                precision: bench_precision(),
+                ..Params::new(1.0 / (d as f32).sqrt())
+            },
         }
     }
 
@@ -161,6 +166,15 @@ impl Case {
 /// `ATTNROT_BENCH_CPUTIME=1`: time the summary with the process CPU clock instead of the wall
 /// clock, so time slices lost to other processes on a loaded machine do not count (meaningful
 /// with `ATTNROT_BENCH_THREADS=1`, where both sides compute on the calling thread).
+/// The op precision of every case: `GGML_PREC_F32`, what llama.cpp sets on each
+/// FLASH_ATTN_EXT (so the path its decode takes), or `ATTNROT_BENCH_PREC=default`.
+fn bench_precision() -> attn::Precision {
+    match std::env::var("ATTNROT_BENCH_PREC").as_deref() {
+        Ok("default") => attn::Precision::Default,
+        _ => attn::Precision::F32,
+    }
+}
+
 fn cputime() -> bool {
     std::env::var("ATTNROT_BENCH_CPUTIME").is_ok_and(|v| v == "1")
 }

@@ -52,6 +52,27 @@ fn rows_inside(len: usize, base: usize, nb1: usize, active: &[u8], row: usize) -
 /// KV rows per tile.
 pub(crate) const TILE_KV: usize = 64;
 
+/// Scratch of the quantized decode V kernel ([`Kernels::pv_q`]) for up to `mr` rows and `nb`
+/// 32-element blocks: the weights `p·d` (`w`), their 16-bit quantization (`wq`), its scale
+/// (`sig`) and sum (`sum`) per (block, row).
+pub(crate) struct WeightScratch {
+    pub w: Vec<f32>,
+    pub wq: Vec<i16>,
+    pub sig: Vec<f32>,
+    pub sum: Vec<i32>,
+}
+
+impl WeightScratch {
+    pub fn new(mr: usize, nb: usize) -> Self {
+        WeightScratch {
+            w: vec![0.0; nb * mr * TILE_KV],
+            wq: vec![0; nb * mr * TILE_KV],
+            sig: vec![0.0; nb * mr],
+            sum: vec![0; nb * mr],
+        }
+    }
+}
+
 /// The kernels one attention call runs with, chosen once from the caller's ISA so every
 /// worker thread computes with the same code (bit-identical results for any thread count).
 #[derive(Clone, Copy)]
@@ -136,6 +157,49 @@ impl Kernels {
         }
     }
 
+    /// The second byte of Q for [`Kernels::qk_i8`] under `Precision::F32` (after
+    /// [`Kernels::prep_q8`]): `lo = clamp(rint((x − d·q)·128/d), ±127)` per element, so
+    /// `x ≈ d·(q + lo/128)` to 2⁻⁸·d ≈ 2⁻¹⁵ of the block's largest |x| (the residual stays
+    /// below 0.6·d although `q` was rounded with the unrounded scale), and per block
+    /// `qcc = 128·qc + off·Σ lo` (the offset correction of the combined dot
+    /// `128·dot(q) + dot(lo)`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prep_q8_lo(
+        &self,
+        f: Fused,
+        q: &[f32],
+        mr: usize,
+        dk: usize,
+        q8: &[i8],
+        qd: &[f32],
+        qc: &[i32],
+        lo: &mut [i8],
+        qcc: &mut [i32],
+    ) {
+        let nb = dk / 32;
+        let off = if f == Fused::Q8_0 { 128 } else { 8 };
+        for m in 0..mr {
+            for b in 0..nb {
+                let d = qd[m * nb + b];
+                let r = if d == 0.0 { 0.0 } else { 128.0 / d };
+                let mut sum = 0i32;
+                for i in m * dk + 32 * b..m * dk + 32 * b + 32 {
+                    let x = (q[i] - d * q8[i] as f32) * r;
+                    let l = x.round_ties_even().clamp(-127.0, 127.0) as i8;
+                    lo[i] = l;
+                    sum += l as i32;
+                }
+                qcc[m * nb + b] = 128 * qc[m * nb + b] + off * sum;
+            }
+        }
+    }
+
+    /// Whether [`Kernels::qk_i8`] takes the second Q byte of [`Kernels::prep_q8_lo`] (AVX-512
+    /// VNNI; `Precision::F32` decode then runs the integer K kernel too).
+    pub fn int8_k_lo(&self) -> bool {
+        self.vnni
+    }
+
     /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr` (≤ 16) from [`Kernels::prep_q8`]'s
     /// quantized Q and q8_0/q4_0 K rows at byte `base + t·nb1` of `k` (exact integer block
     /// dots, then `fma(float(dot), dk·dq, s)` block by block).
@@ -154,10 +218,14 @@ impl Kernels {
         mr: usize,
         dk: usize,
         pf: usize,
+        lo: Option<(&[i8], &[i32])>,
     ) {
         let nb = dk / 32;
         assert!(self.int8_k(Some(f), dk) && mr <= 16);
         assert!(q8.len() >= mr * dk && qd.len() >= mr * nb && qc.len() >= mr * nb);
+        if let Some((l, c)) = lo {
+            assert!(self.int8_k_lo() && l.len() >= mr * dk && c.len() >= mr * nb);
+        }
         assert!(s.len() >= mr * TILE_KV);
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
         if active.is_empty() {
@@ -172,12 +240,24 @@ impl Kernels {
             // together with `Isa::Avx512`, else `int8_k` required `Isa::Avx2`, which `simd`
             // checked when the ISA was chosen.
             unsafe {
+                if let Some((l, c)) = lo {
+                    let (lp, cp) = (l.as_ptr(), c.as_ptr());
+                    return match f {
+                        Fused::Q8_0 => x::qk_i8_avx512::<{ x::FMT_Q8_0 }, true>(
+                            q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
+                        ),
+                        _ => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, true>(
+                            q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
+                        ),
+                    };
+                }
+                let (lp, cp) = (std::ptr::null(), std::ptr::null());
                 match (f, self.vnni) {
-                    (Fused::Q8_0, true) => x::qk_i8_avx512::<{ x::FMT_Q8_0 }>(
-                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    (Fused::Q8_0, true) => x::qk_i8_avx512::<{ x::FMT_Q8_0 }, false>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
-                    (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }>(
-                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, false>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
                     (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
@@ -361,17 +441,23 @@ impl Kernels {
         base: usize,
         nb1: usize,
         active: &[u8],
-        w: &mut [f32],
+        ws: &mut WeightScratch,
         o: &mut [f32],
         mr: usize,
         dvp: usize,
         dv: usize,
         pf: usize,
+        int16: bool,
     ) {
         assert!(self.pv_q_fmt(ty_of(f), dv) == Some(f));
         assert!(dv <= dvp && dvp.is_multiple_of(16) && mr <= 16);
+        let nbm = dv / 32 * mr;
+        assert!(p.len() >= mr * TILE_KV && o.len() >= mr * dvp);
         assert!(
-            p.len() >= mr * TILE_KV && o.len() >= mr * dvp && w.len() >= dv / 32 * mr * TILE_KV
+            ws.w.len() >= nbm * TILE_KV
+                && ws.wq.len() >= nbm * TILE_KV
+                && ws.sig.len() >= nbm
+                && ws.sum.len() >= nbm
         );
 
         assert!(rows_inside(v.len(), base, nb1, active, f.row_bytes(dv)));
@@ -382,10 +468,25 @@ impl Kernels {
         {
             use crate::simd::x86::attn as x;
             let vp = v[base..].as_ptr();
-            let (pp, wp, op) = (p.as_ptr(), w.as_mut_ptr(), o.as_mut_ptr());
+            let (pp, wp, op) = (p.as_ptr(), ws.w.as_mut_ptr(), o.as_mut_ptr());
+            let (wqp, sgp, swp) = (ws.wq.as_mut_ptr(), ws.sig.as_mut_ptr(), ws.sum.as_mut_ptr());
             // SAFETY: sizes, indices and row bounds asserted above; `pv_q_fmt` only answers
-            // for Avx512 / Avx2, which `simd` checked when the ISA was chosen.
+            // for Avx512 / Avx2, which `simd` checked when the ISA was chosen; `vnni` was
+            // detected with Avx512.
             unsafe {
+                if int16
+                    && self.vnni
+                    && match f {
+                        Fused::Q8_0 => x::pv_i16_avx512::<{ x::FMT_Q8_0 }>(
+                            pp, vp, nb1, active, wp, wqp, sgp, swp, op, mr, dvp, dv, pf,
+                        ),
+                        _ => x::pv_i16_avx512::<{ x::FMT_Q4_0 }>(
+                            pp, vp, nb1, active, wp, wqp, sgp, swp, op, mr, dvp, dv, pf,
+                        ),
+                    }
+                {
+                    return;
+                }
                 match (f, self.isa) {
                     (Fused::Q8_0, Isa::Avx512) => x::pv_q_avx512::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
@@ -748,11 +849,24 @@ mod tests {
                             (vec![0i8; mr * d], vec![0f32; mr * nb], vec![0i32; mr * nb]);
                         kn.prep_q8(f, &q, mr, d, &mut q8, &mut qd, &mut qc);
                         let mut s = vec![f32::NAN; mr * TILE_KV];
-                        kn.qk_i8(f, &q8, &qd, &qc, &data, 0, nb1, &active, &mut s, mr, d, 2);
+                        kn.qk_i8(
+                            f, &q8, &qd, &qc, &data, 0, nb1, &active, &mut s, mr, d, 2, None,
+                        );
+                        // the second Q byte (Precision::F32): 128·dot(q) + dot(lo), scale /128
+                        let (mut lo, mut qcc) = (vec![0i8; mr * d], vec![0i32; mr * nb]);
+                        let mut s_lo = vec![f32::NAN; mr * TILE_KV];
+                        if kn.int8_k_lo() {
+                            kn.prep_q8_lo(f, &q, mr, d, &q8, &qd, &qc, &mut lo, &mut qcc);
+                            let l = Some((&lo[..], &qcc[..]));
+                            kn.qk_i8(
+                                f, &q8, &qd, &qc, &data, 0, nb1, &active, &mut s_lo, mr, d, 2, l,
+                            );
+                        }
                         for m in 0..mr {
                             for &t in &active {
                                 let t = t as usize;
                                 let mut acc = 0f32;
+                                let mut acc_lo = 0f32;
                                 for b in 0..nb {
                                     let row = &data[t * nb1..];
                                     let bs = rb / nb;
@@ -762,6 +876,7 @@ mod tests {
                                     ]);
                                     // integer values of K: dequantized / d (exact)
                                     let mut dot = 0i32;
+                                    let mut dot_lo = 0i32;
                                     for i in 0..32 {
                                         let kv = deqd[t * d + 32 * b + i];
                                         let ki = if dk == 0.0 {
@@ -775,8 +890,11 @@ mod tests {
                                             (kv / dk) as i32
                                         };
                                         dot += ki * q8[m * d + 32 * b + i] as i32;
+                                        dot_lo += ki * lo[m * d + 32 * b + i] as i32;
                                     }
                                     acc = (dot as f32).mul_add(dk * qd[m * nb + b], acc);
+                                    let sc = dk * (qd[m * nb + b] * (1.0 / 128.0));
+                                    acc_lo = ((128 * dot + dot_lo) as f32).mul_add(sc, acc_lo);
                                 }
                                 let got = s[m * TILE_KV + t];
                                 assert_eq!(
@@ -785,6 +903,22 @@ mod tests {
                                     "{ty} {:?} d={d} m={m} t={t}",
                                     kn.isa
                                 );
+                                if kn.int8_k_lo() {
+                                    let got = s_lo[m * TILE_KV + t];
+                                    assert_eq!(got.to_bits(), acc_lo.to_bits(), "lo {ty} d={d}");
+                                    // and q·k to ~2⁻¹⁵ (the exact dot of Q with the row)
+                                    let exact: f32 =
+                                        (0..d).map(|i| q[m * d + i] * deqd[t * d + i]).sum();
+                                    let qmax = q[m * d..(m + 1) * d]
+                                        .iter()
+                                        .fold(0f32, |a, x| a.max(x.abs()));
+                                    let kabs: f32 =
+                                        deqd[t * d..(t + 1) * d].iter().map(|x| x.abs()).sum();
+                                    assert!(
+                                        (got - exact).abs() <= 4e-5 * qmax * kabs + 1e-6,
+                                        "lo {ty} d={d}: {got} vs {exact}"
+                                    );
+                                }
                             }
                         }
                     }
@@ -793,7 +927,8 @@ mod tests {
         }
     }
 
-    /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order.
+    /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order, or with
+    /// AVX-512 VNNI the 16-bit integer weights of `pv_i16_avx512` (exact integer sums, one fma).
     #[test]
     fn pv_q_scaled_weights() {
         let mut ran = 0;
@@ -837,35 +972,73 @@ mod tests {
                 let bs = rb / nb;
                 for (na, step) in [(64usize, 1usize), (37, 1), (20, 3), (5, 7)] {
                     let active: Vec<u8> = (0..na).map(|i| ((i * step) % TILE_KV) as u8).collect();
-                    for mr in [1usize, 3, 4, 6, 9] {
+                    for (mr, int16) in [
+                        (1usize, true),
+                        (3, true),
+                        (4, false),
+                        (6, true),
+                        (9, true),
+                        (3, false),
+                    ] {
                         let p: Vec<f32> = (0..mr * TILE_KV)
                             .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32)
                             .collect();
                         let dvp = d;
                         let mut o: Vec<f32> = (0..mr * dvp).map(|i| (i % 5) as f32).collect();
                         let mut want = o.clone();
-                        let mut w = vec![0f32; nb * mr * TILE_KV];
-                        kn.pv_q(f, &p, &data, 0, nb1, &active, &mut w, &mut o, mr, dvp, d, 1);
+                        let mut ws = WeightScratch::new(mr, nb);
+                        kn.pv_q(
+                            f, &p, &data, 0, nb1, &active, &mut ws, &mut o, mr, dvp, d, 1, int16,
+                        );
+                        let scale = |row: &[u8], b: usize| {
+                            crate::quant::fp16::f16le_to_f32([row[bs * b], row[bs * b + 1]])
+                        };
+                        let qv = |row: &[u8], c: usize| {
+                            let (b, i) = (c / 32, c % 32);
+                            if ty == GgmlType::Q8_0 {
+                                row[bs * b + 2 + i] as i8 as i32
+                            } else {
+                                let by = row[bs * b + 2 + i % 16];
+                                (if i < 16 { by & 15 } else { by >> 4 }) as i32 - 8
+                            }
+                        };
+                        let _ = &deqd;
                         for m in 0..mr {
+                            if kn.vnni && int16 {
+                                // 16-bit weights per (block, row), integer sums, one fma
+                                for b in 0..nb {
+                                    let w: Vec<f32> = active
+                                        .iter()
+                                        .map(|&t| {
+                                            let t = t as usize;
+                                            p[m * TILE_KV + t] * scale(&data[t * nb1..], b)
+                                        })
+                                        .collect();
+                                    let big = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+                                    let r = 32767.0 / big;
+                                    let wq: Vec<i32> = w
+                                        .iter()
+                                        .map(|x| (x * r).round_ties_even() as i32)
+                                        .collect();
+                                    for c in 32 * b..32 * b + 32 {
+                                        let acc: i32 = active
+                                            .iter()
+                                            .zip(&wq)
+                                            .map(|(&t, wi)| wi * qv(&data[t as usize * nb1..], c))
+                                            .sum();
+                                        want[m * dvp + c] =
+                                            (acc as f32).mul_add(big / 32767.0, want[m * dvp + c]);
+                                    }
+                                }
+                                continue;
+                            }
                             for &t in &active {
                                 let t = t as usize;
                                 let row = &data[t * nb1..];
                                 for c in 0..d {
-                                    let b = c / 32;
-                                    let dd = crate::quant::fp16::f16le_to_f32([
-                                        row[bs * b],
-                                        row[bs * b + 1],
-                                    ]);
-                                    let i = c % 32;
-                                    let qv = if ty == GgmlType::Q8_0 {
-                                        row[bs * b + 2 + i] as i8 as f32
-                                    } else {
-                                        let by = row[bs * b + 2 + i % 16];
-                                        ((if i < 16 { by & 15 } else { by >> 4 }) as i32 - 8) as f32
-                                    };
-                                    let _ = &deqd;
-                                    let wv = p[m * TILE_KV + t] * dd;
-                                    want[m * dvp + c] = wv.mul_add(qv, want[m * dvp + c]);
+                                    let wv = p[m * TILE_KV + t] * scale(row, c / 32);
+                                    want[m * dvp + c] =
+                                        wv.mul_add(qv(row, c) as f32, want[m * dvp + c]);
                                 }
                             }
                         }
@@ -960,3 +1133,4 @@ mod tests {
         }
     }
 }
+

@@ -23,9 +23,13 @@
 //! head) with q8_0/q4_0 K on AVX-512 VNNI or AVX2 and `Precision::Default`, where Q is
 //! quantized to q8_0 exactly as upstream does (the CPU backend's `from_float`) and K·Q is
 //! computed as exact integer block dots (`vpdpbusd`, or `maddubs` on AVX2), like upstream's
-//! `vec_dot` (both ISAs give the same numbers). `Precision::F32` keeps
-//! Q in f32 there too (slower, closer to exact). q8_0/q4_0 V in decode folds the block scale
-//! into the softmax weight (`(p·d)·q` instead of `p·(q·d)`: one rounding moved).
+//! `vec_dot` (both ISAs give the same numbers). `Precision::F32` (what llama.cpp sets on every
+//! FLASH_ATTN_EXT) keeps Q exact to ~2⁻¹⁵ of each block's largest value there: on AVX-512
+//! VNNI with a second byte per Q element (`128·dot(q) + dot(lo)`, exact integers), elsewhere
+//! in f32. q8_0/q4_0 V in decode folds the block scale into the softmax weight (`(p·d)·q`
+//! instead of `p·(q·d)`: one rounding moved); on AVX-512 VNNI those weights are rounded to 15
+//! bits per tile, block and row (`vpdpwssd` sums of two rows at a time, exact in i32, one fma
+//! per tile): NMSE vs an f64 oracle ~2e-9, against upstream's ~5e-6 (`tests/attn_diff.rs`).
 //!
 //! Work is split over (sequence, KV-head group, block of query rows) and, when there is only
 //! one block of query rows and the KV is long, over fixed KV chunks of [`SPLIT_CHUNK`] rows
@@ -471,6 +475,9 @@ struct Scratch {
     q8: Vec<i8>,
     qd: Vec<f32>,
     qc: Vec<i32>,
+    /// The second Q byte and combined corrections (`Precision::F32`, [`Kernels::prep_q8_lo`]).
+    q8lo: Vec<i8>,
+    qcc: Vec<i32>,
 }
 
 /// Per-worker tile buffers (used within one tile step of one item).
@@ -480,8 +487,8 @@ struct TileBufs {
     vt: Vec<f32>,
     mv: Vec<f32>,
     kr: Vec<f32>,
-    /// Weights `p·d` of the quantized decode V kernel.
-    w: Vec<f32>,
+    /// Weights of the quantized decode V kernel.
+    w: kernel::WeightScratch,
     /// One dequantized V row (the finiteness check of partly masked columns).
     vrow: Vec<f32>,
 }
@@ -542,6 +549,8 @@ impl Plan<'_> {
             q8: vec![0; mmax * self.dk],
             qd: vec![0.0; mmax * self.dk.div_ceil(32)],
             qc: vec![0; mmax * self.dk.div_ceil(32)],
+            q8lo: vec![0; mmax * self.dk],
+            qcc: vec![0; mmax * self.dk.div_ceil(32)],
         }
     }
 
@@ -553,7 +562,7 @@ impl Plan<'_> {
             vt: vec![0.0; TILE_KV * self.dvp],
             mv: vec![0.0; mmax * TILE_KV],
             kr: vec![0.0; TILE_KV * self.dk],
-            w: vec![0.0; mmax * self.dv.div_ceil(32) * TILE_KV],
+            w: kernel::WeightScratch::new(mmax, self.dv.div_ceil(32)),
             vrow: vec![0.0; self.dv],
         }
     }
@@ -597,9 +606,24 @@ impl Plan<'_> {
             }
             sc.q[m_real * dk..mp * dk].fill(0.0);
             let decode = mp < ROWMAJOR_BELOW;
-            let int8_k = decode && self.precision == Precision::Default && kq.is_some();
+            // Precision::F32 keeps Q exact to ~2⁻¹⁶ with a second byte where the ISA has it
+            let exact_q = self.precision == Precision::F32;
+            let int8_k = decode && kq.is_some() && (!exact_q || kn.int8_k_lo());
             if let (true, Some(f)) = (int8_k, kq) {
                 kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
+                if exact_q {
+                    kn.prep_q8_lo(
+                        f,
+                        &sc.q,
+                        m_real,
+                        dk,
+                        &sc.q8,
+                        &sc.qd,
+                        &sc.qc,
+                        &mut sc.q8lo,
+                        &mut sc.qcc,
+                    );
+                }
             }
             sc.o[..mp * dvp].fill(0.0);
             sc.mrow[..mp].fill(f32::NEG_INFINITY);
@@ -690,6 +714,7 @@ impl Plan<'_> {
                         m_real,
                         dk,
                         prefetch_rows(),
+                        (self.precision == Precision::F32).then_some((&sc.q8lo[..], &sc.qcc[..])),
                     );
                 } else if let (true, Some(f)) = (decode, fused.0) {
                     // decode, K read straight from the cache
@@ -803,6 +828,7 @@ impl Plan<'_> {
                         dvp,
                         self.dv,
                         prefetch_rows(),
+                        true,
                     );
                 } else if let (true, Some(f)) = (decode, fused.1) {
                     kn.pv_fused(

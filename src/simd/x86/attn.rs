@@ -818,7 +818,7 @@ pub unsafe fn pv_fused_avx512<const F: u8>(
 // (off = 8 for q4_0 nibbles, 128 for the q8_0 bias), then `s = fma(float(dot), dk·dq, s)`.
 
 /// The f16 block scales at byte `offs[j] + boff` of `base` for 16 rows, as f32 (scalar loads:
-/// cheaper than a gather on some cores).
+/// cheaper than a dword gather on Zen 4, measured).
 #[inline(always)]
 unsafe fn scales16(base: *const u8, offs: &[usize; 16], boff: usize) -> __m512 {
     unsafe {
@@ -862,7 +862,7 @@ unsafe fn transpose16x4(p: &[*const u8; 16], off: usize) -> [__m512i; 4] {
 /// offsets are `t·nb1` (+ block offsets).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn qk_i8_avx512<const F: u8>(
+pub unsafe fn qk_i8_avx512<const F: u8, const LO: bool>(
     q8: *const i8,
     qd: *const f32,
     qc: *const i32,
@@ -873,16 +873,14 @@ pub unsafe fn qk_i8_avx512<const F: u8>(
     mr: usize,
     dk: usize,
     pf: usize,
+    lo: *const i8,
+    qcc: *const i32,
 ) {
     unsafe {
         let nb = dk / 32;
         let bs = if F == FMT_Q8_0 { 34 } else { 18 };
         let lines = (nb * bs).div_ceil(64);
-        let m4 = _mm512_set1_epi8(0x0f);
-        let bias = _mm512_set1_epi8(-128);
         let na = active.len();
-        let mut sacc = [_mm512_setzero_ps(); 16];
-        let mut buf = [0f32; 16];
         let mut i = 0;
         while i < na {
             let n = (na - i).min(16);
@@ -890,66 +888,37 @@ pub unsafe fn qk_i8_avx512<const F: u8>(
             for (j, t) in ts.iter_mut().enumerate() {
                 *t = active[i + j.min(n - 1)] as usize;
             }
-            let contiguous = ts[n - 1] - ts[0] == n - 1;
             let mut rp = [k; 16];
+            let mut offs = [0usize; 16];
             for j in 0..16 {
                 rp[j] = k.add(ts[j] * nb1);
+                offs[j] = ts[j] * nb1;
             }
             if pf != 0 {
                 for p in rp.iter().take(n) {
                     prefetch_row(p.wrapping_add(pf * nb1), lines);
                 }
             }
-            let mut offs = [0usize; 16];
-            for j in 0..16 {
-                offs[j] = ts[j] * nb1;
-            }
-            for m in sacc.iter_mut().take(mr) {
-                *m = _mm512_setzero_ps();
-            }
-            for b in 0..nb {
-                let kc: [__m512i; 8] = if F == FMT_Q8_0 {
-                    let lo = transpose16x4(&rp, 34 * b + 2);
-                    let hi = transpose16x4(&rp, 34 * b + 18);
-                    [
-                        _mm512_xor_si512(lo[0], bias),
-                        _mm512_xor_si512(lo[1], bias),
-                        _mm512_xor_si512(lo[2], bias),
-                        _mm512_xor_si512(lo[3], bias),
-                        _mm512_xor_si512(hi[0], bias),
-                        _mm512_xor_si512(hi[1], bias),
-                        _mm512_xor_si512(hi[2], bias),
-                        _mm512_xor_si512(hi[3], bias),
-                    ]
-                } else {
-                    let x = transpose16x4(&rp, 18 * b + 2);
-                    [
-                        _mm512_and_si512(x[0], m4),
-                        _mm512_and_si512(x[1], m4),
-                        _mm512_and_si512(x[2], m4),
-                        _mm512_and_si512(x[3], m4),
-                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[0]), m4),
-                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[1]), m4),
-                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[2]), m4),
-                        _mm512_and_si512(_mm512_srli_epi32::<4>(x[3]), m4),
-                    ]
-                };
-                let dkv = scales16(k, &offs, bs * b);
-                for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
-                    let qr = q8.add(m * dk + 32 * b) as *const i32;
-                    let mut acc = _mm512_setzero_si512();
-                    for (c, kcc) in kc.iter().enumerate() {
-                        acc = _mm512_dpbusd_epi32(
-                            acc,
-                            *kcc,
-                            _mm512_set1_epi32(qr.add(c).read_unaligned()),
-                        );
-                    }
-                    let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(*qc.add(m * nb + b)));
-                    let sc = _mm512_mul_ps(dkv, _mm512_set1_ps(*qd.add(m * nb + b)));
-                    *sm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, *sm);
+            let g = Rows16 {
+                rp: &rp,
+                offs: &offs,
+                k,
+                lo,
+                qcc,
+            };
+            let mut sacc = [_mm512_setzero_ps(); 16];
+            let mut m = 0;
+            while m < mr {
+                match mr - m {
+                    1 => qk_i8_rows::<F, 1, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
+                    2 => qk_i8_rows::<F, 2, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
+                    3 => qk_i8_rows::<F, 3, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
+                    _ => qk_i8_rows::<F, 4, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
                 }
+                m += 4;
             }
+            let contiguous = ts[n - 1] - ts[0] == n - 1;
+            let mut buf = [0f32; 16];
             for (m, sm) in sacc.iter().enumerate().take(mr) {
                 let row = s.add(m * T);
                 if contiguous {
@@ -964,6 +933,129 @@ pub unsafe fn qk_i8_avx512<const F: u8>(
             }
             i += n;
         }
+    }
+}
+
+/// 16 rows of a tile: their pointers and byte offsets from `k`; the second Q byte and its
+/// corrections (`LO`).
+struct Rows16<'a> {
+    rp: &'a [*const u8; 16],
+    offs: &'a [usize; 16],
+    k: *const u8,
+    lo: *const i8,
+    qcc: *const i32,
+}
+
+/// Query rows `m..m+R` of [`qk_i8_avx512`] against 16 K rows: per block, the rows transposed
+/// once, two independent `vpdpbusd` chains per query row (the integer sum is the same in any
+/// order), `s += float(dot − qc)·(dk·dq)`.
+// index loops: r indexes the accumulators and the Q row offsets together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qk_i8_rows<const F: u8, const R: usize, const LO: bool>(
+    g: &Rows16,
+    q8: *const i8,
+    qd: *const f32,
+    qc: *const i32,
+    nb: usize,
+    dk: usize,
+    m: usize,
+    sacc: &mut [__m512; 16],
+) {
+    unsafe {
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let m4 = _mm512_set1_epi8(0x0f);
+        let bias = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
+            let kc: [__m512i; 8] = if F == FMT_Q8_0 {
+                let lo = transpose16x4(g.rp, 34 * b + 2);
+                let hi = transpose16x4(g.rp, 34 * b + 18);
+                [
+                    _mm512_xor_si512(lo[0], bias),
+                    _mm512_xor_si512(lo[1], bias),
+                    _mm512_xor_si512(lo[2], bias),
+                    _mm512_xor_si512(lo[3], bias),
+                    _mm512_xor_si512(hi[0], bias),
+                    _mm512_xor_si512(hi[1], bias),
+                    _mm512_xor_si512(hi[2], bias),
+                    _mm512_xor_si512(hi[3], bias),
+                ]
+            } else {
+                let x = transpose16x4(g.rp, 18 * b + 2);
+                [
+                    _mm512_and_si512(x[0], m4),
+                    _mm512_and_si512(x[1], m4),
+                    _mm512_and_si512(x[2], m4),
+                    _mm512_and_si512(x[3], m4),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(x[0]), m4),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(x[1]), m4),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(x[2]), m4),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(x[3]), m4),
+                ]
+            };
+            let dkv = scales16(g.k, g.offs, bs * b);
+            let mut d0 = [_mm512_setzero_si512(); R];
+            let mut d1 = [_mm512_setzero_si512(); R];
+            for c in 0..4 {
+                for r in 0..R {
+                    let qr = q8.add((m + r) * dk + 32 * b) as *const i32;
+                    d0[r] = _mm512_dpbusd_epi32(
+                        d0[r],
+                        kc[c],
+                        _mm512_set1_epi32(qr.add(c).read_unaligned()),
+                    );
+                    d1[r] = _mm512_dpbusd_epi32(
+                        d1[r],
+                        kc[c + 4],
+                        _mm512_set1_epi32(qr.add(c + 4).read_unaligned()),
+                    );
+                }
+            }
+            if LO {
+                // 128·dot(q) + dot(lo) − qcc, exact in i32 (|·| < 2²⁸), scale dk·dq/128
+                let mut e0 = [_mm512_setzero_si512(); R];
+                let mut e1 = [_mm512_setzero_si512(); R];
+                for c in 0..4 {
+                    for r in 0..R {
+                        let lr = g.lo.add((m + r) * dk + 32 * b) as *const i32;
+                        e0[r] = _mm512_dpbusd_epi32(
+                            e0[r],
+                            kc[c],
+                            _mm512_set1_epi32(lr.add(c).read_unaligned()),
+                        );
+                        e1[r] = _mm512_dpbusd_epi32(
+                            e1[r],
+                            kc[c + 4],
+                            _mm512_set1_epi32(lr.add(c + 4).read_unaligned()),
+                        );
+                    }
+                }
+                for r in 0..R {
+                    let hi = _mm512_slli_epi32::<7>(_mm512_add_epi32(d0[r], d1[r]));
+                    let dot = _mm512_sub_epi32(
+                        _mm512_add_epi32(hi, _mm512_add_epi32(e0[r], e1[r])),
+                        _mm512_set1_epi32(*g.qcc.add((m + r) * nb + b)),
+                    );
+                    let sc = _mm512_mul_ps(
+                        dkv,
+                        _mm512_set1_ps(*qd.add((m + r) * nb + b) * (1.0 / 128.0)),
+                    );
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r]);
+                }
+                continue;
+            }
+            for r in 0..R {
+                let dot = _mm512_sub_epi32(
+                    _mm512_add_epi32(d0[r], d1[r]),
+                    _mm512_set1_epi32(*qc.add((m + r) * nb + b)),
+                );
+                let sc = _mm512_mul_ps(dkv, _mm512_set1_ps(*qd.add((m + r) * nb + b)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r]);
+            }
+        }
+        sacc[m..m + R].copy_from_slice(&acc);
     }
 }
 
@@ -1209,9 +1301,36 @@ pub unsafe fn pv_q_avx512<const F: u8>(
 ) {
     unsafe {
         let nb = dv / 32;
+        weights_pd::<F>(p, v, nb1, active, w, mr, nb);
+        let mut m = 0;
+        while m + 4 <= mr {
+            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, dvp, nb, pf);
+            m += 4;
+        }
+        match mr - m {
+            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            _ => {}
+        }
+    }
+}
+
+/// The weights `w[b][m][i] = p[m][t_i] · d_{t_i,b}` (`t_i = active[i]`, `[nb][mr][64]`) of the
+/// quantized decode V kernels, 16 rows at a time.
+#[inline(always)]
+unsafe fn weights_pd<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    w: *mut f32,
+    mr: usize,
+    nb: usize,
+) {
+    unsafe {
         let bs = if F == FMT_Q8_0 { 34 } else { 18 };
         let na = active.len();
-        // weights, 16 rows at a time
         let mut i = 0;
         while i < na {
             let n = (na - i).min(16);
@@ -1239,17 +1358,269 @@ pub unsafe fn pv_q_avx512<const F: u8>(
             }
             i += n;
         }
+    }
+}
+
+// ---------------------------------------------------------------- quantized decode V, integer
+//
+// `o[m] += Σ_t p[m][t]·d_{t,b}·q_t[:]` accumulated in integers (AVX-512 VNNI): per block `b`
+// and query row `m` the tile's weights `w = p·d` are quantized to 16 bits against their
+// largest magnitude `M` (`W = rint(w·(32767/M))`), two V rows are interleaved as 16-bit pairs
+// and `vpdpwssd` adds `W_i·q_i + W_{i+1}·q_{i+1}` into 32-bit lanes — exact, since
+// |Σ| ≤ 64·32767·128 < 2³¹ — and the tile ends with `o = fma(float(Σ W·q), M/32767, o)`
+// (q4_0: `Σ W·(n−8)` as `Σ W·n − 8·Σ W`). Two MACs per lane and instruction instead of one
+// FMA, the V values never converted to float; the weights keep 15 bits (relative error
+// ≤ 2⁻¹⁶ of the tile's largest weight, far below the cache's own rounding).
+
+/// Quantizes the weights of [`weights_pd`] (`w`, `[nb][mr][64]`, `na` used) to `wq`
+/// (`[nb][mr][64]` i16, zero past `na` up to the next multiple of 16), with `sig = M/32767`
+/// and `sw = Σ W` per (block, row). `false` when a weight is not finite or `0 < M < 2⁻¹⁰⁰`
+/// (the float kernel then takes the tile).
+#[inline(always)]
+unsafe fn quantize_weights(
+    w: *const f32,
+    na: usize,
+    rows: usize,
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+) -> bool {
+    unsafe {
+        let nc = na.div_ceil(16);
+        let absm = _mm512_set1_epi32(0x7fff_ffff);
+        let fmax = _mm512_set1_ps(f32::MAX);
+        for row in 0..rows {
+            let wr = w.add(row * T);
+            let mut mx = _mm512_setzero_ps();
+            for c in 0..nc {
+                let km: __mmask16 = ((1u32 << (na - 16 * c).min(16)) - 1) as u16;
+                let a = _mm512_castsi512_ps(_mm512_and_si512(
+                    _mm512_castps_si512(_mm512_maskz_loadu_ps(km, wr.add(16 * c))),
+                    absm,
+                ));
+                // NaN compares false, so a NaN or ±Inf weight fails
+                if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, fmax) != 0xffff {
+                    return false;
+                }
+                mx = _mm512_max_ps(mx, a);
+            }
+            let big = _mm512_reduce_max_ps(mx);
+            if big == 0.0 {
+                for c in 0..nc {
+                    _mm256_storeu_si256(
+                        wq.add(row * T + 16 * c) as *mut __m256i,
+                        _mm256_setzero_si256(),
+                    );
+                }
+                *sig.add(row) = 0.0;
+                *sw.add(row) = 0;
+                continue;
+            }
+            if big < f32::from_bits(0x0d80_0000) {
+                return false; // below 2^-100: 32767/M could overflow
+            }
+            let r = _mm512_set1_ps(32767.0 / big);
+            let mut sum = _mm512_setzero_si512();
+            for c in 0..nc {
+                let km: __mmask16 = ((1u32 << (na - 16 * c).min(16)) - 1) as u16;
+                let x = _mm512_maskz_loadu_ps(km, wr.add(16 * c));
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(x, r));
+                sum = _mm512_add_epi32(sum, q);
+                _mm256_storeu_si256(
+                    wq.add(row * T + 16 * c) as *mut __m256i,
+                    _mm512_cvtepi32_epi16(q),
+                );
+            }
+            *sig.add(row) = big / 32767.0;
+            *sw.add(row) = _mm512_reduce_add_epi32(sum);
+        }
+        true
+    }
+}
+
+/// Block `g` of two q8_0/q4_0 rows as 16-bit pairs `(a_j, b_j)` in 32-bit lanes: q4_0 the
+/// nibbles (0..15) of elements 0..15 and 16..31 in order; q8_0 the signed values of elements
+/// `[0..8, 16..24]` and `[8..16, 24..32]` (the order `unpack` leaves; see [`unpair_q8`]).
+#[inline(always)]
+unsafe fn pairs16<const F: u8>(a: *const u8, b: *const u8, g: usize) -> [__m512i; 2] {
+    unsafe {
+        if F == FMT_Q8_0 {
+            let x = _mm256_loadu_si256(a.add(34 * g + 2) as *const __m256i);
+            let y = _mm256_loadu_si256(b.add(34 * g + 2) as *const __m256i);
+            [
+                _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(x, y)),
+                _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(x, y)),
+            ]
+        } else {
+            let x = _mm_loadu_si128(a.add(18 * g + 2) as *const __m128i);
+            let y = _mm_loadu_si128(b.add(18 * g + 2) as *const __m128i);
+            let z = _mm512_cvtepu8_epi16(_mm256_set_m128i(
+                _mm_unpackhi_epi8(x, y),
+                _mm_unpacklo_epi8(x, y),
+            ));
+            [
+                _mm512_and_si512(z, _mm512_set1_epi16(0x0f)),
+                _mm512_srli_epi16::<4>(z),
+            ]
+        }
+    }
+}
+
+/// Elements 0..16 and 16..32 from the lanes [`pairs16`] gives q8_0 (`[0..8, 16..24]`,
+/// `[8..16, 24..32]`).
+#[inline(always)]
+unsafe fn unpair_q8(lo: __m512i, hi: __m512i) -> (__m512i, __m512i) {
+    unsafe {
+        (
+            _mm512_shuffle_i32x4::<0x44>(lo, hi),
+            _mm512_shuffle_i32x4::<0xee>(lo, hi),
+        )
+    }
+}
+
+// index loops: r/g/h index the accumulator tile, the pairs and the pointer offsets together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_i16_block<const F: u8, const R: usize, const NG: usize>(
+    wq: *const i16,
+    sig: *const f32,
+    sw: *const i32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g0: usize,
+    dvp: usize,
+    pf: usize,
+) {
+    unsafe {
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let lines = (bs * NG).div_ceil(64) + 1;
+        let na = active.len();
+        let mut acc = [[[_mm512_setzero_si512(); 2]; NG]; R];
+        let mut i = 0;
+        while i < na {
+            let t0 = active[i] as usize;
+            let t1 = if i + 1 < na {
+                active[i + 1] as usize
+            } else {
+                t0
+            };
+            let (a, b) = (v.add(t0 * nb1), v.add(t1 * nb1));
+            if pf != 0 {
+                prefetch_row(a.wrapping_add(pf * nb1 + bs * g0), lines);
+                prefetch_row(b.wrapping_add(pf * nb1 + bs * g0), lines);
+            }
+            let mut vv = [[_mm512_setzero_si512(); 2]; NG];
+            for g in 0..NG {
+                vv[g] = pairs16::<F>(a, b, g0 + g);
+            }
+            for r in 0..R {
+                for g in 0..NG {
+                    let wp =
+                        (wq.add(((g0 + g) * mr + m + r) * T + i) as *const i32).read_unaligned();
+                    let wp = _mm512_set1_epi32(wp);
+                    acc[r][g][0] = _mm512_dpwssd_epi32(acc[r][g][0], vv[g][0], wp);
+                    acc[r][g][1] = _mm512_dpwssd_epi32(acc[r][g][1], vv[g][1], wp);
+                }
+            }
+            i += 2;
+        }
+        for r in 0..R {
+            for g in 0..NG {
+                let idx = (g0 + g) * mr + m + r;
+                let (a0, a1) = if F == FMT_Q8_0 {
+                    unpair_q8(acc[r][g][0], acc[r][g][1])
+                } else {
+                    let off = _mm512_set1_epi32(8 * *sw.add(idx));
+                    (
+                        _mm512_sub_epi32(acc[r][g][0], off),
+                        _mm512_sub_epi32(acc[r][g][1], off),
+                    )
+                };
+                let s = _mm512_set1_ps(*sig.add(idx));
+                let op = o.add((m + r) * dvp + 32 * (g0 + g));
+                let x0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), s, _mm512_loadu_ps(op));
+                let x1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), s, _mm512_loadu_ps(op.add(16)));
+                _mm512_storeu_ps(op, x0);
+                _mm512_storeu_ps(op.add(16), x1);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_i16_rows<const F: u8, const R: usize>(
+    wq: *const i16,
+    sig: *const f32,
+    sw: *const i32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    dvp: usize,
+    nb: usize,
+    pf: usize,
+) {
+    unsafe {
+        let pf = if m == 0 { pf } else { 0 };
+        let mut g = 0;
+        while g + 2 <= nb {
+            pv_i16_block::<F, R, 2>(wq, sig, sw, v, nb1, active, o, m, mr, g, dvp, pf);
+            g += 2;
+        }
+        if g < nb {
+            pv_i16_block::<F, R, 1>(wq, sig, sw, v, nb1, active, o, m, mr, g, dvp, pf);
+        }
+    }
+}
+
+/// [`pv_q_avx512`] with the products in integers (see above): `o[m][:dv] += Σ_i σ·W_i·q_i`
+/// with `W = rint(p·d·32767/M)`, `σ = M/32767` per (32-element block, row) over the active
+/// rows. Scratch: `w` `[dv/32][mr][64]` f32, `wq` the same in i16, `sig`/`sw` `[dv/32][mr]`.
+/// Returns `false`, leaving `o` untouched, when the weights cannot be scaled (a non-finite
+/// weight, or all below 2⁻¹⁰⁰): run [`pv_q_avx512`] then.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_i16_avx512<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    w: *mut f32,
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) -> bool {
+    unsafe {
+        let nb = dv / 32;
+        weights_pd::<F>(p, v, nb1, active, w, mr, nb);
+        if !quantize_weights(w, active.len(), nb * mr, wq, sig, sw) {
+            return false;
+        }
         let mut m = 0;
         while m + 4 <= mr {
-            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, dvp, nb, pf);
+            pv_i16_rows::<F, 4>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf);
             m += 4;
         }
         match mr - m {
-            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
-            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
-            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
+            3 => pv_i16_rows::<F, 3>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf),
+            2 => pv_i16_rows::<F, 2>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf),
+            1 => pv_i16_rows::<F, 1>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf),
             _ => {}
         }
+        true
     }
 }
 
