@@ -333,7 +333,7 @@ impl Kernels {
         }
     }
 
-    /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (`mp % 4 == 0`), where row
+    /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (any `mp ≥ 1`), where row
     /// `k_t` (format `f`, `dk` elements) starts at byte `base + t·nb1` of `k`. Bit-identical to
     /// dequantizing the rows and calling [`Kernels::qk_rows`] (which also fills the other
     /// columns). `pf`: prefetch distance in rows (0 = none).
@@ -351,7 +351,7 @@ impl Kernels {
         dk: usize,
         pf: usize,
     ) {
-        assert!(mp.is_multiple_of(4) && q.len() >= mp * dk && s.len() >= mp * TILE_KV);
+        assert!(mp >= 1 && q.len() >= mp * dk && s.len() >= mp * TILE_KV);
         assert!(self.fused(ty_of(f), dk) == Some(f));
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
         if active.is_empty() {

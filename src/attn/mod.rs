@@ -652,6 +652,8 @@ impl Plan<'_> {
                 let mut col_live = [false; TILE_KV];
                 // columns masked (-inf) for at least one of the rows
                 let mut col_hidden = [false; TILE_KV];
+                // whether any column is hidden from some row (else the odd-row check is moot)
+                let mut any_hidden = false;
                 for (m, vr) in rows.iter().enumerate() {
                     let (done, rest) = tb.mv.split_at_mut(m * TILE_KV);
                     let mv = &mut rest[..TILE_KV];
@@ -678,6 +680,7 @@ impl Plan<'_> {
                                 *x = v;
                                 *live |= v != f32::NEG_INFINITY;
                                 *hid |= v == f32::NEG_INFINITY;
+                                any_hidden |= v == f32::NEG_INFINITY;
                             }
                         }
                         _ => {
@@ -726,10 +729,12 @@ impl Plan<'_> {
                         self.k.nb[1],
                         &active,
                         &mut tb.s,
-                        mp,
+                        m_real,
                         dk,
                         prefetch_rows(),
                     );
+                    // the padding rows (a tiled V pass reads them): no weight
+                    tb.s[m_real * TILE_KV..mp * TILE_KV].fill(0.0);
                 } else if decode {
                     // few rows (decode): K tile row-major, dot products
                     for &t in &active {
@@ -793,7 +798,7 @@ impl Plan<'_> {
                     }
                 }
                 let mut odd: Vec<(u8, Vec<f32>)> = Vec::new();
-                for &t in &active {
+                for &t in active.iter().filter(|_| any_hidden) {
                     let tu = t as usize;
                     if !col_hidden[tu] {
                         continue;

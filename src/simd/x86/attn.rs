@@ -577,6 +577,36 @@ pub unsafe fn qk_fused_avx512<const F: u8>(
     pf: usize,
 ) {
     unsafe {
+        let mut m = 0;
+        while m < mp {
+            match mp - m {
+                1 => qk_fused_rows::<F, 1>(q, k, nb1, active, s, m, dk, pf),
+                2 => qk_fused_rows::<F, 2>(q, k, nb1, active, s, m, dk, pf),
+                3 => qk_fused_rows::<F, 3>(q, k, nb1, active, s, m, dk, pf),
+                _ => qk_fused_rows::<F, 4>(q, k, nb1, active, s, m, dk, pf),
+            }
+            m += 4;
+        }
+    }
+}
+
+/// Query rows `m..m+R` of [`qk_fused_avx512`] (`R ≤ 4`; each row's sums do not depend on the
+/// others).
+// index loops: r/j index the accumulator tile, the K rows and the Q row offsets together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qk_fused_rows<const F: u8, const R: usize>(
+    q: *const f32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    m: usize,
+    dk: usize,
+    pf: usize,
+) {
+    unsafe {
         let n32 = dk / 32;
         let tail = !dk.is_multiple_of(32);
         let rb = match F {
@@ -587,64 +617,60 @@ pub unsafe fn qk_fused_avx512<const F: u8>(
         let lines = rb.div_ceil(64);
         let na = active.len();
         let mut buf = [0f32; 16];
-        let mut m = 0;
-        while m < mp {
-            let mut i = 0;
-            while i < na {
-                let ts = [
-                    active[i] as usize,
-                    active[(i + 1).min(na - 1)] as usize,
-                    active[(i + 2).min(na - 1)] as usize,
-                    active[(i + 3).min(na - 1)] as usize,
-                ];
-                let mut kp = [k; 4];
-                for j in 0..4 {
-                    kp[j] = k.add(ts[j] * nb1);
-                }
-                if m == 0 && pf != 0 {
-                    for p in kp {
-                        prefetch_row(p.wrapping_add(pf * nb1), lines);
-                    }
-                }
-                let mut acc = [_mm512_setzero_ps(); 16];
-                for g in 0..n32 {
-                    let mut kv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); 4];
-                    for j in 0..4 {
-                        kv[j] = load32::<F>(kp[j], g);
-                    }
-                    for r in 0..4 {
-                        let qr = q.add((m + r) * dk + 32 * g);
-                        let q0 = _mm512_loadu_ps(qr);
-                        let q1 = _mm512_loadu_ps(qr.add(16));
-                        for j in 0..4 {
-                            acc[4 * r + j] = _mm512_fmadd_ps(q0, kv[j].0, acc[4 * r + j]);
-                        }
-                        for j in 0..4 {
-                            acc[4 * r + j] = _mm512_fmadd_ps(q1, kv[j].1, acc[4 * r + j]);
-                        }
-                    }
-                }
-                if tail {
-                    let mut kv = [_mm512_setzero_ps(); 4];
-                    for j in 0..4 {
-                        kv[j] = load16_f16(kp[j], 2 * n32);
-                    }
-                    for r in 0..4 {
-                        let q0 = _mm512_loadu_ps(q.add((m + r) * dk + 32 * n32));
-                        for j in 0..4 {
-                            acc[4 * r + j] = _mm512_fmadd_ps(q0, kv[j], acc[4 * r + j]);
-                        }
-                    }
-                }
-                _mm512_storeu_ps(buf.as_mut_ptr(), hsum16(&acc));
-                for r in 0..4 {
-                    for j in 0..4 {
-                        *s.add((m + r) * T + ts[j]) = buf[4 * r + j];
-                    }
-                }
-                i += 4;
+        let mut i = 0;
+        while i < na {
+            let ts = [
+                active[i] as usize,
+                active[(i + 1).min(na - 1)] as usize,
+                active[(i + 2).min(na - 1)] as usize,
+                active[(i + 3).min(na - 1)] as usize,
+            ];
+            let mut kp = [k; 4];
+            for j in 0..4 {
+                kp[j] = k.add(ts[j] * nb1);
             }
-            m += 4;
+            if m == 0 && pf != 0 {
+                for p in kp {
+                    prefetch_row(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for g in 0..n32 {
+                let mut kv = [(_mm512_setzero_ps(), _mm512_setzero_ps()); 4];
+                for j in 0..4 {
+                    kv[j] = load32::<F>(kp[j], g);
+                }
+                for r in 0..R {
+                    let qr = q.add((m + r) * dk + 32 * g);
+                    let q0 = _mm512_loadu_ps(qr);
+                    let q1 = _mm512_loadu_ps(qr.add(16));
+                    for j in 0..4 {
+                        acc[4 * r + j] = _mm512_fmadd_ps(q0, kv[j].0, acc[4 * r + j]);
+                    }
+                    for j in 0..4 {
+                        acc[4 * r + j] = _mm512_fmadd_ps(q1, kv[j].1, acc[4 * r + j]);
+                    }
+                }
+            }
+            if tail {
+                let mut kv = [_mm512_setzero_ps(); 4];
+                for j in 0..4 {
+                    kv[j] = load16_f16(kp[j], 2 * n32);
+                }
+                for r in 0..R {
+                    let q0 = _mm512_loadu_ps(q.add((m + r) * dk + 32 * n32));
+                    for j in 0..4 {
+                        acc[4 * r + j] = _mm512_fmadd_ps(q0, kv[j], acc[4 * r + j]);
+                    }
+                }
+            }
+            _mm512_storeu_ps(buf.as_mut_ptr(), hsum16(&acc));
+            for r in 0..R {
+                for j in 0..4 {
+                    *s.add((m + r) * T + ts[j]) = buf[4 * r + j];
+                }
+            }
+            i += 4;
         }
     }
 }
