@@ -716,7 +716,7 @@ impl Plan<'_> {
                         &mut tb.s,
                         m_real,
                         dk,
-                        prefetch_rows(),
+                        prefetch_rows(self.k.nb[1]),
                         (self.precision == Precision::F32).then_some((&sc.q8lo[..], &sc.qcc[..])),
                     );
                 } else if let (true, Some(f)) = (decode, fused.0) {
@@ -731,7 +731,7 @@ impl Plan<'_> {
                         &mut tb.s,
                         m_real,
                         dk,
-                        prefetch_rows(),
+                        prefetch_rows(self.k.nb[1]),
                     );
                     // the padding rows (a tiled V pass reads them): no weight
                     tb.s[m_real * TILE_KV..mp * TILE_KV].fill(0.0);
@@ -832,7 +832,7 @@ impl Plan<'_> {
                         m_real,
                         dvp,
                         self.dv,
-                        prefetch_rows(),
+                        prefetch_rows(self.v.nb[1]),
                         true,
                     );
                 } else if let (true, Some(f)) = (decode, fused.1) {
@@ -847,7 +847,7 @@ impl Plan<'_> {
                         m_real,
                         dvp,
                         self.dv,
-                        prefetch_rows(),
+                        prefetch_rows(self.v.nb[1]),
                     );
                 } else {
                     // the V tile was dequantized above
@@ -907,23 +907,32 @@ impl Plan<'_> {
     }
 }
 
-/// Default prefetch distance (KV rows ahead) of the fused decode kernels.
-const PREFETCH_ROWS: usize = 16;
+/// Default prefetch distance of the fused decode kernels, in bytes of the cache stream: rows
+/// ahead = this ÷ the row stride (all KV heads of a position), within [`PREFETCH_MIN`,
+/// `PREFETCH_MAX`] rows. Measured on Zen 4 (`benches/attn.rs`, n_kv 32768): 16 rows were best
+/// for f16 with 8 KV heads (2 KiB stride) and 48–64 for q4_0 (576 B), both ~32 KiB ahead.
+const PREFETCH_BYTES: usize = 32 << 10;
+const PREFETCH_MIN: usize = 8;
+const PREFETCH_MAX: usize = 128;
 
-/// Prefetch distance of the fused decode kernels (0 = off): [`PREFETCH_ROWS`], or
-/// `ATTNROT_PF` when set (read once; for tuning on other machines).
-fn prefetch_rows() -> usize {
-    static PF: AtomicUsize = AtomicUsize::new(usize::MAX);
-    let v = PF.load(Ordering::Relaxed);
+/// Prefetch distance in rows of the fused decode kernels for a cache row stride of `nb1`
+/// bytes (0 = off): from [`PREFETCH_BYTES`], or `ATTNROT_PF` rows when set (read once; for
+/// tuning on other machines).
+fn prefetch_rows(nb1: usize) -> usize {
+    static PF: AtomicUsize = AtomicUsize::new(usize::MAX - 1);
+    let mut v = PF.load(Ordering::Relaxed);
+    if v == usize::MAX - 1 {
+        // usize::MAX: not set
+        v = std::env::var("ATTNROT_PF")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(usize::MAX);
+        PF.store(v, Ordering::Relaxed);
+    }
     if v != usize::MAX {
         return v;
     }
-    let v = std::env::var("ATTNROT_PF")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(PREFETCH_ROWS);
-    PF.store(v, Ordering::Relaxed);
-    v
+    (PREFETCH_BYTES / nb1.max(1)).clamp(PREFETCH_MIN, PREFETCH_MAX)
 }
 
 /// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it);
