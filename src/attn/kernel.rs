@@ -478,10 +478,10 @@ impl Kernels {
                     && self.vnni
                     && match f {
                         Fused::Q8_0 => x::pv_i16_avx512::<{ x::FMT_Q8_0 }>(
-                            pp, vp, nb1, active, wp, wqp, sgp, swp, op, mr, dvp, dv, pf,
+                            pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
                         ),
                         _ => x::pv_i16_avx512::<{ x::FMT_Q4_0 }>(
-                            pp, vp, nb1, active, wp, wqp, sgp, swp, op, mr, dvp, dv, pf,
+                            pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
                         ),
                     }
                 {
@@ -1133,4 +1133,3 @@ mod tests {
         }
     }
 }
-

@@ -1398,67 +1398,103 @@ unsafe fn weights_pd<const F: u8>(
 // FMA, the V values never converted to float; the weights keep 15 bits (relative error
 // ≤ 2⁻¹⁶ of the tile's largest weight, far below the cache's own rounding).
 
-/// Quantizes the weights of [`weights_pd`] (`w`, `[nb][mr][64]`, `na` used) to `wq`
-/// (`[nb][mr][64]` i16, zero past `na` up to the next multiple of 16), with `sig = M/32767`
-/// and `sw = Σ W` per (block, row). `false` when a weight is not finite or `0 < M < 2⁻¹⁰⁰`
-/// (the float kernel then takes the tile).
+/// The 16-bit weights of [`pv_i16_avx512`] (`wq`, `[nb][mr][64]`, zero past the active rows up
+/// to the next multiple of 16), `sig = M/32767` and `sw = Σ W` per (block, row), in one pass
+/// with the weights in registers: per block the scales of the (≤ 64) active rows, then per
+/// query row `w = p·d` (as [`weights_pd`]), its largest magnitude `M` and
+/// `W = rint(w·(32767/M))`. `false` when a weight is not finite or `0 < M < 2⁻¹⁰⁰` (the float
+/// kernel then takes the tile).
 #[inline(always)]
-unsafe fn quantize_weights(
-    w: *const f32,
-    na: usize,
-    rows: usize,
+#[allow(clippy::too_many_arguments)]
+unsafe fn weights_q16<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    mr: usize,
+    nb: usize,
     wq: *mut i16,
     sig: *mut f32,
     sw: *mut i32,
 ) -> bool {
     unsafe {
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let na = active.len();
         let nc = na.div_ceil(16);
         let absm = _mm512_set1_epi32(0x7fff_ffff);
         let fmax = _mm512_set1_ps(f32::MAX);
-        for row in 0..rows {
-            let wr = w.add(row * T);
-            let mut mx = _mm512_setzero_ps();
-            for c in 0..nc {
-                let km: __mmask16 = ((1u32 << (na - 16 * c).min(16)) - 1) as u16;
-                let a = _mm512_castsi512_ps(_mm512_and_si512(
-                    _mm512_castps_si512(_mm512_maskz_loadu_ps(km, wr.add(16 * c))),
-                    absm,
-                ));
-                // NaN compares false, so a NaN or ±Inf weight fails
-                if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, fmax) != 0xffff {
-                    return false;
-                }
-                mx = _mm512_max_ps(mx, a);
+        // per 16-row group: row offsets, the mask of real lanes, contiguous or gathered p
+        let mut offs = [[0usize; 16]; 4];
+        let mut tsv = [_mm512_setzero_si512(); 4];
+        let mut km = [0u16; 4];
+        let mut first = [0usize; 4];
+        let mut contiguous = [true; 4];
+        for c in 0..nc {
+            let i = 16 * c;
+            let n = (na - i).min(16);
+            let mut tsi = [0i32; 16];
+            for j in 0..16 {
+                let t = active[i + j.min(n - 1)] as usize;
+                tsi[j] = t as i32;
+                offs[c][j] = t * nb1;
             }
-            let big = _mm512_reduce_max_ps(mx);
-            if big == 0.0 {
+            contiguous[c] = tsi[n - 1] - tsi[0] == n as i32 - 1;
+            first[c] = tsi[0] as usize;
+            tsv[c] = _mm512_loadu_si512(tsi.as_ptr() as *const __m512i);
+            km[c] = ((1u32 << n) - 1) as u16;
+        }
+        for b in 0..nb {
+            let mut dv = [_mm512_setzero_ps(); 4];
+            for c in 0..nc {
+                dv[c] = scales16(v, &offs[c], bs * b);
+            }
+            for m in 0..mr {
+                let prow = p.add(m * T);
+                let mut w = [_mm512_setzero_ps(); 4];
+                let mut mx = _mm512_setzero_ps();
                 for c in 0..nc {
+                    let pv = if contiguous[c] {
+                        _mm512_maskz_loadu_ps(km[c], prow.add(first[c]))
+                    } else {
+                        _mm512_maskz_mov_ps(km[c], _mm512_i32gather_ps::<4>(tsv[c], prow))
+                    };
+                    w[c] = _mm512_maskz_mul_ps(km[c], pv, dv[c]);
+                    let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(w[c]), absm));
+                    // NaN compares false, so a NaN or ±Inf weight fails
+                    if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, fmax) != 0xffff {
+                        return false;
+                    }
+                    mx = _mm512_max_ps(mx, a);
+                }
+                let row = b * mr + m;
+                let big = _mm512_reduce_max_ps(mx);
+                if big == 0.0 {
+                    for c in 0..nc {
+                        _mm256_storeu_si256(
+                            wq.add(row * T + 16 * c) as *mut __m256i,
+                            _mm256_setzero_si256(),
+                        );
+                    }
+                    *sig.add(row) = 0.0;
+                    *sw.add(row) = 0;
+                    continue;
+                }
+                if big < f32::from_bits(0x0d80_0000) {
+                    return false; // below 2^-100: 32767/M could overflow
+                }
+                let r = _mm512_set1_ps(32767.0 / big);
+                let mut sum = _mm512_setzero_si512();
+                for c in 0..nc {
+                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(w[c], r));
+                    sum = _mm512_add_epi32(sum, q);
                     _mm256_storeu_si256(
                         wq.add(row * T + 16 * c) as *mut __m256i,
-                        _mm256_setzero_si256(),
+                        _mm512_cvtepi32_epi16(q),
                     );
                 }
-                *sig.add(row) = 0.0;
-                *sw.add(row) = 0;
-                continue;
+                *sig.add(row) = big / 32767.0;
+                *sw.add(row) = _mm512_reduce_add_epi32(sum);
             }
-            if big < f32::from_bits(0x0d80_0000) {
-                return false; // below 2^-100: 32767/M could overflow
-            }
-            let r = _mm512_set1_ps(32767.0 / big);
-            let mut sum = _mm512_setzero_si512();
-            for c in 0..nc {
-                let km: __mmask16 = ((1u32 << (na - 16 * c).min(16)) - 1) as u16;
-                let x = _mm512_maskz_loadu_ps(km, wr.add(16 * c));
-                let q = _mm512_cvtps_epi32(_mm512_mul_ps(x, r));
-                sum = _mm512_add_epi32(sum, q);
-                _mm256_storeu_si256(
-                    wq.add(row * T + 16 * c) as *mut __m256i,
-                    _mm512_cvtepi32_epi16(q),
-                );
-            }
-            *sig.add(row) = big / 32767.0;
-            *sw.add(row) = _mm512_reduce_add_epi32(sum);
         }
         true
     }
@@ -1609,7 +1645,7 @@ unsafe fn pv_i16_rows<const F: u8, const R: usize>(
 
 /// [`pv_q_avx512`] with the products in integers (see above): `o[m][:dv] += Σ_i σ·W_i·q_i`
 /// with `W = rint(p·d·32767/M)`, `σ = M/32767` per (32-element block, row) over the active
-/// rows. Scratch: `w` `[dv/32][mr][64]` f32, `wq` the same in i16, `sig`/`sw` `[dv/32][mr]`.
+/// rows. Scratch: `wq` `[dv/32][mr][64]` i16, `sig`/`sw` `[dv/32][mr]`.
 /// Returns `false`, leaving `o` untouched, when the weights cannot be scaled (a non-finite
 /// weight, or all below 2⁻¹⁰⁰): run [`pv_q_avx512`] then.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -1619,7 +1655,6 @@ pub unsafe fn pv_i16_avx512<const F: u8>(
     v: *const u8,
     nb1: usize,
     active: &[u8],
-    w: *mut f32,
     wq: *mut i16,
     sig: *mut f32,
     sw: *mut i32,
@@ -1631,8 +1666,7 @@ pub unsafe fn pv_i16_avx512<const F: u8>(
 ) -> bool {
     unsafe {
         let nb = dv / 32;
-        weights_pd::<F>(p, v, nb1, active, w, mr, nb);
-        if !quantize_weights(w, active.len(), nb * mr, wq, sig, sw) {
+        if !weights_q16::<F>(p, v, nb1, active, mr, nb, wq, sig, sw) {
             return false;
         }
         let mut m = 0;
