@@ -1404,6 +1404,8 @@ unsafe fn weights_pd<const F: u8>(
 /// query row `w = p·d` (as [`weights_pd`]), its largest magnitude `M` and
 /// `W = rint(w·(32767/M))`. `false` when a weight is not finite or `0 < M < 2⁻¹⁰⁰` (the float
 /// kernel then takes the tile).
+// index loops: c indexes the groups' offsets, masks, scales and weights together
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn weights_q16<const F: u8>(
