@@ -184,8 +184,10 @@ impl Kernels {
                 let r = if d == 0.0 { 0.0 } else { 128.0 / d };
                 let mut sum = 0i32;
                 for i in m * dk + 32 * b..m * dk + 32 * b + 32 {
-                    let x = (q[i] - d * q8[i] as f32) * r;
-                    let l = x.round_ties_even().clamp(-127.0, 127.0) as i8;
+                    let x = ((q[i] - d * q8[i] as f32) * r).clamp(-127.0, 127.0);
+                    // round half to even without a libm call: exact for |x| < 2²² (here ≤ 127)
+                    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+                    let l = ((x + MAGIC) - MAGIC) as i8;
                     lo[i] = l;
                     sum += l as i32;
                 }
