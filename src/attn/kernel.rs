@@ -930,7 +930,8 @@ mod tests {
     }
 
     /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order, or with
-    /// AVX-512 VNNI the 16-bit integer weights of `pv_i16_avx512` (exact integer sums, one fma).
+    /// AVX-512 VNNI the 16-bit integer weights of `pv_i16_avx512` (scale `max p · max |d|`,
+    /// exact integer sums, one fma).
     #[test]
     fn pv_q_scaled_weights() {
         let mut ran = 0;
@@ -1016,7 +1017,13 @@ mod tests {
                                             p[m * TILE_KV + t] * scale(&data[t * nb1..], b)
                                         })
                                         .collect();
-                                    let big = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+                                    let pmax = active
+                                        .iter()
+                                        .fold(0f32, |a, &t| a.max(p[m * TILE_KV + t as usize]));
+                                    let dmax = active.iter().fold(0f32, |a, &t| {
+                                        a.max(scale(&data[t as usize * nb1..], b).abs())
+                                    });
+                                    let big = pmax * dmax;
                                     let r = 32767.0 / big;
                                     let wq: Vec<i32> = w
                                         .iter()

@@ -1399,11 +1399,11 @@ unsafe fn weights_pd<const F: u8>(
 // ≤ 2⁻¹⁶ of the tile's largest weight, far below the cache's own rounding).
 
 /// The 16-bit weights of [`pv_i16_avx512`] (`wq`, `[nb][mr][64]`, zero past the active rows up
-/// to the next multiple of 16), `sig = M/32767` and `sw = Σ W` per (block, row), in one pass
-/// with the weights in registers: per block the scales of the (≤ 64) active rows, then per
-/// query row `w = p·d` (as [`weights_pd`]), its largest magnitude `M` and
-/// `W = rint(w·(32767/M))`. `false` when a weight is not finite or `0 < M < 2⁻¹⁰⁰` (the float
-/// kernel then takes the tile).
+/// to the next multiple of 16), `sig = M/32767` and (q4_0) `sw = Σ W` per (block, row), in one
+/// pass with the weights in registers: `M = P_m·D_b`, the row's largest probability in the
+/// tile times the block's largest |scale| (a bound on |p·d| without a reduction per block and
+/// row), `w = p·d` (as [`weights_pd`]) and `W = rint(w·(32767/M))`. `false` when a probability
+/// or scale is not finite or `0 < M < 2⁻¹⁰⁰` (the float kernel then takes the tile).
 // index loops: c indexes the groups' offsets, masks, scales and weights together
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -1445,31 +1445,48 @@ unsafe fn weights_q16<const F: u8>(
             tsv[c] = _mm512_loadu_si512(tsi.as_ptr() as *const __m512i);
             km[c] = ((1u32 << n) - 1) as u16;
         }
+        // the rows' probabilities (finite, ≥ 0) and their largest per query row: P_m
+        let load_p = |m: usize, c: usize| {
+            let prow = p.add(m * T);
+            if contiguous[c] {
+                _mm512_maskz_loadu_ps(km[c], prow.add(first[c]))
+            } else {
+                _mm512_maskz_mov_ps(km[c], _mm512_i32gather_ps::<4>(tsv[c], prow))
+            }
+        };
+        let mut pmax = [0f32; 16];
+        for m in 0..mr {
+            let mut mx = _mm512_setzero_ps();
+            for c in 0..nc {
+                let x = load_p(m, c);
+                // NaN compares false, so a NaN or ±Inf weight fails
+                if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(
+                    _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), absm)),
+                    fmax,
+                ) != 0xffff
+                {
+                    return false;
+                }
+                mx = _mm512_max_ps(mx, x);
+            }
+            pmax[m] = _mm512_reduce_max_ps(mx);
+        }
         for b in 0..nb {
             let mut dv = [_mm512_setzero_ps(); 4];
+            let mut dmx = _mm512_setzero_ps();
             for c in 0..nc {
-                dv[c] = scales16(v, &offs[c], bs * b);
-            }
-            for m in 0..mr {
-                let prow = p.add(m * T);
-                let mut w = [_mm512_setzero_ps(); 4];
-                let mut mx = _mm512_setzero_ps();
-                for c in 0..nc {
-                    let pv = if contiguous[c] {
-                        _mm512_maskz_loadu_ps(km[c], prow.add(first[c]))
-                    } else {
-                        _mm512_maskz_mov_ps(km[c], _mm512_i32gather_ps::<4>(tsv[c], prow))
-                    };
-                    w[c] = _mm512_maskz_mul_ps(km[c], pv, dv[c]);
-                    let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(w[c]), absm));
-                    // NaN compares false, so a NaN or ±Inf weight fails
-                    if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, fmax) != 0xffff {
-                        return false;
-                    }
-                    mx = _mm512_max_ps(mx, a);
+                dv[c] = _mm512_maskz_mov_ps(km[c], scales16(v, &offs[c], bs * b));
+                let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(dv[c]), absm));
+                if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, fmax) != 0xffff {
+                    return false;
                 }
+                dmx = _mm512_max_ps(dmx, a);
+            }
+            // D_b: the largest block scale; |p·d| ≤ P_m·D_b = M
+            let dmax = _mm512_reduce_max_ps(dmx);
+            for m in 0..mr {
                 let row = b * mr + m;
-                let big = _mm512_reduce_max_ps(mx);
+                let big = pmax[m] * dmax;
                 if big == 0.0 {
                     for c in 0..nc {
                         _mm256_storeu_si256(
@@ -1481,21 +1498,28 @@ unsafe fn weights_q16<const F: u8>(
                     *sw.add(row) = 0;
                     continue;
                 }
-                if big < f32::from_bits(0x0d80_0000) {
-                    return false; // below 2^-100: 32767/M could overflow
+                if !(big >= f32::from_bits(0x0d80_0000) && big <= f32::MAX) {
+                    return false; // below 2^-100 (32767/M could overflow) or not finite
                 }
                 let r = _mm512_set1_ps(32767.0 / big);
                 let mut sum = _mm512_setzero_si512();
                 for c in 0..nc {
-                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(w[c], r));
-                    sum = _mm512_add_epi32(sum, q);
+                    let w = _mm512_mul_ps(load_p(m, c), dv[c]);
+                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(w, r));
+                    if F == FMT_Q4_0 {
+                        sum = _mm512_add_epi32(sum, q);
+                    }
                     _mm256_storeu_si256(
                         wq.add(row * T + 16 * c) as *mut __m256i,
                         _mm512_cvtepi32_epi16(q),
                     );
                 }
                 *sig.add(row) = big / 32767.0;
-                *sw.add(row) = _mm512_reduce_add_epi32(sum);
+                *sw.add(row) = if F == FMT_Q4_0 {
+                    _mm512_reduce_add_epi32(sum)
+                } else {
+                    0
+                };
             }
         }
         true
