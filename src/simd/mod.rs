@@ -49,6 +49,12 @@ impl Isa {
 
 static DETECTED: AtomicU8 = AtomicU8::new(0);
 static GLOBAL: AtomicU8 = AtomicU8::new(0);
+/// The process-wide [`slot`] (0 until [`global`] has run).
+static SLOT: AtomicU8 = AtomicU8::new(0);
+
+/// Entries of a per-ISA kernel table indexed by [`slot`] (only `0..=4` are ever returned;
+/// the table has 8 so that `slot() & 7` needs no bounds check).
+pub const SLOTS: usize = 8;
 
 thread_local! {
     static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
@@ -106,6 +112,7 @@ pub fn global() -> Isa {
         Ok(s) => Isa::from_name(s.trim()).map(|i| i.min(det)).unwrap_or(det),
         Err(_) => det,
     };
+    SLOT.store(slot_of(isa), Ordering::Relaxed);
     GLOBAL.store(isa as u8, Ordering::Relaxed);
     isa
 }
@@ -142,6 +149,40 @@ pub fn isa_fast() -> Option<Isa> {
         }
     }
     None
+}
+
+/// The table slot of the process-wide `isa`: `isa as u8`, or 4 for AVX-512 with both
+/// VNNI and BF16 (whose table entries call those kernels directly).
+fn slot_of(isa: Isa) -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && x86::q8::has_vnni() && x86::f16::has_avx512bf16() {
+        return 4;
+    }
+    isa as u8
+}
+
+/// Index into a per-ISA kernel table ([`SLOTS`] entries) for code that reaches a kernel
+/// through one indirect call (`quant::FormatOps`), decided without any call on the fast path:
+/// * 0 before the process-wide ISA is known: the entry must run the full dispatch ([`isa()`]);
+/// * 1 = [`Isa::Scalar`], 2 = [`Isa::Avx2`], 3 = [`Isa::Avx512`] (entries may still check
+///   VNNI / BF16 at run time), 4 = `Isa::Avx512` with AVX512-VNNI and AVX512-BF16.
+///
+/// Inside a [`with_isa`] scope, the slot of the forced ISA (so the differential tests run
+/// the same table entries as production). Only ever names kernels the CPU can run.
+#[inline(always)]
+pub fn slot() -> usize {
+    if FORCING.load(Ordering::Relaxed) == 0 {
+        SLOT.load(Ordering::Relaxed) as usize & (SLOTS - 1)
+    } else {
+        forced_slot()
+    }
+}
+
+/// [`slot`] while a [`with_isa`] scope is active somewhere (this thread's [`isa()`]).
+#[cold]
+#[inline(never)]
+fn forced_slot() -> usize {
+    slot_of(isa()) as usize
 }
 
 /// Run `f` with kernels on this thread forced to `isa` (clamped to what the CPU has).

@@ -65,6 +65,7 @@ fn hsum_i32_8(a: __m256i) -> i32 {
 
 /// The x86 CPU quantizer, same instruction sequence as upstream's AVX2 path (so NaN blocks
 /// need no fallback here).
+#[inline]
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn quantize_q8_avx2<const Q81: bool>(x: *const f32, y: *mut u8, nb: usize) {
     let (stride, qoff) = layout(Q81);
@@ -158,6 +159,7 @@ const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 /// the four maxima are reduced together (transposed), and `d = amax/127`, `id = 127/amax`
 /// and the f16 scales are computed for the four blocks in one vector each (the same IEEE
 /// operations as upstream's scalar ones, so the same bits).
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 pub unsafe fn quantize_q8_avx512<const Q81: bool>(x: *const f32, y: *mut u8, nb: usize) {
     let (stride, qoff) = layout(Q81);
@@ -395,6 +397,7 @@ pub unsafe fn quantize_q8_ref_avx512<const Q81: bool>(x: *const f32, y: *mut u8,
 // ---------------------------------------------------------------------------------------------
 
 /// `y[j] = qs[j] * d` per block (one rounding; `d` converted exactly with F16C).
+#[inline]
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn dequantize_q8_avx2<const STRIDE: usize, const QOFF: usize>(
     x: *const u8,
@@ -423,6 +426,7 @@ pub unsafe fn dequantize_q8_avx2<const STRIDE: usize, const QOFF: usize>(
 }
 
 /// AVX-512 variant of [`dequantize_q8_avx2`].
+#[inline]
 #[target_feature(enable = "avx512f,avx2,f16c")]
 pub unsafe fn dequantize_q8_avx512<const STRIDE: usize, const QOFF: usize>(
     x: *const u8,
@@ -583,6 +587,7 @@ macro_rules! dot_q8_0_body {
 ///
 /// # Safety
 /// `x`, `y` hold `nb` q8_0 blocks; AVX2 + FMA + F16C.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_avx2(x: *const u8, y: *const u8, nb: usize) -> f32 {
     dot_q8_0_body!(x, y, nb, dot_lanes_avx2)
@@ -593,6 +598,7 @@ pub unsafe fn dot_q8_0_avx2(x: *const u8, y: *const u8, nb: usize) -> f32 {
 ///
 /// # Safety
 /// `x`, `y` hold `nb` q8_0 blocks; AVX-512 F/VL/VNNI + AVX2 + FMA + F16C.
+#[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_vnni(x: *const u8, y: *const u8, nb: usize) -> f32 {
     dot_q8_0_body!(x, y, nb, dot_lanes_vnni)
