@@ -133,9 +133,15 @@ pub(crate) struct RowKernels {
 #[inline(always)]
 pub(crate) fn row_blocks<B: BlockFormat>(n: usize, bytes: usize) -> Option<usize> {
     let nb = n / B::QK;
-    // (`nb <= bytes / size` rather than `nb * size <= bytes`: no overflow, and a constant
-    // divisor compiles to a multiply)
-    (nb * B::QK == n && nb <= bytes / std::mem::size_of::<B>()).then_some(nb)
+    (nb * B::QK == n && fits::<B>(nb, bytes)).then_some(nb)
+}
+
+/// Whether `nb` blocks of `B` fit in `bytes` (no overflow: a constant bound, then a multiply
+/// by a constant).
+#[inline(always)]
+fn fits<B>(nb: usize, bytes: usize) -> bool {
+    let sz = std::mem::size_of::<B>();
+    nb <= usize::MAX / sz && nb * sz <= bytes
 }
 
 /// Blocks of a `vec_dot` of `n` elements with rows of `nx` and `ny` bytes, if they fit.
@@ -143,7 +149,7 @@ pub(crate) fn row_blocks<B: BlockFormat>(n: usize, bytes: usize) -> Option<usize
 pub(crate) fn dot_blocks<B: BlockFormat>(n: usize, nx: usize, ny: usize) -> Option<usize> {
     let nb = row_blocks::<B>(n, nx)?;
     // B::QK == <B::Dot>::QK (checked in `ops`)
-    (nb <= ny / std::mem::size_of::<B::Dot>()).then_some(nb)
+    fits::<B::Dot>(nb, ny).then_some(nb)
 }
 
 /// Type-erased operations of one format, for code that picks the format at run time.

@@ -49,8 +49,6 @@ impl Isa {
 
 static DETECTED: AtomicU8 = AtomicU8::new(0);
 static GLOBAL: AtomicU8 = AtomicU8::new(0);
-/// The process-wide [`slot`] (0 until [`global`] has run).
-static SLOT: AtomicU8 = AtomicU8::new(0);
 
 /// Entries of a per-ISA kernel table indexed by [`slot`] (only `0..=4` are ever returned;
 /// the table has 8 so that `slot() & 7` needs no bounds check).
@@ -60,9 +58,18 @@ thread_local! {
     static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
 }
 
-/// How many [`with_isa`] scopes are active on any thread. While it is 0, [`isa()`] skips the
-/// thread-local lookup (one relaxed load of this and one of `GLOBAL` per call).
-static FORCING: AtomicUsize = AtomicUsize::new(0);
+/// Bits 0..8: the process-wide [`slot`] (0 until [`global`] has run). Bits 8..: how many
+/// [`with_isa`] scopes are active on any thread (`FORCING_ONE` each). While there are none,
+/// [`isa()`] skips the thread-local lookup and [`slot`] is this word's low bits (one relaxed
+/// load per call).
+static STATE: AtomicUsize = AtomicUsize::new(0);
+const FORCING_ONE: usize = 1 << 8;
+
+/// Whether no [`with_isa`] scope is active on any thread.
+#[inline(always)]
+fn not_forcing() -> bool {
+    STATE.load(Ordering::Relaxed) < FORCING_ONE
+}
 
 /// The best ISA this CPU supports (detected once).
 pub fn detected() -> Isa {
@@ -112,19 +119,20 @@ pub fn global() -> Isa {
         Ok(s) => Isa::from_name(s.trim()).map(|i| i.min(det)).unwrap_or(det),
         Err(_) => det,
     };
-    SLOT.store(slot_of(isa), Ordering::Relaxed);
+    // every thread that gets here computes the same slot, so or-ing it in is idempotent
+    STATE.fetch_or(slot_of(isa) as usize, Ordering::Relaxed);
     GLOBAL.store(isa as u8, Ordering::Relaxed);
     isa
 }
 
 /// The ISA kernels on this thread should use right now.
 ///
-/// A thread inside [`with_isa`] incremented `FORCING` before setting its override, so it
+/// A thread inside [`with_isa`] incremented the count in `STATE` before setting its override, so it
 /// always sees its own override; other threads may look at their (empty) override for a
 /// while, which gives the same answer.
 #[inline]
 pub fn isa() -> Isa {
-    if FORCING.load(Ordering::Relaxed) == 0 {
+    if not_forcing() {
         let v = GLOBAL.load(Ordering::Relaxed);
         if v != 0 {
             return Isa::from_u8(v);
@@ -142,7 +150,7 @@ pub fn isa() -> Isa {
 /// is known; callers then fall back to [`isa()`].
 #[inline(always)]
 pub fn isa_fast() -> Option<Isa> {
-    if FORCING.load(Ordering::Relaxed) == 0 {
+    if not_forcing() {
         let v = GLOBAL.load(Ordering::Relaxed);
         if v != 0 {
             return Some(Isa::from_u8(v));
@@ -171,8 +179,9 @@ fn slot_of(isa: Isa) -> u8 {
 /// the same table entries as production). Only ever names kernels the CPU can run.
 #[inline(always)]
 pub fn slot() -> usize {
-    if FORCING.load(Ordering::Relaxed) == 0 {
-        SLOT.load(Ordering::Relaxed) as usize & (SLOTS - 1)
+    let s = STATE.load(Ordering::Relaxed);
+    if s < FORCING_ONE {
+        s & (SLOTS - 1)
     } else {
         forced_slot()
     }
@@ -191,13 +200,13 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> Option<R> {
     if isa > detected() {
         return None;
     }
-    FORCING.fetch_add(1, Ordering::Relaxed);
+    STATE.fetch_add(FORCING_ONE, Ordering::Relaxed);
     let prev = FORCED.with(|c| c.replace(Some(isa)));
     struct Restore(Option<Isa>);
     impl Drop for Restore {
         fn drop(&mut self) {
             FORCED.with(|c| c.set(self.0));
-            FORCING.fetch_sub(1, Ordering::Relaxed);
+            STATE.fetch_sub(FORCING_ONE, Ordering::Relaxed);
         }
     }
     let _r = Restore(prev);

@@ -328,6 +328,14 @@ fn reduce512_gcc(v: __m512) -> f32 {
     reduce16_gcc(lo, hi)
 }
 
+/// `_mm512_cvtph_ps` (exact) without the `{sae}` form core::arch emits for it, which keeps
+/// LLVM from folding the load into `vcvtph2ps` (one instruction, as gcc builds upstream).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn cvtph16(a: __m256i) -> __m512 {
+    _mm512_cvt_roundph_ps::<_MM_FROUND_CUR_DIRECTION>(a)
+}
+
 /// `ggml_vec_dot_f16` as built with AVX-512F (no AVX512-FP16): 4 accumulators of 16 lanes,
 /// `acc[j] = fma(x, y, acc[j])` over 64-element steps, then `(a0+a2) + (a1+a3)`, gcc's
 /// `_mm512_reduce_add_ps`, widened to f64; the `n % 64` leftovers are added in f64 as f32
@@ -341,8 +349,8 @@ pub unsafe fn dot_f16_avx512(x: *const u16, y: *const u16, n: usize) -> f32 {
     unsafe {
         while i < np {
             for (j, acc) in a.iter_mut().enumerate() {
-                let vx = _mm512_cvtph_ps(_mm256_loadu_si256(x.add(i + 16 * j) as *const __m256i));
-                let vy = _mm512_cvtph_ps(_mm256_loadu_si256(y.add(i + 16 * j) as *const __m256i));
+                let vx = cvtph16(_mm256_loadu_si256(x.add(i + 16 * j) as *const __m256i));
+                let vy = cvtph16(_mm256_loadu_si256(y.add(i + 16 * j) as *const __m256i));
                 *acc = _mm512_fmadd_ps(vx, vy, *acc);
             }
             i += 64;
