@@ -141,8 +141,8 @@ unsafe fn quantize_q8_block512<const Q81: bool>(xp: *const f32, yp: *mut u8) {
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mul = _mm512_set1_ps(id);
-        let i0 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(v0, mul)));
-        let i1 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(v1, mul)));
+        let i0 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v0, mul));
+        let i1 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v1, mul));
         (yp as *mut [u8; 2]).write_unaligned(f16c1(d).to_le_bytes());
         if Q81 {
             let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
@@ -219,12 +219,8 @@ pub unsafe fn quantize_q8_avx512<const Q81: bool>(x: *const f32, y: *mut u8, nb:
             for k in 0..4 {
                 let yk = yp.add(stride * k);
                 let mul = _mm512_set1_ps(ids[k]);
-                let i0 =
-                    _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(v[2 * k], mul)));
-                let i1 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(
-                    v[2 * k + 1],
-                    mul,
-                )));
+                let i0 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v[2 * k], mul));
+                let i1 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v[2 * k + 1], mul));
                 (yk as *mut [u8; 2]).write_unaligned(dbits[k].to_le_bytes());
                 if Q81 {
                     sums[k] = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
