@@ -481,7 +481,9 @@ mod tests {
     /// destination offset in a 64-byte line, lengths around the head and the 16/32 steps.
     #[test]
     fn bf16_to_f32_every_alignment_and_length() {
-        let src: Vec<u16> = (0..200u32).map(|i| ((i * 0x9e37) ^ 0x3f80) as u16).collect();
+        let src: Vec<u16> = (0..200u32)
+            .map(|i| ((i * 0x9e37) ^ 0x3f80) as u16)
+            .collect();
         let mut buf = vec![0f32; 256 + 16];
         every_isa(|isa| {
             for off in 0..16 {

@@ -133,23 +133,22 @@ pub(crate) struct RowKernels {
 #[inline(always)]
 pub(crate) fn row_blocks<B: BlockFormat>(n: usize, bytes: usize) -> Option<usize> {
     let nb = n / B::QK;
-    (nb * B::QK == n && fits::<B>(nb, bytes)).then_some(nb)
-}
-
-/// Whether `nb` blocks of `B` fit in `bytes` (no overflow: a constant bound, then a multiply
-/// by a constant).
-#[inline(always)]
-fn fits<B>(nb: usize, bytes: usize) -> bool {
-    let sz = std::mem::size_of::<B>();
-    nb <= usize::MAX / sz && nb * sz <= bytes
+    // `nb <= bytes / size` (a shift or a multiply by a constant) rather than
+    // `nb * size <= bytes`, which could overflow
+    (nb * B::QK == n && nb <= bytes / std::mem::size_of::<B>()).then_some(nb)
 }
 
 /// Blocks of a `vec_dot` of `n` elements with rows of `nx` and `ny` bytes, if they fit.
 #[inline(always)]
 pub(crate) fn dot_blocks<B: BlockFormat>(n: usize, nx: usize, ny: usize) -> Option<usize> {
-    let nb = row_blocks::<B>(n, nx)?;
     // B::QK == <B::Dot>::QK (checked in `ops`)
-    fits::<B::Dot>(nb, ny).then_some(nb)
+    if std::mem::size_of::<B>() == std::mem::size_of::<B::Dot>() {
+        // one bound for both rows
+        row_blocks::<B>(n, nx.min(ny))
+    } else {
+        let nb = row_blocks::<B>(n, nx)?;
+        (nb <= ny / std::mem::size_of::<B::Dot>()).then_some(nb)
+    }
 }
 
 /// Type-erased operations of one format, for code that picks the format at run time.
