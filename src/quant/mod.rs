@@ -353,17 +353,22 @@ mod fast {
     pub(crate) const F16: &[(usize, super::RowKernels)] = &[];
     pub(crate) const BF16: &[(usize, super::RowKernels)] = &[];
     pub(crate) const Q8_0: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q4_0: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q4_1: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q5_0: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q5_1: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const IQ4_NL: &[(usize, super::RowKernels)] = &[];
 }
 
 static OPS: [FormatOps; 9] = [
     ops::<BlockF16>(fast::F16),
     ops::<BlockBf16>(fast::BF16),
     ops::<BlockQ8_0>(fast::Q8_0),
-    ops::<BlockQ4_0>(&[]),
-    ops::<BlockQ4_1>(&[]),
-    ops::<BlockQ5_0>(&[]),
-    ops::<BlockQ5_1>(&[]),
-    ops::<BlockIq4Nl>(&[]),
+    ops::<BlockQ4_0>(fast::Q4_0),
+    ops::<BlockQ4_1>(fast::Q4_1),
+    ops::<BlockQ5_0>(fast::Q5_0),
+    ops::<BlockQ5_1>(fast::Q5_1),
+    ops::<BlockIq4Nl>(fast::IQ4_NL),
     ops::<BlockQ8_1>(&[]),
 ];
 

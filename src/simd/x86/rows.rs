@@ -8,8 +8,11 @@
 //!
 //! Contract of every entry (`quant::QuantizeFn` etc.): the caller passes regions of live
 //! slices, and picks the entry with `simd::slot()`, which only names ISAs the CPU has.
-use super::{f16, q8};
-use crate::quant::{dot_blocks, glue, row_blocks, BlockBf16, BlockF16, BlockQ8_0, RowKernels};
+use super::{f16, q4, q8};
+use crate::quant::{
+    dot_blocks, glue, row_blocks, BlockBf16, BlockF16, BlockFormat, BlockIq4Nl, BlockQ4_0,
+    BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, RowKernels,
+};
 
 /// Entries for (slot, kernels).
 type Table = &'static [(usize, RowKernels)];
@@ -236,3 +239,73 @@ pub(crate) const Q8_0: Table = &[
         },
     ),
 ];
+
+/// `vec_dot` entries of a 4/5-bit format whose kernels take block slices: AVX2 (slot 2) and
+/// AVX-512 VNNI (slot 4); quantize and dequantize (already well ahead of upstream) and slot 3
+/// go through `BlockFormat`.
+macro_rules! dot_slices {
+    ($table:ident, $b:ty, $avx2:ident = $kavx2:path, $vnni:ident = $kvnni:path) => {
+        dot_entry!($avx2, "avx2,fma,f16c", $b, |x, y, nb| $kavx2(
+            core::slice::from_raw_parts(x as *const $b, nb),
+            core::slice::from_raw_parts(y as *const <$b as BlockFormat>::Dot, nb)
+        ));
+        dot_entry!(
+            $vnni,
+            "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c",
+            $b,
+            |x, y, nb| $kvnni(
+                core::slice::from_raw_parts(x as *const $b, nb),
+                core::slice::from_raw_parts(y as *const <$b as BlockFormat>::Dot, nb)
+            )
+        );
+
+        #[doc = concat!("`", stringify!($b), "`: direct `vec_dot` kernels in slots 2 and 4.")]
+        pub(crate) const $table: Table = &[
+            (
+                2,
+                RowKernels {
+                    vec_dot: $avx2,
+                    ..glue::<$b>()
+                },
+            ),
+            (
+                4,
+                RowKernels {
+                    vec_dot: $vnni,
+                    ..glue::<$b>()
+                },
+            ),
+        ];
+    };
+}
+
+dot_slices!(
+    Q4_0,
+    BlockQ4_0,
+    q4_0_dot_avx2 = q4::vec_dot_q4_0_avx2,
+    q4_0_dot_vnni = q4::vec_dot_q4_0_vnni
+);
+dot_slices!(
+    Q4_1,
+    BlockQ4_1,
+    q4_1_dot_avx2 = q4::vec_dot_q4_1_avx2,
+    q4_1_dot_vnni = q4::vec_dot_q4_1_vnni
+);
+dot_slices!(
+    Q5_0,
+    BlockQ5_0,
+    q5_0_dot_avx2 = q4::vec_dot_q5_0_avx2,
+    q5_0_dot_vnni = q4::vec_dot_q5_0_vnni
+);
+dot_slices!(
+    Q5_1,
+    BlockQ5_1,
+    q5_1_dot_avx2 = q4::vec_dot_q5_1_avx2,
+    q5_1_dot_vnni = q4::vec_dot_q5_1_vnni
+);
+dot_slices!(
+    IQ4_NL,
+    BlockIq4Nl,
+    iq4_nl_dot_avx2 = q4::vec_dot_iq4_nl_avx2,
+    iq4_nl_dot_vnni = q4::vec_dot_iq4_nl_vnni
+);
