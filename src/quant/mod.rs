@@ -154,11 +154,11 @@ pub(crate) fn dot_blocks<B: BlockFormat>(n: usize, nx: usize, ny: usize) -> Opti
 /// Type-erased operations of one format, for code that picks the format at run time.
 ///
 /// Every call is one indirect call into a kernel table indexed by [`crate::simd::slot`]
-/// (two relaxed loads, no call), whose entry checks the shape with the format's constant
-/// block sizes and runs the kernel: for f16, bf16 and q8_0 on x86 the entry is the
-/// `#[target_feature]` kernel itself (`simd::x86::rows`), as ggml's CPU backend calls its
-/// kernels through a function pointer; elsewhere it is the format's `BlockFormat` method
-/// (its own dispatch inlined).
+/// (one relaxed load, no call), whose entry checks the shape with the format's constant
+/// block sizes and runs the kernel: on x86 (every op of f16, bf16 and q8_0, `vec_dot` of
+/// the others) the entry is the `#[target_feature]` kernel itself (`simd::x86::rows`), as
+/// ggml's CPU backend calls its kernels through a function pointer; elsewhere it is the
+/// format's `BlockFormat` method (its own dispatch inlined).
 #[derive(Clone, Copy)]
 pub struct FormatOps {
     pub ty: GgmlType,

@@ -1,10 +1,10 @@
-//! The `FormatOps` kernel-table entries of f16, bf16 and q8_0: each one is a
-//! `#[target_feature]` function that checks the row shape (with the format's constant block
+//! The `FormatOps` kernel-table entries (every op of f16, bf16 and q8_0, and `vec_dot` of
+//! the 4/5-bit formats): each one is a `#[target_feature]` function that checks the row shape (with the format's constant block
 //! sizes) and runs the kernel inlined, so a type-erased row call is one indirect call, as
 //! ggml's CPU backend calls its kernels through a function pointer. Slots as
 //! [`crate::simd::slot`]: 2 = AVX2, 3 = AVX-512, 4 = AVX-512 with VNNI and BF16. Entries not
-//! listed here (slots 0 and 1, and the slot-3 `vec_dot`s whose kernel depends on VNNI or
-//! BF16) go through the format's `BlockFormat` methods (`quant::glue`).
+//! listed here (slots 0 and 1, the slot-3 `vec_dot`s whose kernel depends on VNNI or BF16,
+//! quantize / dequantize of the 4/5-bit formats) go through the format's `BlockFormat` methods (`quant::glue`).
 //!
 //! Contract of every entry (`quant::QuantizeFn` etc.): the caller passes regions of live
 //! slices, and picks the entry with `simd::slot()`, which only names ISAs the CPU has.
