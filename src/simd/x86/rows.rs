@@ -93,11 +93,13 @@ dequantize_entry!(
 dot_entry!(f16_dot_avx2, "avx2,fma,f16c", BlockF16, |x, y, nb| {
     f16::dot_f16_avx2(x.cast(), y.cast(), nb)
 });
+// the AVX2 kernel (same bits) also on AVX-512: 8 x 256-bit accumulators measured faster
+// than 4 x 512-bit ones on Zen 4 (see `f16::dot_f16_avx2`)
 dot_entry!(
     f16_dot_avx512,
     "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c",
     BlockF16,
-    |x, y, nb| f16::dot_f16_avx512(x.cast(), y.cast(), nb)
+    |x, y, nb| f16::dot_f16_avx2(x.cast(), y.cast(), nb)
 );
 
 quantize_entry!(bf16_q_avx2, "avx2,fma,f16c", BlockBf16, |x, y, nb| {
