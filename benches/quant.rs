@@ -4,6 +4,8 @@
 //! 4096 rows x 128 floats, row by row (as SET_ROWS and attention call them):
 //! * quantize: `attnrot::quant::format(ty).quantize_row` vs the CPU backend's `from_float`;
 //! * dequantize: `dequantize_row` vs upstream's `to_float` (both on upstream's bytes);
+//!   upstream's `from_float` and `to_float` are called through their raw pointers, fetched
+//!   once (as ggml calls them), like `vec_dot` below;
 //! * vec_dot: `vec_dot` vs the CPU backend's `vec_dot` (row i of the format against row i of
 //!   other data in `vec_dot_type`, both quantized by upstream). Upstream is called through
 //!   its raw `ggml_vec_dot_t` pointer (fetched once, as ggml's CPU backend does); ours twice:
@@ -52,6 +54,9 @@ struct Fmt {
         usize,
         i32,
     ),
+    /// upstream's CPU `from_float` and `to_float` (raw function pointers)
+    up_from: unsafe extern "C" fn(*const f32, *mut std::ffi::c_void, i64),
+    up_to: unsafe extern "C" fn(*const std::ffi::c_void, *mut f32, i64),
     /// ours: every row through the typed `BlockFormat::vec_dot`
     typed_dot: fn(&Fmt) -> f32,
     /// whether ours matched upstream bit for bit on this data (quantize, dequantize, vec_dot
@@ -116,11 +121,19 @@ impl Fmt {
         // SAFETY: ggml's CPU type traits are static and valid for every type.
         let up_dot = unsafe { (*sys::ggml_get_type_traits_cpu(ty as sys::ggml_type)).vec_dot }
             .ok_or("upstream has no vec_dot")?;
+        // SAFETY: as above.
+        let up_from = unsafe { (*sys::ggml_get_type_traits_cpu(ty as sys::ggml_type)).from_float }
+            .ok_or("upstream has no from_float")?;
+        // SAFETY: as above.
+        let up_to = unsafe { (*sys::ggml_get_type_traits(ty as sys::ggml_type)).to_float }
+            .ok_or("upstream has no to_float")?;
         let (typed_dot, typed_one) = typed_dot_fn(ty);
         let mut f = Fmt {
             ty,
             ops,
             up_dot,
+            up_from,
+            up_to,
             typed_dot,
             x,
             q_up,
@@ -186,11 +199,12 @@ impl Fmt {
     }
     fn quant_up(&mut self) {
         for r in 0..ROWS {
-            attnrot_ref::quantize_row_cpu_into(
-                self.ty,
+            let (x, y) = (
                 &self.x[r * N..][..N],
                 &mut self.out_q[r * self.rb..][..self.rb],
             );
+            // SAFETY: x holds N floats, y one row of N elements of the format.
+            unsafe { (self.up_from)(x.as_ptr(), y.as_mut_ptr().cast(), N as i64) };
         }
     }
     fn deq_ours(&mut self) {
@@ -205,11 +219,12 @@ impl Fmt {
     }
     fn deq_up(&mut self) {
         for r in 0..ROWS {
-            attnrot_ref::dequantize_row_into(
-                self.ty,
+            let (x, y) = (
                 &self.q_up[r * self.rb..][..self.rb],
                 &mut self.out_f[r * N..][..N],
             );
+            // SAFETY: x holds one row of N elements of the format, y N floats.
+            unsafe { (self.up_to)(x.as_ptr().cast(), y.as_mut_ptr(), N as i64) };
         }
     }
     /// All rows through ours: the typed `BlockFormat::vec_dot` or `FormatOps::vec_dot`.

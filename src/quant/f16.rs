@@ -45,12 +45,10 @@ unsafe impl BlockFormat for BlockF16 {
             use crate::simd::x86::f16 as k;
             let n = x.len().min(y.len());
             let (px, py) = (x.as_ptr() as *const u16, y.as_ptr() as *const u16);
-            match simd::isa_fast() {
+            // (one kernel for both levels: see `dot_f16_avx2`)
+            if let Some(Isa::Avx512 | Isa::Avx2) = simd::isa_fast() {
                 // SAFETY: isa_fast() <= detected(); both pointers valid for n elements.
-                Some(Isa::Avx512) => return unsafe { k::dot_f16_avx512(px, py, n) },
-                // SAFETY: as above.
-                Some(Isa::Avx2) => return unsafe { k::dot_f16_avx2(px, py, n) },
-                _ => {}
+                return unsafe { k::dot_f16_avx2(px, py, n) };
             }
         }
         vec_dot_dispatch(x, y)
@@ -66,12 +64,9 @@ fn vec_dot_dispatch(x: &[BlockF16], y: &[BlockF16]) -> f32 {
     {
         use crate::simd::x86::f16 as k;
         let (px, py) = (x.as_ptr() as *const u16, y.as_ptr() as *const u16);
-        match simd::isa() {
+        if let Isa::Avx512 | Isa::Avx2 = simd::isa() {
             // SAFETY: isa() <= detected(); both pointers valid for n elements.
-            Isa::Avx512 => return unsafe { k::dot_f16_avx512(px, py, n) },
-            // SAFETY: as above.
-            Isa::Avx2 => return unsafe { k::dot_f16_avx2(px, py, n) },
-            Isa::Scalar => {}
+            return unsafe { k::dot_f16_avx2(px, py, n) };
         }
     }
     dot_f16_scalar(&x[..n], &y[..n])

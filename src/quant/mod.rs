@@ -100,89 +100,117 @@ pub fn block_bytes<B: BlockFormat>(blocks: &[B]) -> &[u8] {
     }
 }
 
+/// `quantize_row` behind one indirect call: `x` (`nx` floats) into `y` (`ny` bytes); checks
+/// the shape itself (block sizes are constants there) and returns `false`, writing nothing,
+/// if `nx` is not a whole number of blocks or `y` is too small.
+///
+/// # Safety
+/// `x` is valid for reading `nx` floats, `y` for writing `ny` bytes, and they do not overlap.
+pub(crate) type QuantizeFn = unsafe fn(*const f32, usize, *mut u8, usize) -> bool;
+/// `dequantize_row` behind one indirect call: `ny` floats from `x` (`nx` bytes); `false` if
+/// `ny` is not a whole number of blocks or `x` is too short.
+///
+/// # Safety
+/// `x` is valid for reading `nx` bytes, `y` for writing `ny` floats, no overlap.
+pub(crate) type DequantizeFn = unsafe fn(*const u8, usize, *mut f32, usize) -> bool;
+/// `vec_dot` behind one indirect call: `n` elements, `x` (`nx` bytes) in the format, `y`
+/// (`ny` bytes) in its `vec_dot_type`; `None` if `n` is not a whole number of blocks or a
+/// row is too short.
+///
+/// # Safety
+/// `x` and `y` are valid for reading `nx` and `ny` bytes.
+pub(crate) type VecDotFn = unsafe fn(usize, *const u8, usize, *const u8, usize) -> Option<f32>;
+
+/// The row kernels of one format for one [`simd::slot`](crate::simd::slot).
+#[derive(Clone, Copy)]
+pub(crate) struct RowKernels {
+    pub(crate) quantize: QuantizeFn,
+    pub(crate) dequantize: DequantizeFn,
+    pub(crate) vec_dot: VecDotFn,
+}
+
+/// Blocks of a row of `n` floats of `B` if `n` is a whole number of blocks and `bytes` hold them.
+#[inline(always)]
+pub(crate) fn row_blocks<B: BlockFormat>(n: usize, bytes: usize) -> Option<usize> {
+    let nb = n / B::QK;
+    // `nb <= bytes / size` (a shift or a multiply by a constant) rather than
+    // `nb * size <= bytes`, which could overflow
+    (nb * B::QK == n && nb <= bytes / std::mem::size_of::<B>()).then_some(nb)
+}
+
+/// Blocks of a `vec_dot` of `n` elements with rows of `nx` and `ny` bytes, if they fit.
+#[inline(always)]
+pub(crate) fn dot_blocks<B: BlockFormat>(n: usize, nx: usize, ny: usize) -> Option<usize> {
+    // B::QK == <B::Dot>::QK (checked in `ops`)
+    if std::mem::size_of::<B>() == std::mem::size_of::<B::Dot>() {
+        // one bound for both rows
+        row_blocks::<B>(n, nx.min(ny))
+    } else {
+        let nb = row_blocks::<B>(n, nx)?;
+        (nb <= ny / std::mem::size_of::<B::Dot>()).then_some(nb)
+    }
+}
+
 /// Type-erased operations of one format, for code that picks the format at run time.
+///
+/// Every call is one indirect call into a kernel table indexed by [`crate::simd::slot`]
+/// (one relaxed load, no call), whose entry checks the shape with the format's constant
+/// block sizes and runs the kernel: on x86 (every op of f16, bf16 and q8_0, `vec_dot` of
+/// the others) the entry is the `#[target_feature]` kernel itself (`simd::x86::rows`), as
+/// ggml's CPU backend calls its kernels through a function pointer; elsewhere it is the
+/// format's `BlockFormat` method (its own dispatch inlined).
 #[derive(Clone, Copy)]
 pub struct FormatOps {
     pub ty: GgmlType,
-    /// Kernels on rows already checked by the `FormatOps` methods: a block count and raw
-    /// pointers to exactly that many blocks (the checks run inline in the caller; the
-    /// indirect call goes to a glue that tail-calls the format's kernel).
-    quantize: unsafe fn(&[f32], *mut u8, usize),
-    quantize_ref: unsafe fn(&[f32], *mut u8, usize),
-    dequantize: unsafe fn(*const u8, usize, &mut [f32]),
-    vec_dot: unsafe fn(usize, *const u8, *const u8) -> f32,
+    /// by [`crate::simd::slot`]
+    k: [RowKernels; crate::simd::SLOTS],
+    quantize_ref: QuantizeFn,
     /// the `vec_dot_type` (`<B::Dot>::TYPE`)
     dot_ty: GgmlType,
-    /// log2 of the block size of this format and of `vec_dot_type` (both powers of two)
-    qk_shift: [u32; 2],
-    /// bytes per block of this format and of `vec_dot_type`
-    blk_bytes: [usize; 2],
 }
 
 impl FormatOps {
-    /// Blocks and bytes of a row of `n` elements of this format (`i = 0`) or of its
-    /// `vec_dot_type` (`i = 1`), if `n` is a whole number of blocks and the size fits.
+    /// The kernels for this thread right now.
     #[inline(always)]
-    fn blocks(&self, i: usize, n: usize) -> Option<(usize, usize)> {
-        let s = self.qk_shift[i];
-        let nb = n >> s;
-        if nb << s != n {
-            return None;
-        }
-        nb.checked_mul(self.blk_bytes[i]).map(|bytes| (nb, bytes))
+    fn kernels(&self) -> &RowKernels {
+        &self.k[crate::simd::slot() & (crate::simd::SLOTS - 1)]
     }
 
     /// The CPU backend's `from_float`: quantize `x` into `y` (exactly `row_bytes(x.len())` bytes used).
     #[inline]
     pub fn quantize_row(&self, x: &[f32], y: &mut [u8]) -> Result<()> {
-        match self.blocks(0, x.len()) {
-            // SAFETY: y holds at least nb blocks (checked), x exactly nb * QK floats.
-            Some((nb, bytes)) if y.len() >= bytes => unsafe {
-                (self.quantize)(x, y.as_mut_ptr(), nb)
-            },
-            _ => return Err(self.row_error(self.ty, x.len(), y.len())),
+        // SAFETY: both regions come from live slices (a unique borrow for y).
+        if unsafe { (self.kernels().quantize)(x.as_ptr(), x.len(), y.as_mut_ptr(), y.len()) } {
+            return Ok(());
         }
-        Ok(())
+        Err(self.row_error(self.ty, x.len(), y.len()))
     }
     /// Upstream's `quantize_row_*_ref`.
     #[inline]
     pub fn quantize_row_ref(&self, x: &[f32], y: &mut [u8]) -> Result<()> {
-        match self.blocks(0, x.len()) {
-            // SAFETY: as in quantize_row.
-            Some((nb, bytes)) if y.len() >= bytes => unsafe {
-                (self.quantize_ref)(x, y.as_mut_ptr(), nb)
-            },
-            _ => return Err(self.row_error(self.ty, x.len(), y.len())),
+        // SAFETY: as in quantize_row.
+        if unsafe { (self.quantize_ref)(x.as_ptr(), x.len(), y.as_mut_ptr(), y.len()) } {
+            return Ok(());
         }
-        Ok(())
+        Err(self.row_error(self.ty, x.len(), y.len()))
     }
     /// Upstream's `to_float`: dequantize `y.len()` elements from `x`.
     #[inline]
     pub fn dequantize_row(&self, x: &[u8], y: &mut [f32]) -> Result<()> {
-        match self.blocks(0, y.len()) {
-            // SAFETY: x holds at least nb blocks (checked), y exactly nb * QK floats.
-            Some((nb, bytes)) if x.len() >= bytes => unsafe {
-                (self.dequantize)(x.as_ptr(), nb, y)
-            },
-            _ => return Err(self.row_error(self.ty, y.len(), x.len())),
+        // SAFETY: as in quantize_row.
+        if unsafe { (self.kernels().dequantize)(x.as_ptr(), x.len(), y.as_mut_ptr(), y.len()) } {
+            return Ok(());
         }
-        Ok(())
+        Err(self.row_error(self.ty, y.len(), x.len()))
     }
     /// Upstream's CPU `vec_dot` over `n` elements: `x` in this format, `y` in `vec_dot_type`.
     #[inline]
     pub fn vec_dot(&self, n: usize, x: &[u8], y: &[u8]) -> Result<f32> {
-        if let (Some((nb, bx)), Some((nby, by))) = (self.blocks(0, n), self.blocks(1, n)) {
-            if x.len() >= bx && y.len() >= by && nb == nby {
-                // SAFETY: both rows hold nb blocks (checked).
-                return Ok(unsafe { (self.vec_dot)(nb, x.as_ptr(), y.as_ptr()) });
-            }
+        // SAFETY: both regions come from live slices.
+        match unsafe { (self.kernels().vec_dot)(n, x.as_ptr(), x.len(), y.as_ptr(), y.len()) } {
+            Some(d) => Ok(d),
+            None => Err(self.dot_error(n, x.len(), y.len())),
         }
-        let e =
-            check_row_ty(self.ty, n, x.len()).and_then(|_| check_row_ty(self.dot_ty, n, y.len()));
-        Err(e.err().unwrap_or(Error::BadShape(format!(
-            "{} and {} rows of {n} differ in blocks",
-            self.ty, self.dot_ty
-        ))))
     }
 
     /// The exact error for a row of `n` elements in a buffer of `bytes` (cold path).
@@ -193,6 +221,17 @@ impl FormatOps {
             Err(e) => e,
             Ok(_) => Error::Overflow,
         }
+    }
+
+    /// The exact error of a refused `vec_dot` (cold path).
+    #[cold]
+    #[inline(never)]
+    fn dot_error(&self, n: usize, nx: usize, ny: usize) -> Error {
+        let e = check_row_ty(self.ty, n, nx).and_then(|_| check_row_ty(self.dot_ty, n, ny));
+        e.err().unwrap_or(Error::BadShape(format!(
+            "{} and {} rows of {n} differ in blocks",
+            self.ty, self.dot_ty
+        )))
     }
 }
 
@@ -208,71 +247,129 @@ fn check_row_ty(ty: GgmlType, n: usize, bytes: usize) -> Result<usize> {
     Ok(need)
 }
 
+/// [`QuantizeFn`] of `B::quantize_row` (its own ISA dispatch).
+///
 /// # Safety
-/// `y` points to `nb` writable blocks of `B`, `x.len() == nb * B::QK`.
-unsafe fn q_glue<B: BlockFormat>(x: &[f32], y: *mut u8, nb: usize) {
-    // SAFETY: caller; BlockFormat blocks have alignment 1 and no invalid bit patterns.
-    B::quantize_row(x, unsafe {
+/// See [`QuantizeFn`].
+unsafe fn q_glue<B: BlockFormat>(x: *const f32, nx: usize, y: *mut u8, ny: usize) -> bool {
+    let Some(nb) = row_blocks::<B>(nx, ny) else {
+        return false;
+    };
+    // SAFETY: caller (regions); nb blocks fit in y; BlockFormat blocks have alignment 1 and
+    // no invalid bit patterns.
+    B::quantize_row(unsafe { std::slice::from_raw_parts(x, nx) }, unsafe {
         std::slice::from_raw_parts_mut(y as *mut B, nb)
-    })
+    });
+    true
 }
 
+/// [`QuantizeFn`] of `B::quantize_row_ref`.
+///
 /// # Safety
-/// As [`q_glue`].
-unsafe fn qr_glue<B: BlockFormat>(x: &[f32], y: *mut u8, nb: usize) {
-    // SAFETY: caller.
-    B::quantize_row_ref(x, unsafe {
+/// See [`QuantizeFn`].
+unsafe fn qr_glue<B: BlockFormat>(x: *const f32, nx: usize, y: *mut u8, ny: usize) -> bool {
+    let Some(nb) = row_blocks::<B>(nx, ny) else {
+        return false;
+    };
+    // SAFETY: as in q_glue.
+    B::quantize_row_ref(unsafe { std::slice::from_raw_parts(x, nx) }, unsafe {
         std::slice::from_raw_parts_mut(y as *mut B, nb)
-    })
+    });
+    true
 }
 
+/// [`DequantizeFn`] of `B::dequantize_row`.
+///
 /// # Safety
-/// `x` points to `nb` readable blocks of `B`, `y.len() == nb * B::QK`.
-unsafe fn dq_glue<B: BlockFormat>(x: *const u8, nb: usize, y: &mut [f32]) {
-    // SAFETY: caller.
-    B::dequantize_row(unsafe { std::slice::from_raw_parts(x as *const B, nb) }, y)
+/// See [`DequantizeFn`].
+unsafe fn dq_glue<B: BlockFormat>(x: *const u8, nx: usize, y: *mut f32, ny: usize) -> bool {
+    let Some(nb) = row_blocks::<B>(ny, nx) else {
+        return false;
+    };
+    // SAFETY: caller (regions); nb blocks fit in x.
+    B::dequantize_row(
+        unsafe { std::slice::from_raw_parts(x as *const B, nb) },
+        unsafe { std::slice::from_raw_parts_mut(y, ny) },
+    );
+    true
 }
 
+/// [`VecDotFn`] of `B::vec_dot`.
+///
 /// # Safety
-/// `x` and `y` point to `nb` readable blocks of `B` and `B::Dot`.
-unsafe fn dot_glue<B: BlockFormat>(nb: usize, x: *const u8, y: *const u8) -> f32 {
-    // SAFETY: caller.
+/// See [`VecDotFn`].
+unsafe fn dot_glue<B: BlockFormat>(
+    n: usize,
+    x: *const u8,
+    nx: usize,
+    y: *const u8,
+    ny: usize,
+) -> Option<f32> {
+    let nb = dot_blocks::<B>(n, nx, ny)?;
+    // SAFETY: caller (regions); nb blocks fit in both rows.
     let (xb, yb) = unsafe {
         (
             std::slice::from_raw_parts(x as *const B, nb),
             std::slice::from_raw_parts(y as *const B::Dot, nb),
         )
     };
-    B::vec_dot(xb, yb)
+    Some(B::vec_dot(xb, yb))
 }
 
-const fn ops<B: BlockFormat>() -> FormatOps {
-    assert!(B::QK.is_power_of_two() && <B::Dot as BlockFormat>::QK.is_power_of_two());
-    FormatOps {
-        ty: B::TYPE,
+/// The kernels of `B` through its `BlockFormat` methods.
+pub(crate) const fn glue<B: BlockFormat>() -> RowKernels {
+    RowKernels {
         quantize: q_glue::<B>,
-        quantize_ref: qr_glue::<B>,
         dequantize: dq_glue::<B>,
         vec_dot: dot_glue::<B>,
-        dot_ty: <B::Dot as BlockFormat>::TYPE,
-        qk_shift: [
-            B::QK.trailing_zeros(),
-            <B::Dot as BlockFormat>::QK.trailing_zeros(),
-        ],
-        blk_bytes: [std::mem::size_of::<B>(), std::mem::size_of::<B::Dot>()],
     }
 }
 
+/// `B`'s operations: every slot through its `BlockFormat` methods, except the slots `fast`
+/// names (slot, kernels).
+const fn ops<B: BlockFormat>(fast: &[(usize, RowKernels)]) -> FormatOps {
+    assert!(B::QK == <B::Dot as BlockFormat>::QK);
+    let mut k = [glue::<B>(); crate::simd::SLOTS];
+    let mut i = 0;
+    while i < fast.len() {
+        // slots 0 (ISA not known yet) and 1 (scalar) always take the full dispatch
+        assert!(fast[i].0 >= 2);
+        k[fast[i].0] = fast[i].1;
+        i += 1;
+    }
+    FormatOps {
+        ty: B::TYPE,
+        k,
+        quantize_ref: qr_glue::<B>,
+        dot_ty: <B::Dot as BlockFormat>::TYPE,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use crate::simd::x86::rows as fast;
+
+#[cfg(not(target_arch = "x86_64"))]
+mod fast {
+    pub(crate) const F16: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const BF16: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q8_0: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q4_0: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q4_1: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q5_0: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const Q5_1: &[(usize, super::RowKernels)] = &[];
+    pub(crate) const IQ4_NL: &[(usize, super::RowKernels)] = &[];
+}
+
 static OPS: [FormatOps; 9] = [
-    ops::<BlockF16>(),
-    ops::<BlockBf16>(),
-    ops::<BlockQ8_0>(),
-    ops::<BlockQ4_0>(),
-    ops::<BlockQ4_1>(),
-    ops::<BlockQ5_0>(),
-    ops::<BlockQ5_1>(),
-    ops::<BlockIq4Nl>(),
-    ops::<BlockQ8_1>(),
+    ops::<BlockF16>(fast::F16),
+    ops::<BlockBf16>(fast::BF16),
+    ops::<BlockQ8_0>(fast::Q8_0),
+    ops::<BlockQ4_0>(fast::Q4_0),
+    ops::<BlockQ4_1>(fast::Q4_1),
+    ops::<BlockQ5_0>(fast::Q5_0),
+    ops::<BlockQ5_1>(fast::Q5_1),
+    ops::<BlockIq4Nl>(fast::IQ4_NL),
+    ops::<BlockQ8_1>(&[]),
 ];
 
 /// The operations of format `ty` (the eight KV formats and q8_1).

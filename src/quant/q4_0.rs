@@ -256,69 +256,94 @@ mod tests {
         assert_eq!(cvtt_i32(15.99), 15);
     }
 
-    /// `FormatOps::vec_dot`'s inline length checks give the same answers and errors as
-    /// `row_bytes` + the buffer checks they replace.
+    /// `FormatOps`' length checks (in each kernel-table entry, every ISA) give the same
+    /// answers and errors as `row_bytes` + the buffer checks they replace.
     #[test]
-    fn format_ops_vec_dot_checks() {
+    fn format_ops_checks() {
         use crate::error::Error;
         use crate::quant::format;
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::IQ4_NL,
-            GgmlType::F16,
-            GgmlType::Q8_1,
-        ] {
-            let ops = format(ty).unwrap();
-            let dt = ty.vec_dot_type();
-            let x = vec![0x11u8; ty.row_bytes(128).unwrap() + 5];
-            let y = vec![0x22u8; dt.row_bytes(128).unwrap() + 3];
-            for n in [
-                0usize,
-                1,
-                31,
-                32,
-                33,
-                64,
-                96,
-                128,
-                160,
-                usize::MAX,
-                usize::MAX - 31,
-            ] {
-                let got = ops.vec_dot(n, &x, &y);
-                let want = ty
-                    .row_bytes(n)
-                    .and_then(|nx| {
-                        if x.len() < nx {
-                            return Err(Error::BufferTooSmall {
-                                what: "row",
-                                need: nx,
-                                have: x.len(),
-                            });
-                        }
-                        Ok(nx)
-                    })
-                    .and_then(|nx| {
-                        let ny = dt.row_bytes(n)?;
-                        if y.len() < ny {
-                            return Err(Error::BufferTooSmall {
-                                what: "row",
-                                need: ny,
-                                have: y.len(),
-                            });
-                        }
-                        Ok((nx, ny))
-                    });
-                match (got, want) {
-                    (Ok(a), Ok((nx, ny))) => {
-                        let b = ops.vec_dot(n, &x[..nx], &y[..ny]).unwrap();
-                        assert_eq!(a.to_bits(), b.to_bits(), "{ty} n={n}");
-                    }
-                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{ty} n={n}"),
-                    (a, b) => panic!("{ty} n={n}: {a:?} vs {b:?}"),
-                }
+        let need = |ty: GgmlType, n: usize, have: usize| -> crate::error::Result<usize> {
+            let need = ty.row_bytes(n)?;
+            if have < need {
+                return Err(Error::BufferTooSmall {
+                    what: "row",
+                    need,
+                    have,
+                });
             }
+            Ok(need)
+        };
+        let ns = [
+            0usize,
+            1,
+            31,
+            32,
+            33,
+            64,
+            96,
+            128,
+            160,
+            usize::MAX,
+            usize::MAX - 31,
+        ];
+        for isa in crate::simd::available() {
+            crate::simd::with_isa(isa, || {
+                for ty in GgmlType::KV.into_iter().chain([GgmlType::Q8_1]) {
+                    let ops = format(ty).unwrap();
+                    let dt = ty.vec_dot_type();
+                    let x = vec![0x11u8; ty.row_bytes(128).unwrap() + 5];
+                    let y = vec![0x22u8; dt.row_bytes(128).unwrap() + 3];
+                    for n in ns {
+                        if ty != GgmlType::Q8_1 {
+                            let got = ops.vec_dot(n, &x, &y);
+                            let want =
+                                need(ty, n, x.len()).and_then(|nx| Ok((nx, need(dt, n, y.len())?)));
+                            match (got, want) {
+                                (Ok(a), Ok((nx, ny))) => {
+                                    let b = ops.vec_dot(n, &x[..nx], &y[..ny]).unwrap();
+                                    assert_eq!(a.to_bits(), b.to_bits(), "{ty} n={n}");
+                                }
+                                (Err(a), Err(b)) => {
+                                    assert_eq!(a.to_string(), b.to_string(), "{ty} n={n}")
+                                }
+                                (a, b) => panic!("{ty} {isa:?} n={n}: {a:?} vs {b:?}"),
+                            }
+                        }
+                        // quantize / dequantize: rows of up to 160 floats, buffers short and long
+                        if n > 160 {
+                            continue;
+                        }
+                        let f = vec![0.25f32; n];
+                        for bytes in [0, 1, 33, 34, 35, 255, 256, 257, 1000] {
+                            let mut q = vec![0u8; bytes];
+                            let got = ops.quantize_row(&f, &mut q);
+                            let want = need(ty, n, bytes);
+                            assert_eq!(
+                                got.map_err(|e| e.to_string()),
+                                want.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                                "{ty} {isa:?} quantize n={n} bytes={bytes}"
+                            );
+                            let got = ops.quantize_row_ref(&f, &mut q);
+                            assert_eq!(
+                                got.map_err(|e| e.to_string()),
+                                want.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                                "{ty} {isa:?} quantize_ref n={n} bytes={bytes}"
+                            );
+                            if ty == GgmlType::Q8_1 {
+                                continue; // no to_float upstream; ours exists, same checks
+                            }
+                            let mut d = vec![0f32; n];
+                            let got = ops.dequantize_row(&q, &mut d);
+                            assert_eq!(
+                                got.map_err(|e| e.to_string()),
+                                want.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                                "{ty} {isa:?} dequantize n={n} bytes={bytes}"
+                            );
+                        }
+                    }
+                }
+            })
+            .unwrap();
         }
     }
 

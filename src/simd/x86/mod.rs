@@ -7,3 +7,4 @@ pub mod f16;
 pub mod fwht;
 pub mod q4;
 pub mod q8;
+pub mod rows;

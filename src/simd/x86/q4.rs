@@ -465,6 +465,7 @@ pub fn dot_kernel_fast() -> Option<DotKernel> {
 macro_rules! dot_kernels {
     ($avx2:ident, $vnni:ident, $avx512:ident, $tx:ty, $ty:ty, |$x:ident, $y:ident| $body:block) => {
         #[doc = concat!("`", stringify!($avx2), "`: AVX2 + FMA + F16C.")]
+        #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $avx2($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]
@@ -481,6 +482,7 @@ macro_rules! dot_kernels {
         }
 
         #[doc = concat!("`", stringify!($vnni), "`: AVX-512 VNNI/VL.")]
+        #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn $vnni($x: &[$tx], $y: &[$ty]) -> f32 {
             #[allow(unused_imports)]

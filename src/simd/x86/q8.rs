@@ -65,6 +65,7 @@ fn hsum_i32_8(a: __m256i) -> i32 {
 
 /// The x86 CPU quantizer, same instruction sequence as upstream's AVX2 path (so NaN blocks
 /// need no fallback here).
+#[inline]
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn quantize_q8_avx2<const Q81: bool>(x: *const f32, y: *mut u8, nb: usize) {
     let (stride, qoff) = layout(Q81);
@@ -140,8 +141,8 @@ unsafe fn quantize_q8_block512<const Q81: bool>(xp: *const f32, yp: *mut u8) {
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mul = _mm512_set1_ps(id);
-        let i0 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(v0, mul)));
-        let i1 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(v1, mul)));
+        let i0 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v0, mul));
+        let i1 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v1, mul));
         (yp as *mut [u8; 2]).write_unaligned(f16c1(d).to_le_bytes());
         if Q81 {
             let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
@@ -158,6 +159,7 @@ const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 /// the four maxima are reduced together (transposed), and `d = amax/127`, `id = 127/amax`
 /// and the f16 scales are computed for the four blocks in one vector each (the same IEEE
 /// operations as upstream's scalar ones, so the same bits).
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 pub unsafe fn quantize_q8_avx512<const Q81: bool>(x: *const f32, y: *mut u8, nb: usize) {
     let (stride, qoff) = layout(Q81);
@@ -217,12 +219,8 @@ pub unsafe fn quantize_q8_avx512<const Q81: bool>(x: *const f32, y: *mut u8, nb:
             for k in 0..4 {
                 let yk = yp.add(stride * k);
                 let mul = _mm512_set1_ps(ids[k]);
-                let i0 =
-                    _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(v[2 * k], mul)));
-                let i1 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<RNE>(_mm512_mul_ps(
-                    v[2 * k + 1],
-                    mul,
-                )));
+                let i0 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v[2 * k], mul));
+                let i1 = _mm512_cvt_roundps_epi32::<RNE>(_mm512_mul_ps(v[2 * k + 1], mul));
                 (yk as *mut [u8; 2]).write_unaligned(dbits[k].to_le_bytes());
                 if Q81 {
                     sums[k] = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
@@ -395,6 +393,7 @@ pub unsafe fn quantize_q8_ref_avx512<const Q81: bool>(x: *const f32, y: *mut u8,
 // ---------------------------------------------------------------------------------------------
 
 /// `y[j] = qs[j] * d` per block (one rounding; `d` converted exactly with F16C).
+#[inline]
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn dequantize_q8_avx2<const STRIDE: usize, const QOFF: usize>(
     x: *const u8,
@@ -423,6 +422,7 @@ pub unsafe fn dequantize_q8_avx2<const STRIDE: usize, const QOFF: usize>(
 }
 
 /// AVX-512 variant of [`dequantize_q8_avx2`].
+#[inline]
 #[target_feature(enable = "avx512f,avx2,f16c")]
 pub unsafe fn dequantize_q8_avx512<const STRIDE: usize, const QOFF: usize>(
     x: *const u8,
@@ -583,6 +583,7 @@ macro_rules! dot_q8_0_body {
 ///
 /// # Safety
 /// `x`, `y` hold `nb` q8_0 blocks; AVX2 + FMA + F16C.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_avx2(x: *const u8, y: *const u8, nb: usize) -> f32 {
     dot_q8_0_body!(x, y, nb, dot_lanes_avx2)
@@ -593,6 +594,7 @@ pub unsafe fn dot_q8_0_avx2(x: *const u8, y: *const u8, nb: usize) -> f32 {
 ///
 /// # Safety
 /// `x`, `y` hold `nb` q8_0 blocks; AVX-512 F/VL/VNNI + AVX2 + FMA + F16C.
+#[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_vnni(x: *const u8, y: *const u8, nb: usize) -> f32 {
     dot_q8_0_body!(x, y, nb, dot_lanes_vnni)
