@@ -214,7 +214,7 @@ impl Kernels {
             }
             Isa::Avx2 => {
                 return unsafe {
-                    crate::simd::x86::attn::qk_tile_avx2(
+                    crate::simd::x86::attn_avx2::qk_tile_avx2(
                         q.as_ptr(),
                         kt.as_ptr(),
                         s.as_mut_ptr(),
@@ -239,7 +239,7 @@ impl Kernels {
     }
 
     /// The fused decode format for rows of `d` elements of type `ty`, if this ISA has kernels
-    /// for it (AVX-512: f16 with `d % 16 == 0`, q8_0, q4_0).
+    /// for it (AVX-512 and AVX2: f16 with `d % 16 == 0`, q8_0, q4_0).
     pub fn fused(&self, ty: GgmlType, d: usize) -> Option<Fused> {
         let f = match Fused::quantized(ty) {
             Some(q) if d.is_multiple_of(32) => q,
@@ -248,7 +248,7 @@ impl Kernels {
         };
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Some(f),
+            Isa::Avx512 | Isa::Avx2 => Some(f),
             _ => None,
         }
     }
@@ -282,18 +282,28 @@ impl Kernels {
             use crate::simd::x86::attn as x;
             let kp = k[base..].as_ptr();
             let (qp, sp) = (q.as_ptr(), s.as_mut_ptr());
-            // SAFETY: sizes and row bounds asserted above; `fused` only answers for Avx512,
-            // which `simd` checked when the ISA was chosen.
+            use crate::simd::x86::attn_avx2 as y;
+            // SAFETY: sizes and row bounds asserted above; `fused` only answers for Avx512
+            // and Avx2, which `simd` checked when the ISA was chosen.
             unsafe {
-                match f {
-                    Fused::F16 => {
+                match (f, self.isa) {
+                    (Fused::F16, Isa::Avx512) => {
                         x::qk_fused_avx512::<{ x::FMT_F16 }>(qp, kp, nb1, active, sp, mp, dk, pf)
                     }
-                    Fused::Q8_0 => {
+                    (Fused::Q8_0, Isa::Avx512) => {
                         x::qk_fused_avx512::<{ x::FMT_Q8_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
                     }
-                    Fused::Q4_0 => {
+                    (Fused::Q4_0, Isa::Avx512) => {
                         x::qk_fused_avx512::<{ x::FMT_Q4_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    (Fused::F16, _) => {
+                        y::qk_fused_avx2::<{ x::FMT_F16 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    (Fused::Q8_0, _) => {
+                        y::qk_fused_avx2::<{ x::FMT_Q8_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    (Fused::Q4_0, _) => {
+                        y::qk_fused_avx2::<{ x::FMT_Q4_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
                     }
                 }
             }
@@ -331,16 +341,26 @@ impl Kernels {
             use crate::simd::x86::attn as x;
             let vp = v[base..].as_ptr();
             let (pp, op) = (p.as_ptr(), o.as_mut_ptr());
+            use crate::simd::x86::attn_avx2 as y;
             // SAFETY: as in `qk_fused`.
             unsafe {
-                match f {
-                    Fused::F16 => x::pv_fused_avx512::<{ x::FMT_F16 }>(
+                match (f, self.isa) {
+                    (Fused::F16, Isa::Avx512) => x::pv_fused_avx512::<{ x::FMT_F16 }>(
                         pp, vp, nb1, active, op, mr, dvp, dv, pf,
                     ),
-                    Fused::Q8_0 => x::pv_fused_avx512::<{ x::FMT_Q8_0 }>(
+                    (Fused::Q8_0, Isa::Avx512) => x::pv_fused_avx512::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, op, mr, dvp, dv, pf,
                     ),
-                    Fused::Q4_0 => x::pv_fused_avx512::<{ x::FMT_Q4_0 }>(
+                    (Fused::Q4_0, Isa::Avx512) => x::pv_fused_avx512::<{ x::FMT_Q4_0 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                    (Fused::F16, _) => {
+                        y::pv_fused_avx2::<{ x::FMT_F16 }>(pp, vp, nb1, active, op, mr, dvp, dv, pf)
+                    }
+                    (Fused::Q8_0, _) => y::pv_fused_avx2::<{ x::FMT_Q8_0 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                    (Fused::Q4_0, _) => y::pv_fused_avx2::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, op, mr, dvp, dv, pf,
                     ),
                 }
@@ -455,11 +475,23 @@ impl Kernels {
     pub fn transpose(&self, k: &[f32], kt: &mut [f32], dk: usize) {
         assert!(k.len() >= TILE_KV * dk && kt.len() >= TILE_KV * dk);
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
+        match self.isa {
             // SAFETY: sizes asserted above; the ISA was checked by `simd` when chosen.
-            return unsafe {
-                crate::simd::x86::attn::transpose_tile_avx512(k.as_ptr(), kt.as_mut_ptr(), dk)
-            };
+            Isa::Avx512 => {
+                return unsafe {
+                    crate::simd::x86::attn::transpose_tile_avx512(k.as_ptr(), kt.as_mut_ptr(), dk)
+                }
+            }
+            Isa::Avx2 => {
+                return unsafe {
+                    crate::simd::x86::attn_avx2::transpose_tile_avx2(
+                        k.as_ptr(),
+                        kt.as_mut_ptr(),
+                        dk,
+                    )
+                }
+            }
+            Isa::Scalar => {}
         }
         for (t, row) in k.chunks_exact(dk).take(TILE_KV).enumerate() {
             for (d, &x) in row.iter().enumerate() {
@@ -491,7 +523,7 @@ impl Kernels {
             }
             Isa::Avx2 => {
                 return unsafe {
-                    crate::simd::x86::attn::pv_tile_avx2(
+                    crate::simd::x86::attn_avx2::pv_tile_avx2(
                         p.as_ptr(),
                         vt.as_ptr(),
                         o.as_mut_ptr(),
