@@ -413,10 +413,10 @@ impl Kernels {
                     (_, Isa::Avx512) => x::pv_q_avx512::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    (Fused::Q8_0, _) => x::pv_q_avx2::<{ x::FMT_Q8_0 }>(
+                    (Fused::Q8_0, _) => crate::simd::x86::attn_avx2::pv_q_avx2::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    _ => x::pv_q_avx2::<{ x::FMT_Q4_0 }>(
+                    _ => crate::simd::x86::attn_avx2::pv_q_avx2::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
                 }

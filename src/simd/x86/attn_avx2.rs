@@ -437,3 +437,172 @@ pub unsafe fn transpose_tile_avx2(src: *const f32, dst: *mut f32, dk: usize) {
         }
     }
 }
+
+// ---------------------------------------------------------------- quantized decode V
+
+/// The 16 integer values `16h .. 16h+16` of block `g` of a q8_0/q4_0 row at `p`, as floats
+/// (q4_0: `h = 0` the low nibbles, `h = 1` the high ones, minus 8).
+#[inline(always)]
+unsafe fn qvals16<const F: u8>(p: *const u8, g: usize, h: usize) -> (__m256, __m256) {
+    unsafe {
+        if F == FMT_Q8_0 {
+            let x = p.add(34 * g + 2 + 16 * h);
+            let a = _mm256_cvtepi8_epi32(_mm_loadl_epi64(x as *const __m128i));
+            let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(x.add(8) as *const __m128i));
+            (_mm256_cvtepi32_ps(a), _mm256_cvtepi32_ps(b))
+        } else {
+            let x = _mm_loadu_si128(p.add(18 * g + 2) as *const __m128i);
+            let n = if h == 0 {
+                _mm_and_si128(x, _mm_set1_epi8(0x0f))
+            } else {
+                _mm_and_si128(_mm_srli_epi16::<4>(x), _mm_set1_epi8(0x0f))
+            };
+            let eight = _mm256_set1_epi32(8);
+            let a = _mm256_sub_epi32(_mm256_cvtepu8_epi32(n), eight);
+            let b = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(n)), eight);
+            (_mm256_cvtepi32_ps(a), _mm256_cvtepi32_ps(b))
+        }
+    }
+}
+
+/// Rows `m..m+R`, columns `32g + 16h .. +16` of `o += Σ_i w[g][·][i] · q_{t_i}`.
+// index loops: r indexes the accumulators and the row offsets of o and w together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_block<const F: u8, const R: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g: usize,
+    h: usize,
+    dvp: usize,
+    pf: usize,
+) {
+    unsafe {
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let col = 32 * g + 16 * h;
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + col);
+            acc[r] = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+        }
+        let wg = w.add((g * mr + m) * T);
+        for (i, &t) in active.iter().enumerate() {
+            let vp = v.add(t as usize * nb1);
+            if pf != 0 {
+                prefetch(vp.wrapping_add(pf * nb1 + bs * g), 1);
+            }
+            let (a, b) = qvals16::<F>(vp, g, h);
+            for r in 0..R {
+                let x = _mm256_broadcast_ss(&*wg.add(r * T + i));
+                acc[r][0] = _mm256_fmadd_ps(x, a, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(x, b, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + col);
+            _mm256_storeu_ps(op, acc[r][0]);
+            _mm256_storeu_ps(op.add(8), acc[r][1]);
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_rows<const F: u8, const R: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    nb: usize,
+    dvp: usize,
+    pf: usize,
+) {
+    unsafe {
+        for g in 0..nb {
+            for h in 0..2 {
+                // the first pass over the rows prefetches each block ahead
+                let pf = if m == 0 && h == 0 { pf } else { 0 };
+                pv_q_block::<F, R>(w, v, nb1, active, o, m, mr, g, h, dvp, pf);
+            }
+        }
+    }
+}
+
+/// `o[m][:dv] += Σ_i (p[m][t_i]·d_{t_i,b}) · q_{t_i}[:]` for `t_i = active[i]`, `m < mr` (≤ 16),
+/// q8_0/q4_0 V rows (`dv % 32 == 0`) at `v + t·nb1`: the same numbers as `attn::pv_q_avx512`
+/// (one `fma(p·d, q, o)` chain per element in `active` order). The weights `p·d` are formed
+/// 8 rows at a time in `w` (`[dv/32][mr][64]` floats of scratch); then 4 query rows × 16
+/// columns per pass, the integer values converted in registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_q_avx2<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    w: *mut f32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let nb = dv / 32;
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let na = active.len();
+        let mut i = 0;
+        while i < na {
+            // weights of 8 rows (the lanes past `n` repeat the last row; `i + 8 ≤ 64`, so
+            // they stay inside the row of `w`, never read)
+            let n = (na - i).min(8);
+            let mut tsi = [0i32; 8];
+            let mut rp = [v; 8];
+            for j in 0..8 {
+                let t = active[i + j.min(n - 1)] as usize;
+                tsi[j] = t as i32;
+                rp[j] = v.add(t * nb1);
+            }
+            let t0 = tsi[0] as usize;
+            let contiguous = n == 8 && tsi[7] - tsi[0] == 7;
+            let tsv = _mm256_loadu_si256(tsi.as_ptr() as *const __m256i);
+            for b in 0..nb {
+                let mut hs = [0u16; 8];
+                for j in 0..8 {
+                    hs[j] = (rp[j].add(bs * b) as *const u16).read_unaligned();
+                }
+                let dvv = _mm256_cvtph_ps(_mm_loadu_si128(hs.as_ptr() as *const __m128i));
+                for m in 0..mr {
+                    let prow = p.add(m * T);
+                    let pv = if contiguous {
+                        _mm256_loadu_ps(prow.add(t0))
+                    } else {
+                        _mm256_i32gather_ps::<4>(prow, tsv)
+                    };
+                    _mm256_storeu_ps(w.add((b * mr + m) * T + i), _mm256_mul_ps(pv, dvv));
+                }
+            }
+            i += n;
+        }
+        let mut m = 0;
+        while m + 4 <= mr {
+            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, nb, dvp, pf);
+            m += 4;
+        }
+        match mr - m {
+            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, nb, dvp, pf),
+            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, nb, dvp, pf),
+            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, nb, dvp, pf),
+            _ => {}
+        }
+    }
+}
