@@ -67,7 +67,7 @@ unsafe fn load16<const F: u8>(p: *const u8, c: usize) -> (__m256, __m256) {
                 let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32))));
                 let x = _mm_loadu_si128(bp.add(2) as *const __m128i);
                 // elements 0..16: low nibbles, 16..32: high nibbles of the 16 bytes
-                let n = if c % 2 == 0 {
+                let n = if c.is_multiple_of(2) {
                     _mm_and_si128(x, _mm_set1_epi8(0x0f))
                 } else {
                     _mm_and_si128(_mm_srli_epi16::<4>(x), _mm_set1_epi8(0x0f))
