@@ -105,7 +105,7 @@ unsafe fn hsum8(a: &[__m256; 8]) -> __m256 {
 /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (`mp % 4 == 0`), K rows of
 /// format `F` at `k + t·nb1`; `dk % 16 == 0` (`% 32` for q8_0/q4_0). Bit-identical to
 /// dequantizing the rows and calling `qk_rows_avx2`. 4 query rows × 2 K rows per pass (8
-/// accumulators), the 8 sums of a pass reduced together ([`hsum8`]).
+/// accumulators), the 8 sums of a pass reduced together (`hsum8`).
 // a raw-pointer kernel: the safe wrapper attn::kernel::Kernels::qk_fused checks these together
 #[allow(clippy::too_many_arguments)]
 // index loops: r/j index the accumulators, the K registers and the row offsets together
