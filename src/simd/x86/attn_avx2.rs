@@ -481,10 +481,8 @@ unsafe fn pv_q_block<const F: u8, const R: usize>(
     g: usize,
     h: usize,
     dvp: usize,
-    pf: usize,
 ) {
     unsafe {
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
         let col = 32 * g + 16 * h;
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for r in 0..R {
@@ -493,11 +491,7 @@ unsafe fn pv_q_block<const F: u8, const R: usize>(
         }
         let wg = w.add((g * mr + m) * T);
         for (i, &t) in active.iter().enumerate() {
-            let vp = v.add(t as usize * nb1);
-            if pf != 0 {
-                prefetch(vp.wrapping_add(pf * nb1 + bs * g), 1);
-            }
-            let (a, b) = qvals16::<F>(vp, g, h);
+            let (a, b) = qvals16::<F>(v.add(t as usize * nb1), g, h);
             for r in 0..R {
                 let x = _mm256_broadcast_ss(&*wg.add(r * T + i));
                 acc[r][0] = _mm256_fmadd_ps(x, a, acc[r][0]);
@@ -524,14 +518,11 @@ unsafe fn pv_q_rows<const F: u8, const R: usize>(
     mr: usize,
     nb: usize,
     dvp: usize,
-    pf: usize,
 ) {
     unsafe {
         for g in 0..nb {
             for h in 0..2 {
-                // the first pass over the rows prefetches each block ahead
-                let pf = if m == 0 && h == 0 { pf } else { 0 };
-                pv_q_block::<F, R>(w, v, nb1, active, o, m, mr, g, h, dvp, pf);
+                pv_q_block::<F, R>(w, v, nb1, active, o, m, mr, g, h, dvp);
             }
         }
     }
@@ -559,6 +550,7 @@ pub unsafe fn pv_q_avx2<const F: u8>(
     unsafe {
         let nb = dv / 32;
         let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let lines = (nb * bs).div_ceil(64) + 1;
         let na = active.len();
         let mut i = 0;
         while i < na {
@@ -571,6 +563,12 @@ pub unsafe fn pv_q_avx2<const F: u8>(
                 let t = active[i + j.min(n - 1)] as usize;
                 tsi[j] = t as i32;
                 rp[j] = v.add(t * nb1);
+            }
+            if pf != 0 {
+                // the weights touch every row of the tile first: prefetch whole rows from here
+                for p in rp.iter().take(n) {
+                    prefetch(p.wrapping_add(pf * nb1), lines);
+                }
             }
             let t0 = tsi[0] as usize;
             let contiguous = n == 8 && tsi[7] - tsi[0] == 7;
@@ -595,13 +593,13 @@ pub unsafe fn pv_q_avx2<const F: u8>(
         }
         let mut m = 0;
         while m + 4 <= mr {
-            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, nb, dvp, pf);
+            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, nb, dvp);
             m += 4;
         }
         match mr - m {
-            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, nb, dvp, pf),
-            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, nb, dvp, pf),
-            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, nb, dvp, pf),
+            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, nb, dvp),
+            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, nb, dvp),
+            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, nb, dvp),
             _ => {}
         }
     }
