@@ -914,6 +914,54 @@ mod tests {
         }
     }
 
+    /// The prefill tile GEMMs give the same bits on every ISA (one FMA chain per element, over
+    /// `d` for QK and over `active` for PV, whatever the register blocking).
+    #[test]
+    fn tile_gemms_same_bits_on_every_isa() {
+        let mut seed = 0x9e_u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5)
+                .collect()
+        };
+        let scalar = Kernels::new(Isa::Scalar);
+        for (mp, dk, dvp) in [
+            (4usize, 64usize, 64usize),
+            (8, 40, 48),
+            (12, 80, 80),
+            (28, 128, 128),
+            (64, 64, 144),
+        ] {
+            let q = rnd(mp * dk);
+            let kt = rnd(dk * TILE_KV);
+            let p = rnd(mp * TILE_KV);
+            let vt = rnd(TILE_KV * dvp);
+            let o0 = rnd(mp * dvp);
+            let active: Vec<u8> = (0..TILE_KV as u8).filter(|t| t % 7 != 3).collect();
+            let mut s0 = vec![0f32; mp * TILE_KV];
+            scalar.qk(&q, &kt, &mut s0, mp, dk);
+            let mut oa = o0.clone();
+            scalar.pv(&p, &vt, &mut oa, mp, dvp, &active);
+            for isa in simd::available() {
+                let kn = Kernels::new(isa);
+                let mut s1 = vec![f32::NAN; mp * TILE_KV];
+                kn.qk(&q, &kt, &mut s1, mp, dk);
+                let mut ob = o0.clone();
+                kn.pv(&p, &vt, &mut ob, mp, dvp, &active);
+                for (i, (a, b)) in s0.iter().zip(&s1).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{isa:?} qk mp={mp} dk={dk} i={i}");
+                }
+                for (i, (a, b)) in oa.iter().zip(&ob).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{isa:?} pv mp={mp} dvp={dvp} i={i}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn transpose_tile() {
         for isa in simd::available() {
