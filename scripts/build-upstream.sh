@@ -30,6 +30,9 @@
 # AVX512_BF16, AVX_VNNI is ON when /proc/cpuinfo has it, AMX is always OFF. That is the same
 # set as the in-process reference (-march=native minus AMX), and a CI machine of another CPU
 # never meets an instruction it lacks. One CPU variant (libggml-cpu.so), no ALL_VARIANTS.
+# ATTNROT_UPSTREAM_ARCH=avx2 turns AVX512* and AVX_VNNI off too (upstream's haswell variant's
+# set, SSE42 AVX AVX2 BMI2 FMA F16C, as far as the CPU has them): an AVX2-only llama.cpp on an
+# AVX-512 machine, in its own build directory (the tag names the ISA flags).
 #
 # Targets: llama-completion (the classic CLI; llama-cli itself needs the server sources),
 # llama-simple, llama-perplexity, llama-bench, test-backend-ops, and the ggml-cpu module;
@@ -37,6 +40,7 @@
 # All builds share one lock: only one upstream build runs at a time on the machine.
 #
 # Usage: scripts/build-upstream.sh [pin|v0.5.0]  -> builds if needed, prints the bin directory
+#        ATTNROT_UPSTREAM_ARCH=avx2         -> the AVX2-only build (default: every ISA the CPU has)
 #        ATTNROT_UPSTREAM_JOBS=N            -> parallel jobs (default 2)
 set -euo pipefail
 
@@ -88,6 +92,15 @@ tag=generic
 if [ "$(uname -m)" = "x86_64" ]; then
   flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
   has() { [[ "$flags" == *" $1 "* ]]; }
+  arch=${ATTNROT_UPSTREAM_ARCH:-native}
+  case "$arch" in
+  native) ;;
+  avx2) has() { [[ "$1" != avx512* && "$1" != avx_vnni && "$flags" == *" $1 "* ]]; } ;;
+  *)
+    log "ATTNROT_UPSTREAM_ARCH=$arch: use avx2 or native"
+    exit 2
+    ;;
+  esac
   tag=""
   for pair in SSE42:sse4_2 AVX:avx AVX2:avx2 BMI2:bmi2 FMA:fma F16C:f16c AVX512:avx512f \
     AVX512_VBMI:avx512vbmi AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16 AVX_VNNI:avx_vnni; do

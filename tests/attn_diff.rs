@@ -690,9 +690,37 @@ fn isa_variants() {
                         max_bias: 4.0,
                         ..Case::base(64, 100, 7, 2, ty)
                     },
+                    // decode, Q kept in f32 (the fused q8_0/q4_0 K kernels instead of the int8
+                    // ones), GQA 4, causal mask
+                    Case {
+                        prec: Precision::F32,
+                        mask: MaskKind::Causal,
+                        ..Case::base(128, 700, 1, 4, ty)
+                    },
+                    // decode, 3 query rows (mr not a multiple of 4), random -inf mask, sinks
+                    Case {
+                        mask: MaskKind::Random,
+                        sinks: true,
+                        ..Case::base(64, 900, 1, 3, ty)
+                    },
+                    // prefill, 28 virtual rows (row blocks of 6 and 4), per-head mask
+                    Case {
+                        mask: MaskKind::PerHead,
+                        ..Case::base(64, 300, 9, 3, ty)
+                    },
                 ] {
                     run_case(&mut fam, &mut r, &c, 2);
                 }
+            }
+            // f16 rows of 80 (16-element tails of the fused f16 kernels), decode and prefill
+            for c in [
+                Case {
+                    mask: MaskKind::Random,
+                    ..Case::base(80, 600, 1, 3, GgmlType::F16)
+                },
+                Case::base(80, 300, 20, 2, GgmlType::F16),
+            ] {
+                run_case(&mut fam, &mut r, &c, 2);
             }
         })
         .unwrap();
@@ -735,12 +763,23 @@ fn dequant_rows_exact() {
     }
 }
 
-/// Same output bits for any thread count (prefill tiles, split-KV decode, several sequences).
+/// Same output bits for any thread count (prefill tiles, split-KV decode, several sequences),
+/// on every ISA.
 #[test]
 fn thread_count_invariance() {
+    for isa in simd::available() {
+        simd::with_isa(isa, || thread_count_invariance_for(isa)).unwrap();
+    }
+}
+
+fn thread_count_invariance_for(isa: Isa) {
     let seed = diff::seed("attn_diff threads");
     let mut r = diff::rng(seed);
     for c in [
+        Case {
+            mask: MaskKind::Random,
+            ..Case::base(128, 2500, 1, 4, GgmlType::F16)
+        },
         Case {
             mask: MaskKind::None,
             ..Case::base(64, 4096, 1, 3, GgmlType::Q4_0)
@@ -774,7 +813,7 @@ fn thread_count_invariance() {
                 one.iter()
                     .zip(&many)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{}: {nt} threads differ from 1",
+                "{isa:?} {}: {nt} threads differ from 1",
                 c.name()
             );
         }

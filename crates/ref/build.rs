@@ -4,6 +4,11 @@
 //!   `ATTNROT_LLAMA_CPP_DIR` for offline builds.
 //! * ISA: what a default upstream CPU build (`GGML_NATIVE=ON`) uses on the build machine,
 //!   `-march=native`, minus AMX (upstream's AMX path crashes here, see DESIGN.md).
+//!   `ATTNROT_REF_ARCH=avx2` instead builds what upstream's `haswell` CPU variant
+//!   (`GGML_CPU_ALL_VARIANTS`: SSE42 AVX F16C FMA AVX2 BMI2) gets from its CMake — the flags
+//!   `-msse4.2 -mf16c -mfma -mbmi2 -mavx -mavx2` on the compiler's baseline, and the
+//!   definitions `GGML_SSE42 GGML_F16C GGML_FMA GGML_BMI2 GGML_AVX GGML_AVX2` — no AVX-512,
+//!   in its own cache key (an AVX2-only reference on an AVX-512 machine, for benches).
 //! * Cached in `~/.cache/attnrot/ref-build/<key>/` (`ATTNROT_CACHE` moves it; key = pinned
 //!   sdist checksum or tree path, sources, flags, compiler), so `cargo test`, `cargo bench`,
 //!   release and debug builds, fresh target dirs and fresh clones all share one compile.
@@ -45,6 +50,32 @@ const ARCH_FLAGS: &[&str] = &[
     "-mno-amx-int8",
     "-mno-amx-bf16",
 ];
+/// `ATTNROT_REF_ARCH=avx2`: upstream's `haswell` variant (ggml/src/CMakeLists.txt,
+/// `ggml_add_cpu_backend_variant(haswell SSE42 AVX F16C FMA AVX2 BMI2)`), flags in the order
+/// ggml-cpu/CMakeLists.txt appends them, and the definitions it adds with them.
+const AVX2_ARCH_FLAGS: &[&str] = &["-msse4.2", "-mf16c", "-mfma", "-mbmi2", "-mavx", "-mavx2"];
+const AVX2_ARCH_DEFINES: &[&str] = &[
+    "GGML_SSE42",
+    "GGML_F16C",
+    "GGML_FMA",
+    "GGML_BMI2",
+    "GGML_AVX",
+    "GGML_AVX2",
+];
+
+/// The reference build's ISA: `ATTNROT_REF_ARCH` unset or `native` (the default), or `avx2`.
+fn arch() -> (
+    &'static [&'static str],
+    &'static [&'static str],
+    Option<&'static str>,
+) {
+    println!("cargo:rerun-if-env-changed=ATTNROT_REF_ARCH");
+    match std::env::var("ATTNROT_REF_ARCH").as_deref() {
+        Err(_) | Ok("") | Ok("native") => (ARCH_FLAGS, &[], None),
+        Ok("avx2") => (AVX2_ARCH_FLAGS, AVX2_ARCH_DEFINES, Some("avx2")),
+        Ok(other) => panic!("attnrot-ref: ATTNROT_REF_ARCH={other:?}: use avx2 or native"),
+    }
+}
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -56,6 +87,7 @@ fn main() {
     );
     println!("cargo:rerun-if-env-changed=ATTNROT_LLAMA_CPP_DIR");
 
+    let (arch_flags, arch_defines, arch_name) = arch();
     let tree = fetch_tree(&root);
     println!(
         "cargo:rerun-if-changed={}",
@@ -80,12 +112,16 @@ fn main() {
         ident.trim(),
         C_SOURCES,
         CXX_SOURCES,
-        ARCH_FLAGS,
+        arch_flags,
         &version,
         cc_version,
         4u32,
     )
         .hash(&mut h);
+    // the default build's key is unchanged; another ISA hashes its name and definitions too
+    if let Some(name) = arch_name {
+        (name, arch_defines).hash(&mut h);
+    }
     let key = format!("{:016x}", h.finish());
     let cache = cache_root().join("ref-build").join(&key);
     let done = cache.join(".complete");
@@ -117,8 +153,11 @@ fn main() {
                 .warnings(false)
                 .cargo_metadata(false)
                 .out_dir(&stage);
-            for f in ARCH_FLAGS {
+            for f in arch_flags {
                 b.flag(f);
+            }
+            for d in arch_defines {
+                b.define(d, None);
             }
         };
         let mut c = cc::Build::new();
@@ -156,7 +195,7 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=pthread");
     println!(
         "cargo:rustc-env=ATTNROT_REF_ARCH_FLAGS={}",
-        ARCH_FLAGS.join(" ")
+        arch_flags.join(" ")
     );
     println!("cargo:rustc-env=ATTNROT_REF_TREE={}", tree.display());
     println!("cargo:rustc-env=ATTNROT_REF_LIB_DIR={}", cache.display());

@@ -296,7 +296,7 @@ impl Kernels {
             }
             Isa::Avx2 => {
                 return unsafe {
-                    crate::simd::x86::attn::qk_tile_avx2(
+                    crate::simd::x86::attn_avx2::qk_tile_avx2(
                         q.as_ptr(),
                         kt.as_ptr(),
                         s.as_mut_ptr(),
@@ -321,7 +321,7 @@ impl Kernels {
     }
 
     /// The fused decode format for rows of `d` elements of type `ty`, if this ISA has kernels
-    /// for it (AVX-512: f16 with `d % 16 == 0`, q8_0, q4_0).
+    /// for it (AVX-512 and AVX2: f16 with `d % 16 == 0`, q8_0, q4_0).
     pub fn fused(&self, ty: GgmlType, d: usize) -> Option<Fused> {
         let f = match Fused::quantized(ty) {
             Some(q) if d.is_multiple_of(32) => q,
@@ -330,7 +330,7 @@ impl Kernels {
         };
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Some(f),
+            Isa::Avx512 | Isa::Avx2 => Some(f),
             _ => None,
         }
     }
@@ -364,18 +364,28 @@ impl Kernels {
             use crate::simd::x86::attn as x;
             let kp = k[base..].as_ptr();
             let (qp, sp) = (q.as_ptr(), s.as_mut_ptr());
-            // SAFETY: sizes and row bounds asserted above; `fused` only answers for Avx512,
-            // which `simd` checked when the ISA was chosen.
+            use crate::simd::x86::attn_avx2 as y;
+            // SAFETY: sizes and row bounds asserted above; `fused` only answers for Avx512
+            // and Avx2, which `simd` checked when the ISA was chosen.
             unsafe {
-                match f {
-                    Fused::F16 => {
+                match (f, self.isa) {
+                    (Fused::F16, Isa::Avx512) => {
                         x::qk_fused_avx512::<{ x::FMT_F16 }>(qp, kp, nb1, active, sp, mp, dk, pf)
                     }
-                    Fused::Q8_0 => {
+                    (Fused::Q8_0, Isa::Avx512) => {
                         x::qk_fused_avx512::<{ x::FMT_Q8_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
                     }
-                    Fused::Q4_0 => {
+                    (Fused::Q4_0, Isa::Avx512) => {
                         x::qk_fused_avx512::<{ x::FMT_Q4_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    (Fused::F16, _) => {
+                        y::qk_fused_avx2::<{ x::FMT_F16 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    (Fused::Q8_0, _) => {
+                        y::qk_fused_avx2::<{ x::FMT_Q8_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
+                    }
+                    (Fused::Q4_0, _) => {
+                        y::qk_fused_avx2::<{ x::FMT_Q4_0 }>(qp, kp, nb1, active, sp, mp, dk, pf)
                     }
                 }
             }
@@ -413,16 +423,26 @@ impl Kernels {
             use crate::simd::x86::attn as x;
             let vp = v[base..].as_ptr();
             let (pp, op) = (p.as_ptr(), o.as_mut_ptr());
+            use crate::simd::x86::attn_avx2 as y;
             // SAFETY: as in `qk_fused`.
             unsafe {
-                match f {
-                    Fused::F16 => x::pv_fused_avx512::<{ x::FMT_F16 }>(
+                match (f, self.isa) {
+                    (Fused::F16, Isa::Avx512) => x::pv_fused_avx512::<{ x::FMT_F16 }>(
                         pp, vp, nb1, active, op, mr, dvp, dv, pf,
                     ),
-                    Fused::Q8_0 => x::pv_fused_avx512::<{ x::FMT_Q8_0 }>(
+                    (Fused::Q8_0, Isa::Avx512) => x::pv_fused_avx512::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, op, mr, dvp, dv, pf,
                     ),
-                    Fused::Q4_0 => x::pv_fused_avx512::<{ x::FMT_Q4_0 }>(
+                    (Fused::Q4_0, Isa::Avx512) => x::pv_fused_avx512::<{ x::FMT_Q4_0 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                    (Fused::F16, _) => {
+                        y::pv_fused_avx2::<{ x::FMT_F16 }>(pp, vp, nb1, active, op, mr, dvp, dv, pf)
+                    }
+                    (Fused::Q8_0, _) => y::pv_fused_avx2::<{ x::FMT_Q8_0 }>(
+                        pp, vp, nb1, active, op, mr, dvp, dv, pf,
+                    ),
+                    (Fused::Q4_0, _) => y::pv_fused_avx2::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, op, mr, dvp, dv, pf,
                     ),
                 }
@@ -496,10 +516,10 @@ impl Kernels {
                     (_, Isa::Avx512) => x::pv_q_avx512::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    (Fused::Q8_0, _) => x::pv_q_avx2::<{ x::FMT_Q8_0 }>(
+                    (Fused::Q8_0, _) => crate::simd::x86::attn_avx2::pv_q_avx2::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    _ => x::pv_q_avx2::<{ x::FMT_Q4_0 }>(
+                    _ => crate::simd::x86::attn_avx2::pv_q_avx2::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
                 }
@@ -558,11 +578,23 @@ impl Kernels {
     pub fn transpose(&self, k: &[f32], kt: &mut [f32], dk: usize) {
         assert!(k.len() >= TILE_KV * dk && kt.len() >= TILE_KV * dk);
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
+        match self.isa {
             // SAFETY: sizes asserted above; the ISA was checked by `simd` when chosen.
-            return unsafe {
-                crate::simd::x86::attn::transpose_tile_avx512(k.as_ptr(), kt.as_mut_ptr(), dk)
-            };
+            Isa::Avx512 => {
+                return unsafe {
+                    crate::simd::x86::attn::transpose_tile_avx512(k.as_ptr(), kt.as_mut_ptr(), dk)
+                }
+            }
+            Isa::Avx2 => {
+                return unsafe {
+                    crate::simd::x86::attn_avx2::transpose_tile_avx2(
+                        k.as_ptr(),
+                        kt.as_mut_ptr(),
+                        dk,
+                    )
+                }
+            }
+            Isa::Scalar => {}
         }
         for (t, row) in k.chunks_exact(dk).take(TILE_KV).enumerate() {
             for (d, &x) in row.iter().enumerate() {
@@ -594,7 +626,7 @@ impl Kernels {
             }
             Isa::Avx2 => {
                 return unsafe {
-                    crate::simd::x86::attn::pv_tile_avx2(
+                    crate::simd::x86::attn_avx2::pv_tile_avx2(
                         p.as_ptr(),
                         vt.as_ptr(),
                         o.as_mut_ptr(),
@@ -1059,6 +1091,54 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The prefill tile GEMMs give the same bits on every ISA (one FMA chain per element, over
+    /// `d` for QK and over `active` for PV, whatever the register blocking).
+    #[test]
+    fn tile_gemms_same_bits_on_every_isa() {
+        let mut seed = 0x9e_u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5)
+                .collect()
+        };
+        let scalar = Kernels::new(Isa::Scalar);
+        for (mp, dk, dvp) in [
+            (4usize, 64usize, 64usize),
+            (8, 40, 48),
+            (12, 80, 80),
+            (28, 128, 128),
+            (64, 64, 144),
+        ] {
+            let q = rnd(mp * dk);
+            let kt = rnd(dk * TILE_KV);
+            let p = rnd(mp * TILE_KV);
+            let vt = rnd(TILE_KV * dvp);
+            let o0 = rnd(mp * dvp);
+            let active: Vec<u8> = (0..TILE_KV as u8).filter(|t| t % 7 != 3).collect();
+            let mut s0 = vec![0f32; mp * TILE_KV];
+            scalar.qk(&q, &kt, &mut s0, mp, dk);
+            let mut oa = o0.clone();
+            scalar.pv(&p, &vt, &mut oa, mp, dvp, &active);
+            for isa in simd::available() {
+                let kn = Kernels::new(isa);
+                let mut s1 = vec![f32::NAN; mp * TILE_KV];
+                kn.qk(&q, &kt, &mut s1, mp, dk);
+                let mut ob = o0.clone();
+                kn.pv(&p, &vt, &mut ob, mp, dvp, &active);
+                for (i, (a, b)) in s0.iter().zip(&s1).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{isa:?} qk mp={mp} dk={dk} i={i}");
+                }
+                for (i, (a, b)) in oa.iter().zip(&ob).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{isa:?} pv mp={mp} dvp={dvp} i={i}"
+                    );
                 }
             }
         }

@@ -37,8 +37,7 @@
 //! never on the thread count, so the result is bit-identical for any `n_threads`. Decode
 //! runs the KV-head groups of a chunk together, tile by tile (one pass over the cache rows
 //! of a chunk, whose KV heads are adjacent in llama.cpp's cache), with fused kernels that
-//! read f16/q8_0/q4_0 rows straight from the cache (AVX-512; on AVX2 the q8_0/q4_0 K and V
-//! kernels only).
+//! read f16/q8_0/q4_0 rows straight from the cache (AVX-512 and AVX2).
 use crate::error::{Error, Result};
 use crate::simd;
 use crate::types::GgmlType;

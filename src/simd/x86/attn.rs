@@ -42,51 +42,6 @@ pub unsafe fn qk_tile_avx512(q: *const f32, kt: *const f32, s: *mut f32, mp: usi
     }
 }
 
-/// AVX2 variant of [`qk_tile_avx512`]: 4 rows × 32 columns per pass.
-// index loops: r/c index the accumulator tile, the K lanes and the pointer offsets together
-#[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn qk_tile_avx2(q: *const f32, kt: *const f32, s: *mut f32, mp: usize, dk: usize) {
-    unsafe {
-        let mut m = 0;
-        while m < mp {
-            let q0 = q.add(m * dk);
-            for half in 0..2 {
-                let mut acc = [[_mm256_setzero_ps(); 4]; 3];
-                let mut acc3 = [_mm256_setzero_ps(); 4];
-                for d in 0..dk {
-                    let kp = kt.add(d * T + 32 * half);
-                    let k = [
-                        _mm256_loadu_ps(kp),
-                        _mm256_loadu_ps(kp.add(8)),
-                        _mm256_loadu_ps(kp.add(16)),
-                        _mm256_loadu_ps(kp.add(24)),
-                    ];
-                    for r in 0..3 {
-                        let b = _mm256_set1_ps(*q0.add(r * dk + d));
-                        for c in 0..4 {
-                            acc[r][c] = _mm256_fmadd_ps(b, k[c], acc[r][c]);
-                        }
-                    }
-                    let b = _mm256_set1_ps(*q0.add(3 * dk + d));
-                    for c in 0..4 {
-                        acc3[c] = _mm256_fmadd_ps(b, k[c], acc3[c]);
-                    }
-                }
-                for r in 0..3 {
-                    for c in 0..4 {
-                        _mm256_storeu_ps(s.add((m + r) * T + 32 * half + 8 * c), acc[r][c]);
-                    }
-                }
-                for c in 0..4 {
-                    _mm256_storeu_ps(s.add((m + 3) * T + 32 * half + 8 * c), acc3[c]);
-                }
-            }
-            m += 4;
-        }
-    }
-}
-
 // index loops: r/c index the accumulator tile, the V lanes and the pointer offsets together
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -157,74 +112,7 @@ pub unsafe fn pv_tile_avx512(
     }
 }
 
-// index loops: r/c index the accumulator tile, the V lanes and the pointer offsets together
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-unsafe fn pv_block256<const NC: usize>(
-    p: *const f32,
-    vt: *const f32,
-    o: *mut f32,
-    m: usize,
-    c0: usize,
-    dvp: usize,
-    active: &[u8],
-) {
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); NC]; 4];
-        for r in 0..4 {
-            for c in 0..NC {
-                acc[r][c] = _mm256_loadu_ps(o.add((m + r) * dvp + c0 + 8 * c));
-            }
-        }
-        for &t in active {
-            let t = t as usize;
-            let vp = vt.add(t * dvp + c0);
-            let mut v = [_mm256_setzero_ps(); NC];
-            for c in 0..NC {
-                v[c] = _mm256_loadu_ps(vp.add(8 * c));
-            }
-            for r in 0..4 {
-                let b = _mm256_set1_ps(*p.add((m + r) * T + t));
-                for c in 0..NC {
-                    acc[r][c] = _mm256_fmadd_ps(b, v[c], acc[r][c]);
-                }
-            }
-        }
-        for r in 0..4 {
-            for c in 0..NC {
-                _mm256_storeu_ps(o.add((m + r) * dvp + c0 + 8 * c), acc[r][c]);
-            }
-        }
-    }
-}
-
-/// AVX2 variant of [`pv_tile_avx512`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn pv_tile_avx2(
-    p: *const f32,
-    vt: *const f32,
-    o: *mut f32,
-    mp: usize,
-    dvp: usize,
-    active: &[u8],
-) {
-    unsafe {
-        let mut m = 0;
-        while m < mp {
-            let mut c0 = 0;
-            while c0 + 24 <= dvp {
-                pv_block256::<3>(p, vt, o, m, c0, dvp, active);
-                c0 += 24;
-            }
-            match (dvp - c0) / 8 {
-                2 => pv_block256::<2>(p, vt, o, m, c0, dvp, active),
-                1 => pv_block256::<1>(p, vt, o, m, c0, dvp, active),
-                _ => {}
-            }
-            m += 4;
-        }
-    }
-}
+// (the AVX2 tile GEMMs are in `attn_avx2`)
 
 // ---------------------------------------------------------------- softmax pieces
 

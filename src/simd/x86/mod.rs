@@ -3,6 +3,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod attn;
+pub mod attn_avx2;
 pub mod f16;
 pub mod fwht;
 pub mod q4;

@@ -1,0 +1,606 @@
+//! AVX2 kernels of `crate::attn` that read K/V rows straight from the cache (fused decode, f16
+//! as well as q8_0/q4_0) and the register-blocked prefill tile kernels (QK and PV GEMMs, the K
+//! tile transpose). Contracts (sizes, layouts, row bounds) are checked in the safe wrappers
+//! (`attn::kernel`).
+//!
+//! Numbers: the fused kernels dequantize in registers exactly as upstream's `to_float` does
+//! (`q·d`, `(q-8)·d`, exact f16) and sum in the same order as the AVX2 tile kernels on the
+//! dequantized tile (`qk_rows_avx2`: 8 lanes over the head dimension, then
+//! `((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7))`; `pv`: one FMA chain per output element in `active`
+//! order), so they are bit-identical to dequantize + tile kernel. The prefill GEMMs keep each
+//! output element's FMA chain in the same order as before (over `d` for QK, over `active` for
+//! PV): only the register blocking changed.
+use super::attn::{FMT_F16, FMT_Q8_0};
+use core::arch::x86_64::*;
+
+const T: usize = 64;
+
+/// Hint `lines` cache lines from `p` into the caches; `p` may point past the buffer
+/// (prefetches never fault; the address is only computed).
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, lines: usize) {
+    unsafe {
+        for l in 0..lines {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
+        }
+    }
+}
+
+/// Bytes of a row of `d` elements in format `F`.
+#[inline(always)]
+fn row_bytes<const F: u8>(d: usize) -> usize {
+    match F {
+        FMT_F16 => 2 * d,
+        FMT_Q8_0 => d / 32 * 34,
+        _ => d / 32 * 18,
+    }
+}
+
+/// Elements `16c .. 16c+16` of a row of format `F` at `p`, exactly dequantized, as two
+/// vectors of 8 (for q8_0/q4_0, `c` even/odd = first/second half of block `c/2`).
+#[inline(always)]
+unsafe fn load16<const F: u8>(p: *const u8, c: usize) -> (__m256, __m256) {
+    unsafe {
+        match F {
+            FMT_F16 => {
+                let x = p.add(32 * c);
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(x as *const __m128i)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(x.add(16) as *const __m128i)),
+                )
+            }
+            FMT_Q8_0 => {
+                let bp = p.add(34 * (c / 2));
+                let h = (bp as *const u16).read_unaligned();
+                let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32))));
+                let x = bp.add(2 + 16 * (c % 2));
+                let a = _mm256_cvtepi8_epi32(_mm_loadl_epi64(x as *const __m128i));
+                let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(x.add(8) as *const __m128i));
+                (
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(a), d),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(b), d),
+                )
+            }
+            _ => {
+                let bp = p.add(18 * (c / 2));
+                let h = (bp as *const u16).read_unaligned();
+                let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32))));
+                let x = _mm_loadu_si128(bp.add(2) as *const __m128i);
+                // elements 0..16: low nibbles, 16..32: high nibbles of the 16 bytes
+                let n = if c.is_multiple_of(2) {
+                    _mm_and_si128(x, _mm_set1_epi8(0x0f))
+                } else {
+                    _mm_and_si128(_mm_srli_epi16::<4>(x), _mm_set1_epi8(0x0f))
+                };
+                let eight = _mm256_set1_epi32(8);
+                let a = _mm256_sub_epi32(_mm256_cvtepu8_epi32(n), eight);
+                let b = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(n)), eight);
+                (
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(a), d),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(b), d),
+                )
+            }
+        }
+    }
+}
+
+/// Lane `i` of the result = `((a_i[0]+a_i[4])+(a_i[1]+a_i[5]))+((a_i[2]+a_i[6])+(a_i[3]+a_i[7]))`
+/// (the horizontal sum of `qk_rows_avx2`, bit for bit: float addition commutes).
+#[inline(always)]
+unsafe fn hsum8(a: &[__m256; 8]) -> __m256 {
+    unsafe {
+        // [c_i | c_{i+4}], c = low half + high half
+        let x = |i: usize| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a[i], a[i + 4]),
+                _mm256_permute2f128_ps::<0x31>(a[i], a[i + 4]),
+            )
+        };
+        let h01 = _mm256_hadd_ps(x(0), x(1));
+        let h23 = _mm256_hadd_ps(x(2), x(3));
+        _mm256_hadd_ps(h01, h23)
+    }
+}
+
+/// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (`mp % 4 == 0`), K rows of
+/// format `F` at `k + t·nb1`; `dk % 16 == 0` (`% 32` for q8_0/q4_0). Bit-identical to
+/// dequantizing the rows and calling `qk_rows_avx2`. 4 query rows × 2 K rows per pass (8
+/// accumulators), the 8 sums of a pass reduced together (`hsum8`).
+// a raw-pointer kernel: the safe wrapper attn::kernel::Kernels::qk_fused checks these together
+#[allow(clippy::too_many_arguments)]
+// index loops: r/j index the accumulators, the K registers and the row offsets together
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn qk_fused_avx2<const F: u8>(
+    q: *const f32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    mp: usize,
+    dk: usize,
+    pf: usize,
+) {
+    unsafe {
+        let n16 = dk / 16;
+        let lines = row_bytes::<F>(dk).div_ceil(64);
+        let na = active.len();
+        let mut buf = [0f32; 8];
+        let mut i = 0;
+        while i < na {
+            let ts = [active[i] as usize, active[(i + 1).min(na - 1)] as usize];
+            let kp = [k.add(ts[0] * nb1), k.add(ts[1] * nb1)];
+            if pf != 0 {
+                for p in kp {
+                    prefetch(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            let mut m = 0;
+            while m < mp {
+                // acc[2r + j]: query row m+r, K row j
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in 0..n16 {
+                    let k0 = load16::<F>(kp[0], c);
+                    let k1 = load16::<F>(kp[1], c);
+                    for r in 0..4 {
+                        let qr = q.add((m + r) * dk + 16 * c);
+                        let qa = _mm256_loadu_ps(qr);
+                        acc[2 * r] = _mm256_fmadd_ps(qa, k0.0, acc[2 * r]);
+                        acc[2 * r + 1] = _mm256_fmadd_ps(qa, k1.0, acc[2 * r + 1]);
+                        let qb = _mm256_loadu_ps(qr.add(8));
+                        acc[2 * r] = _mm256_fmadd_ps(qb, k0.1, acc[2 * r]);
+                        acc[2 * r + 1] = _mm256_fmadd_ps(qb, k1.1, acc[2 * r + 1]);
+                    }
+                }
+                _mm256_storeu_ps(buf.as_mut_ptr(), hsum8(&acc));
+                for r in 0..4 {
+                    for j in 0..2 {
+                        *s.add((m + r) * T + ts[j]) = buf[2 * r + j];
+                    }
+                }
+                m += 4;
+            }
+            i += 2;
+        }
+    }
+}
+
+/// Rows `m..m+R`, columns `16c .. 16c+16` of `o += Σ_{t∈active} p[·][t] · v_t`.
+// index loops: r indexes the accumulators and the row offsets of o and p together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_fused_block<const F: u8, const R: usize>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    c: usize,
+    dvp: usize,
+    pf: usize,
+    lines: usize,
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + 16 * c);
+            acc[r] = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+        }
+        for &t in active {
+            let t = t as usize;
+            let vp = v.add(t * nb1);
+            if pf != 0 {
+                prefetch(vp.wrapping_add(pf * nb1), lines);
+            }
+            let (a, b) = load16::<F>(vp, c);
+            for r in 0..R {
+                let w = _mm256_broadcast_ss(&*p.add((m + r) * T + t));
+                acc[r][0] = _mm256_fmadd_ps(w, a, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(w, b, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + 16 * c);
+            _mm256_storeu_ps(op, acc[r][0]);
+            _mm256_storeu_ps(op.add(8), acc[r][1]);
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_fused_rows<const F: u8, const R: usize>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let lines = row_bytes::<F>(dv).div_ceil(64);
+        for c in 0..dv / 16 {
+            // the first pass over the rows prefetches the whole rows ahead
+            let pf = if m == 0 && c == 0 { pf } else { 0 };
+            pv_fused_block::<F, R>(p, v, nb1, active, o, m, c, dvp, pf, lines);
+        }
+    }
+}
+
+/// `o[m][:dv] += Σ_{t∈active} p[m][t] · v_t` for `m < mr` (any `mr ≥ 1`), V rows of format `F`
+/// at `v + t·nb1`; `dv % 16 == 0` (`% 32` for q8_0/q4_0). One FMA chain per output element in
+/// `active` order, as [`pv_tile_avx2`] on the dequantized tile; 4 query rows × 16 columns per
+/// pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_fused_avx2<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let mut m = 0;
+        while m + 4 <= mr {
+            pv_fused_rows::<F, 4>(p, v, nb1, active, o, m, dvp, dv, pf);
+            m += 4;
+        }
+        match mr - m {
+            3 => pv_fused_rows::<F, 3>(p, v, nb1, active, o, m, dvp, dv, pf),
+            2 => pv_fused_rows::<F, 2>(p, v, nb1, active, o, m, dvp, dv, pf),
+            1 => pv_fused_rows::<F, 1>(p, v, nb1, active, o, m, dvp, dv, pf),
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------- prefill tiles
+//
+// Register blocking for 16 ymm registers: R query rows (≤ 6) × 16 columns = 2R accumulators,
+// 2 operand registers and 1 broadcast. Every output element is one FMA chain in the same order
+// as the unblocked loops (over `d` for QK, over `active` for PV).
+
+// index loops: r indexes the accumulators and the row offsets together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn qk_tile_block<const R: usize>(
+    q: *const f32,
+    kt: *const f32,
+    s: *mut f32,
+    m: usize,
+    c: usize,
+    dk: usize,
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for d in 0..dk {
+            let kp = kt.add(d * T + 16 * c);
+            let k0 = _mm256_loadu_ps(kp);
+            let k1 = _mm256_loadu_ps(kp.add(8));
+            for r in 0..R {
+                let b = _mm256_broadcast_ss(&*q.add((m + r) * dk + d));
+                acc[r][0] = _mm256_fmadd_ps(b, k0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(b, k1, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            let sp = s.add((m + r) * T + 16 * c);
+            _mm256_storeu_ps(sp, acc[r][0]);
+            _mm256_storeu_ps(sp.add(8), acc[r][1]);
+        }
+    }
+}
+
+/// `s[m][0..64] = Σ_d q[m][d] kt[d][0..64]`, `mp % 2 == 0` (the prefill QK GEMM; the same
+/// numbers as `attn::qk_tile_avx512`, one FMA chain over `d` per element): 6 query rows × 16 columns per pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn qk_tile_avx2(q: *const f32, kt: *const f32, s: *mut f32, mp: usize, dk: usize) {
+    unsafe {
+        for c in 0..T / 16 {
+            let mut m = 0;
+            while m + 6 <= mp {
+                qk_tile_block::<6>(q, kt, s, m, c, dk);
+                m += 6;
+            }
+            match mp - m {
+                4 => qk_tile_block::<4>(q, kt, s, m, c, dk),
+                2 => qk_tile_block::<2>(q, kt, s, m, c, dk),
+                _ => {}
+            }
+        }
+    }
+}
+
+// index loops: r indexes the accumulators and the row offsets together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_tile_block<const R: usize>(
+    p: *const f32,
+    vt: *const f32,
+    o: *mut f32,
+    m: usize,
+    c: usize,
+    dvp: usize,
+    active: &[u8],
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + 16 * c);
+            acc[r] = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+        }
+        for &t in active {
+            let t = t as usize;
+            let vp = vt.add(t * dvp + 16 * c);
+            let v0 = _mm256_loadu_ps(vp);
+            let v1 = _mm256_loadu_ps(vp.add(8));
+            for r in 0..R {
+                let b = _mm256_broadcast_ss(&*p.add((m + r) * T + t));
+                acc[r][0] = _mm256_fmadd_ps(b, v0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(b, v1, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + 16 * c);
+            _mm256_storeu_ps(op, acc[r][0]);
+            _mm256_storeu_ps(op.add(8), acc[r][1]);
+        }
+    }
+}
+
+/// `o[m][:] += Σ_{t∈active} p[m][t] vt[t][:]`, `mp % 2 == 0`, `dvp % 16 == 0` (the prefill
+/// PV GEMM; the same numbers as `attn::pv_tile_avx512`): 6 query rows × 16 columns per pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pv_tile_avx2(
+    p: *const f32,
+    vt: *const f32,
+    o: *mut f32,
+    mp: usize,
+    dvp: usize,
+    active: &[u8],
+) {
+    unsafe {
+        for c in 0..dvp / 16 {
+            let mut m = 0;
+            while m + 6 <= mp {
+                pv_tile_block::<6>(p, vt, o, m, c, dvp, active);
+                m += 6;
+            }
+            match mp - m {
+                4 => pv_tile_block::<4>(p, vt, o, m, c, dvp, active),
+                2 => pv_tile_block::<2>(p, vt, o, m, c, dvp, active),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `dst[d][t] = src[t][d]` for `t < 64`, `d < dk`: `src` `[64][dk]`, `dst` `[dk][64]`, 8×8
+/// blocks in registers (the `dk % 8` last dimensions element by element).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn transpose_tile_avx2(src: *const f32, dst: *mut f32, dk: usize) {
+    unsafe {
+        let nd = dk / 8;
+        for tb in 0..T / 8 {
+            for db in 0..nd {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm256_loadu_ps(src.add((8 * tb + i) * dk + 8 * db));
+                }
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                // s_c, 128-bit lane L: column 4L+c of rows 0..3 (s0..s3) / 4..7 (s4..s7)
+                let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(s0, s4),
+                    _mm256_permute2f128_ps::<0x20>(s1, s5),
+                    _mm256_permute2f128_ps::<0x20>(s2, s6),
+                    _mm256_permute2f128_ps::<0x20>(s3, s7),
+                    _mm256_permute2f128_ps::<0x31>(s0, s4),
+                    _mm256_permute2f128_ps::<0x31>(s1, s5),
+                    _mm256_permute2f128_ps::<0x31>(s2, s6),
+                    _mm256_permute2f128_ps::<0x31>(s3, s7),
+                ];
+                for (c, oc) in out.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((8 * db + c) * T + 8 * tb), *oc);
+                }
+            }
+        }
+        for d in 8 * nd..dk {
+            for t in 0..T {
+                *dst.add(d * T + t) = *src.add(t * dk + d);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- quantized decode V
+
+/// The 16 integer values `16h .. 16h+16` of block `g` of a q8_0/q4_0 row at `p`, as floats
+/// (q4_0: `h = 0` the low nibbles, `h = 1` the high ones, minus 8).
+#[inline(always)]
+unsafe fn qvals16<const F: u8>(p: *const u8, g: usize, h: usize) -> (__m256, __m256) {
+    unsafe {
+        if F == FMT_Q8_0 {
+            let x = p.add(34 * g + 2 + 16 * h);
+            let a = _mm256_cvtepi8_epi32(_mm_loadl_epi64(x as *const __m128i));
+            let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(x.add(8) as *const __m128i));
+            (_mm256_cvtepi32_ps(a), _mm256_cvtepi32_ps(b))
+        } else {
+            let x = _mm_loadu_si128(p.add(18 * g + 2) as *const __m128i);
+            let n = if h == 0 {
+                _mm_and_si128(x, _mm_set1_epi8(0x0f))
+            } else {
+                _mm_and_si128(_mm_srli_epi16::<4>(x), _mm_set1_epi8(0x0f))
+            };
+            let eight = _mm256_set1_epi32(8);
+            let a = _mm256_sub_epi32(_mm256_cvtepu8_epi32(n), eight);
+            let b = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(n)), eight);
+            (_mm256_cvtepi32_ps(a), _mm256_cvtepi32_ps(b))
+        }
+    }
+}
+
+/// Rows `m..m+R`, columns `32g + 16h .. +16` of `o += Σ_i w[g][·][i] · q_{t_i}`.
+// index loops: r indexes the accumulators and the row offsets of o and w together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_block<const F: u8, const R: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g: usize,
+    h: usize,
+    dvp: usize,
+) {
+    unsafe {
+        let col = 32 * g + 16 * h;
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + col);
+            acc[r] = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+        }
+        let wg = w.add((g * mr + m) * T);
+        for (i, &t) in active.iter().enumerate() {
+            let (a, b) = qvals16::<F>(v.add(t as usize * nb1), g, h);
+            for r in 0..R {
+                let x = _mm256_broadcast_ss(&*wg.add(r * T + i));
+                acc[r][0] = _mm256_fmadd_ps(x, a, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(x, b, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            let op = o.add((m + r) * dvp + col);
+            _mm256_storeu_ps(op, acc[r][0]);
+            _mm256_storeu_ps(op.add(8), acc[r][1]);
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_q_rows<const F: u8, const R: usize>(
+    w: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    nb: usize,
+    dvp: usize,
+) {
+    unsafe {
+        for g in 0..nb {
+            for h in 0..2 {
+                pv_q_block::<F, R>(w, v, nb1, active, o, m, mr, g, h, dvp);
+            }
+        }
+    }
+}
+
+/// `o[m][:dv] += Σ_i (p[m][t_i]·d_{t_i,b}) · q_{t_i}[:]` for `t_i = active[i]`, `m < mr` (≤ 16),
+/// q8_0/q4_0 V rows (`dv % 32 == 0`) at `v + t·nb1`: the same numbers as `attn::pv_q_avx512`
+/// (one `fma(p·d, q, o)` chain per element in `active` order). The weights `p·d` are formed
+/// 8 rows at a time in `w` (`[dv/32][mr][64]` floats of scratch); then 4 query rows × 16
+/// columns per pass, the integer values converted in registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_q_avx2<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    w: *mut f32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) {
+    unsafe {
+        let nb = dv / 32;
+        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let lines = (nb * bs).div_ceil(64) + 1;
+        let na = active.len();
+        let mut i = 0;
+        while i < na {
+            // weights of 8 rows (the lanes past `n` repeat the last row; `i + 8 ≤ 64`, so
+            // they stay inside the row of `w`, never read)
+            let n = (na - i).min(8);
+            let mut tsi = [0i32; 8];
+            let mut rp = [v; 8];
+            for j in 0..8 {
+                let t = active[i + j.min(n - 1)] as usize;
+                tsi[j] = t as i32;
+                rp[j] = v.add(t * nb1);
+            }
+            if pf != 0 {
+                // the weights touch every row of the tile first: prefetch whole rows from here
+                for p in rp.iter().take(n) {
+                    prefetch(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            let t0 = tsi[0] as usize;
+            let contiguous = n == 8 && tsi[7] - tsi[0] == 7;
+            let tsv = _mm256_loadu_si256(tsi.as_ptr() as *const __m256i);
+            for b in 0..nb {
+                let mut hs = [0u16; 8];
+                for j in 0..8 {
+                    hs[j] = (rp[j].add(bs * b) as *const u16).read_unaligned();
+                }
+                let dvv = _mm256_cvtph_ps(_mm_loadu_si128(hs.as_ptr() as *const __m128i));
+                for m in 0..mr {
+                    let prow = p.add(m * T);
+                    let pv = if contiguous {
+                        _mm256_loadu_ps(prow.add(t0))
+                    } else {
+                        _mm256_i32gather_ps::<4>(prow, tsv)
+                    };
+                    _mm256_storeu_ps(w.add((b * mr + m) * T + i), _mm256_mul_ps(pv, dvv));
+                }
+            }
+            i += n;
+        }
+        let mut m = 0;
+        while m + 4 <= mr {
+            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, nb, dvp);
+            m += 4;
+        }
+        match mr - m {
+            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, nb, dvp),
+            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, nb, dvp),
+            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, nb, dvp),
+            _ => {}
+        }
+    }
+}
