@@ -335,7 +335,8 @@ impl Kernels {
         }
     }
 
-    /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (any `mp ≥ 1`), where row
+    /// `s[m][t] = Σ_d q[m][d] · k_t[d]` for `t ∈ active`, `m < mp` (any `mp ≥ 1` on AVX-512; on
+    /// AVX2 `q` and `s` must hold `mp` rounded up to 4 rows, the extra ones written), where row
     /// `k_t` (format `f`, `dk` elements) starts at byte `base + t·nb1` of `k`. Bit-identical to
     /// dequantizing the rows and calling [`Kernels::qk_rows`] (which also fills the other
     /// columns). `pf`: prefetch distance in rows (0 = none).
@@ -353,7 +354,13 @@ impl Kernels {
         dk: usize,
         pf: usize,
     ) {
-        assert!(mp >= 1 && q.len() >= mp * dk && s.len() >= mp * TILE_KV);
+        // the AVX2 kernel runs query rows in fours: its padding rows must be there
+        let rows = if self.isa == Isa::Avx512 {
+            mp
+        } else {
+            mp.div_ceil(4) * 4
+        };
+        assert!(mp >= 1 && q.len() >= rows * dk && s.len() >= rows * TILE_KV);
         assert!(self.fused(ty_of(f), dk) == Some(f));
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
         if active.is_empty() {
