@@ -196,10 +196,12 @@ impl Kernels {
         }
     }
 
-    /// Whether [`Kernels::qk_i8`] takes the second Q byte of [`Kernels::prep_q8_lo`] (AVX-512
-    /// VNNI; `Precision::F32` decode then runs the integer K kernel too).
-    pub fn int8_k_lo(&self) -> bool {
-        self.vnni
+    /// Whether `Precision::F32` decode of K format `f` runs [`Kernels::qk_i8`] with the second
+    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 on AVX-512 VNNI, where it measured ~10 % faster
+    /// than the f32 kernel (`benches/attn.rs`, Zen 4); for q8_0 (two transposes per block)
+    /// the f32 kernel was as fast or faster at n_kv 32768.
+    pub fn int8_k_lo(&self, f: Fused) -> bool {
+        self.vnni && f == Fused::Q4_0
     }
 
     /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr` (≤ 16) from [`Kernels::prep_q8`]'s
@@ -226,7 +228,7 @@ impl Kernels {
         assert!(self.int8_k(Some(f), dk) && mr <= 16);
         assert!(q8.len() >= mr * dk && qd.len() >= mr * nb && qc.len() >= mr * nb);
         if let Some((l, c)) = lo {
-            assert!(self.int8_k_lo() && l.len() >= mr * dk && c.len() >= mr * nb);
+            assert!(self.vnni && l.len() >= mr * dk && c.len() >= mr * nb);
         }
         assert!(s.len() >= mr * TILE_KV);
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
@@ -896,7 +898,7 @@ mod tests {
                         // the second Q byte (Precision::F32): 128·dot(q) + dot(lo), scale /128
                         let (mut lo, mut qcc) = (vec![0i8; mr * d], vec![0i32; mr * nb]);
                         let mut s_lo = vec![f32::NAN; mr * TILE_KV];
-                        if kn.int8_k_lo() {
+                        if kn.vnni {
                             kn.prep_q8_lo(f, &q, mr, d, &q8, &qd, &qc, &mut lo, &mut qcc);
                             let l = Some((&lo[..], &qcc[..]));
                             kn.qk_i8(
@@ -944,7 +946,7 @@ mod tests {
                                     "{ty} {:?} d={d} m={m} t={t}",
                                     kn.isa
                                 );
-                                if kn.int8_k_lo() {
+                                if kn.vnni {
                                     let got = s_lo[m * TILE_KV + t];
                                     assert_eq!(got.to_bits(), acc_lo.to_bits(), "lo {ty} d={d}");
                                     // and q·k to ~2⁻¹⁵ (the exact dot of Q with the row)

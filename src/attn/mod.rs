@@ -24,9 +24,9 @@
 //! quantized to q8_0 exactly as upstream does (the CPU backend's `from_float`) and K·Q is
 //! computed as exact integer block dots (`vpdpbusd`, or `maddubs` on AVX2), like upstream's
 //! `vec_dot` (both ISAs give the same numbers). `Precision::F32` (what llama.cpp sets on every
-//! FLASH_ATTN_EXT) keeps Q exact to ~2⁻¹⁵ of each block's largest value there: on AVX-512
-//! VNNI with a second byte per Q element (`128·dot(q) + dot(lo)`, exact integers), elsewhere
-//! in f32. q8_0/q4_0 V in decode folds the block scale into the softmax weight (`(p·d)·q`
+//! FLASH_ATTN_EXT) keeps Q exact to ~2⁻¹⁵ of each block's largest value there: for q4_0 K on
+//! AVX-512 VNNI with a second byte per Q element (`128·dot(q) + dot(lo)`, exact integers;
+//! ~10 % faster than f32 there), elsewhere in f32 (q8_0 K: the f32 kernel measured as fast). q8_0/q4_0 V in decode folds the block scale into the softmax weight (`(p·d)·q`
 //! instead of `p·(q·d)`: one rounding moved); on AVX-512 VNNI those weights are rounded to 15
 //! bits per tile, block and row (`vpdpwssd` sums of two rows at a time, exact in i32, one fma
 //! per tile): NMSE vs an f64 oracle ~2e-9, against upstream's ~5e-6 (`tests/attn_diff.rs`).
@@ -607,7 +607,7 @@ impl Plan<'_> {
             let decode = mp < ROWMAJOR_BELOW;
             // Precision::F32 keeps Q exact to ~2⁻¹⁶ with a second byte where the ISA has it
             let exact_q = self.precision == Precision::F32;
-            let int8_k = decode && kq.is_some() && (!exact_q || kn.int8_k_lo());
+            let int8_k = decode && kq.is_some_and(|f| !exact_q || kn.int8_k_lo(f));
             if let (true, Some(f)) = (int8_k, kq) {
                 kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
                 if exact_q {
