@@ -197,11 +197,11 @@ impl Kernels {
     }
 
     /// Whether `Precision::F32` decode of K format `f` runs [`Kernels::qk_i8`] with the second
-    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 on AVX-512 VNNI, where it measured ~10 % faster
+    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 (AVX-512 VNNI or AVX2), where it measured ~10 % faster
     /// than the f32 kernel (`benches/attn.rs`, Zen 4); for q8_0 (two transposes per block)
     /// the f32 kernel was as fast or faster at n_kv 32768.
     pub fn int8_k_lo(&self, f: Fused) -> bool {
-        self.vnni && f == Fused::Q4_0
+        f == Fused::Q4_0 && self.int8_k(Some(f), 32)
     }
 
     /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr` (≤ 16) from [`Kernels::prep_q8`]'s
@@ -228,7 +228,9 @@ impl Kernels {
         assert!(self.int8_k(Some(f), dk) && mr <= 16);
         assert!(q8.len() >= mr * dk && qd.len() >= mr * nb && qc.len() >= mr * nb);
         if let Some((l, c)) = lo {
-            assert!(self.vnni && l.len() >= mr * dk && c.len() >= mr * nb);
+            assert!(l.len() >= mr * dk && c.len() >= mr * nb);
+            // the AVX2 kernel has the second byte for q4_0 only
+            assert!(self.vnni || f == Fused::Q4_0);
         }
         assert!(s.len() >= mr * TILE_KV);
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
@@ -246,11 +248,15 @@ impl Kernels {
             unsafe {
                 if let Some((l, c)) = lo {
                     let (lp, cp) = (l.as_ptr(), c.as_ptr());
-                    return match f {
-                        Fused::Q8_0 => x::qk_i8_avx512::<{ x::FMT_Q8_0 }, true>(
+                    return match (f, self.vnni) {
+                        (Fused::Q8_0, true) => x::qk_i8_avx512::<{ x::FMT_Q8_0 }, true>(
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
-                        _ => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, true>(
+                        (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, true>(
+                            q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
+                        ),
+                        // asserted q4_0 above
+                        (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }, true>(
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
                     };
@@ -263,11 +269,11 @@ impl Kernels {
                     (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
-                    (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }>(
-                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }, false>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
-                    (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }>(
-                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf,
+                    (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }, false>(
+                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
                 }
             }
@@ -898,7 +904,8 @@ mod tests {
                         // the second Q byte (Precision::F32): 128·dot(q) + dot(lo), scale /128
                         let (mut lo, mut qcc) = (vec![0i8; mr * d], vec![0i32; mr * nb]);
                         let mut s_lo = vec![f32::NAN; mr * TILE_KV];
-                        if kn.vnni {
+                        let with_lo = kn.vnni || f == Fused::Q4_0;
+                        if with_lo {
                             kn.prep_q8_lo(f, &q, mr, d, &q8, &qd, &qc, &mut lo, &mut qcc);
                             let l = Some((&lo[..], &qcc[..]));
                             kn.qk_i8(
@@ -946,7 +953,7 @@ mod tests {
                                     "{ty} {:?} d={d} m={m} t={t}",
                                     kn.isa
                                 );
-                                if kn.vnni {
+                                if with_lo {
                                     let got = s_lo[m * TILE_KV + t];
                                     assert_eq!(got.to_bits(), acc_lo.to_bits(), "lo {ty} d={d}");
                                     // and q·k to ~2⁻¹⁵ (the exact dot of Q with the row)

@@ -981,7 +981,7 @@ unsafe fn qk_i8_rows<const F: u8, const R: usize, const LO: bool>(
 /// block by block.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn qk_i8_avx2<const F: u8>(
+pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
     q8: *const i8,
     qd: *const f32,
     qc: *const i32,
@@ -992,6 +992,8 @@ pub unsafe fn qk_i8_avx2<const F: u8>(
     mr: usize,
     dk: usize,
     pf: usize,
+    lo: *const i8,
+    qcc: *const i32,
 ) {
     unsafe {
         let nb = dk / 32;
@@ -1061,6 +1063,32 @@ pub unsafe fn qk_i8_avx2<const F: u8>(
                         _mm256_permute2x128_si256::<0x20>(h0123, h4567),
                         _mm256_permute2x128_si256::<0x31>(h0123, h4567),
                     );
+                    if LO && F == FMT_Q4_0 {
+                        // 128·dot(q) + dot(lo) − qcc, scale dk·dq/128 (as the VNNI kernel)
+                        let lv = _mm256_loadu_si256(lo.add(m * dk + 32 * b) as *const __m256i);
+                        let mut e = [_mm256_setzero_si256(); 8];
+                        for j in 0..8 {
+                            e[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], lv), ones);
+                        }
+                        let g01 = _mm256_hadd_epi32(e[0], e[1]);
+                        let g23 = _mm256_hadd_epi32(e[2], e[3]);
+                        let g45 = _mm256_hadd_epi32(e[4], e[5]);
+                        let g67 = _mm256_hadd_epi32(e[6], e[7]);
+                        let g0123 = _mm256_hadd_epi32(g01, g23);
+                        let g4567 = _mm256_hadd_epi32(g45, g67);
+                        let dlo = _mm256_add_epi32(
+                            _mm256_permute2x128_si256::<0x20>(g0123, g4567),
+                            _mm256_permute2x128_si256::<0x31>(g0123, g4567),
+                        );
+                        let comb = _mm256_sub_epi32(
+                            _mm256_add_epi32(_mm256_slli_epi32::<7>(dot), dlo),
+                            _mm256_set1_epi32(*qcc.add(m * nb + b)),
+                        );
+                        let sc =
+                            _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b) * (1.0 / 128.0)));
+                        *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(comb), sc, *sm);
+                        continue;
+                    }
                     // q4_0: Σ n·q − 8·Σq (`qc`); q8_0's dot is already exact (`qc` holds the
                     // VNNI kernel's bias correction, not used here)
                     let dot = if F == FMT_Q8_0 {
