@@ -641,9 +641,10 @@ fn decode_precision() {
                         "{}: F32 NMSE vs f64: ours {e:.2e}, upstream {eu:.2e}",
                         c.name()
                     );
-                    // Q stays f32; q8_0/q4_0 V weights keep 15 bits (2^-16 of a tile's
-                    // largest): orders of magnitude below upstream's own error
-                    assert!(e <= 1e-8, "{}: F32 precision NMSE vs f64 {e:e}", c.name());
+                    // Q exact to 2^-15 (q4_0 K: two bytes) or f32; q8_0/q4_0 V weights keep
+                    // ~15 bits of a tile's largest (measured 4e-9..7e-9 here): orders of
+                    // magnitude below upstream's own error
+                    assert!(e <= 5e-8, "{}: F32 precision NMSE vs f64 {e:e}", c.name());
                     assert!(
                         e <= eu / 100.0,
                         "{}: F32 NMSE {e:e} not ≪ upstream's {eu:e}",
