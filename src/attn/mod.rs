@@ -477,6 +477,8 @@ struct Scratch {
     /// The second Q byte and combined corrections (`Precision::F32`, [`Kernels::prep_q8_lo`]).
     q8lo: Vec<i8>,
     qcc: Vec<i32>,
+    /// The item (sequence, KV-head group, query block) whose Q rows `q` and quantization hold.
+    qkey: Option<(usize, usize, usize)>,
 }
 
 /// Per-worker tile buffers (used within one tile step of one item).
@@ -548,6 +550,7 @@ impl Plan<'_> {
             q8: vec![0; mmax * self.dk],
             qd: vec![0.0; mmax * self.dk.div_ceil(32)],
             qc: vec![0; mmax * self.dk.div_ceil(32)],
+            qkey: None,
             q8lo: vec![0; mmax * self.dk],
             qcc: vec![0; mmax * self.dk.div_ceil(32)],
         }
@@ -596,19 +599,27 @@ impl Plan<'_> {
             self.vrows(it, &mut rows);
             let m_real = rows.len();
             let mp = m_real.div_ceil(4) * 4;
-            // Q rows (f32, contiguous within a row), padded rows zero.
-            for (m, vr) in rows.iter().enumerate() {
-                let off = vr.iq1 * self.q.nb[1] + vr.head * self.q.nb[2] + it.iq3 * self.q.nb[3];
-                for d in 0..dk {
-                    sc.q[m * dk + d] = read_f32(self.q.data, off + 4 * d);
-                }
-            }
-            sc.q[m_real * dk..mp * dk].fill(0.0);
             let decode = mp < ROWMAJOR_BELOW;
-            // Precision::F32 keeps Q exact to ~2⁻¹⁶ with a second byte where the ISA has it
+            // Precision::F32 keeps Q exact to ~2⁻¹⁵ with a second byte where the ISA has it
             let exact_q = self.precision == Precision::F32;
             let int8_k = decode && kq.is_some_and(|f| !exact_q || kn.int8_k_lo(f));
-            if let (true, Some(f)) = (int8_k, kq) {
+            // Q rows and their quantization: once per (sequence, group, query block) in this
+            // worker — the next KV chunk of the same group finds them in the same scratch
+            let key = (it.iq3, it.gi, it.qb);
+            let fresh = sc.qkey != Some(key);
+            sc.qkey = Some(key);
+            if fresh {
+                // Q rows (f32, contiguous within a row), padded rows zero.
+                for (m, vr) in rows.iter().enumerate() {
+                    let off =
+                        vr.iq1 * self.q.nb[1] + vr.head * self.q.nb[2] + it.iq3 * self.q.nb[3];
+                    for d in 0..dk {
+                        sc.q[m * dk + d] = read_f32(self.q.data, off + 4 * d);
+                    }
+                }
+                sc.q[m_real * dk..mp * dk].fill(0.0);
+            }
+            if let (true, true, Some(f)) = (fresh, int8_k, kq) {
                 kn.prep_q8(f, &sc.q, m_real, dk, &mut sc.q8, &mut sc.qd, &mut sc.qc);
                 if exact_q {
                     kn.prep_q8_lo(
