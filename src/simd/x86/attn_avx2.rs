@@ -165,12 +165,12 @@ pub unsafe fn qk_fused_avx2<const F: u8>(
     }
 }
 
-/// Rows `m..m+R`, columns `16c .. 16c+16` of `o += Σ_{t∈active} p[·][t] · v_t`.
+/// Rows `m..m+R`, columns `16c .. 16(c+NC)` of `o += Σ_{t∈active} p[·][t] · v_t`.
 // index loops: r indexes the accumulators and the row offsets of o and p together
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_fused_block<const F: u8, const R: usize>(
+unsafe fn pv_fused_block<const F: u8, const R: usize, const NC: usize>(
     p: *const f32,
     v: *const u8,
     nb1: usize,
@@ -183,10 +183,12 @@ unsafe fn pv_fused_block<const F: u8, const R: usize>(
     lines: usize,
 ) {
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; NC]; R];
         for r in 0..R {
-            let op = o.add((m + r) * dvp + 16 * c);
-            acc[r] = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+            for h in 0..NC {
+                let op = o.add((m + r) * dvp + 16 * (c + h));
+                acc[r][h] = [_mm256_loadu_ps(op), _mm256_loadu_ps(op.add(8))];
+            }
         }
         for &t in active {
             let t = t as usize;
@@ -194,17 +196,24 @@ unsafe fn pv_fused_block<const F: u8, const R: usize>(
             if pf != 0 {
                 prefetch(vp.wrapping_add(pf * nb1), lines);
             }
-            let (a, b) = load16::<F>(vp, c);
+            let mut w = [_mm256_setzero_ps(); R];
             for r in 0..R {
-                let w = _mm256_broadcast_ss(&*p.add((m + r) * T + t));
-                acc[r][0] = _mm256_fmadd_ps(w, a, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(w, b, acc[r][1]);
+                w[r] = _mm256_broadcast_ss(&*p.add((m + r) * T + t));
+            }
+            for h in 0..NC {
+                let (a, b) = load16::<F>(vp, c + h);
+                for r in 0..R {
+                    acc[r][h][0] = _mm256_fmadd_ps(w[r], a, acc[r][h][0]);
+                    acc[r][h][1] = _mm256_fmadd_ps(w[r], b, acc[r][h][1]);
+                }
             }
         }
         for r in 0..R {
-            let op = o.add((m + r) * dvp + 16 * c);
-            _mm256_storeu_ps(op, acc[r][0]);
-            _mm256_storeu_ps(op.add(8), acc[r][1]);
+            for h in 0..NC {
+                let op = o.add((m + r) * dvp + 16 * (c + h));
+                _mm256_storeu_ps(op, acc[r][h][0]);
+                _mm256_storeu_ps(op.add(8), acc[r][h][1]);
+            }
         }
     }
 }
@@ -224,10 +233,20 @@ unsafe fn pv_fused_rows<const F: u8, const R: usize>(
 ) {
     unsafe {
         let lines = row_bytes::<F>(dv).div_ceil(64);
-        for c in 0..dv / 16 {
+        let n16 = dv / 16;
+        let mut c = 0;
+        // up to 3 query rows: 32 columns per pass over the rows (12 accumulators), halving
+        // the passes, the row loads and the weight broadcasts
+        while R <= 3 && c + 2 <= n16 {
             // the first pass over the rows prefetches the whole rows ahead
             let pf = if m == 0 && c == 0 { pf } else { 0 };
-            pv_fused_block::<F, R>(p, v, nb1, active, o, m, c, dvp, pf, lines);
+            pv_fused_block::<F, R, 2>(p, v, nb1, active, o, m, c, dvp, pf, lines);
+            c += 2;
+        }
+        while c < n16 {
+            let pf = if m == 0 && c == 0 { pf } else { 0 };
+            pv_fused_block::<F, R, 1>(p, v, nb1, active, o, m, c, dvp, pf, lines);
+            c += 1;
         }
     }
 }
