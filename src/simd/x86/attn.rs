@@ -1001,6 +1001,7 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
         let lines = (nb * bs).div_ceil(64);
         let m4 = _mm_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
+        let w128 = _mm256_set1_epi16(128);
         let na = active.len();
         let mut sacc = [_mm256_setzero_ps(); 16];
         let mut buf = [0f32; 8];
@@ -1045,13 +1046,25 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
                 for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
                     let qv = _mm256_loadu_si256(q8.add(m * dk + 32 * b) as *const __m256i);
                     let mut d = [_mm256_setzero_si256(); 8];
-                    for j in 0..8 {
-                        let y = if F == FMT_Q8_0 {
-                            _mm256_sign_epi8(qv, ks[j])
-                        } else {
-                            qv
-                        };
-                        d[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], y), ones);
+                    if LO && F == FMT_Q4_0 {
+                        // 128·(nibbles·q) + nibbles·lo per lane before the one reduction below
+                        // (exact: the pair sums fit i16, the lane sums i32)
+                        let lv = _mm256_loadu_si256(lo.add(m * dk + 32 * b) as *const __m256i);
+                        for j in 0..8 {
+                            d[j] = _mm256_add_epi32(
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], qv), w128),
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], lv), ones),
+                            );
+                        }
+                    } else {
+                        for j in 0..8 {
+                            let y = if F == FMT_Q8_0 {
+                                _mm256_sign_epi8(qv, ks[j])
+                            } else {
+                                qv
+                            };
+                            d[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], y), ones);
+                        }
                     }
                     let h01 = _mm256_hadd_epi32(d[0], d[1]);
                     let h23 = _mm256_hadd_epi32(d[2], d[3]);
@@ -1065,25 +1078,7 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
                     );
                     if LO && F == FMT_Q4_0 {
                         // 128·dot(q) + dot(lo) − qcc, scale dk·dq/128 (as the VNNI kernel)
-                        let lv = _mm256_loadu_si256(lo.add(m * dk + 32 * b) as *const __m256i);
-                        let mut e = [_mm256_setzero_si256(); 8];
-                        for j in 0..8 {
-                            e[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], lv), ones);
-                        }
-                        let g01 = _mm256_hadd_epi32(e[0], e[1]);
-                        let g23 = _mm256_hadd_epi32(e[2], e[3]);
-                        let g45 = _mm256_hadd_epi32(e[4], e[5]);
-                        let g67 = _mm256_hadd_epi32(e[6], e[7]);
-                        let g0123 = _mm256_hadd_epi32(g01, g23);
-                        let g4567 = _mm256_hadd_epi32(g45, g67);
-                        let dlo = _mm256_add_epi32(
-                            _mm256_permute2x128_si256::<0x20>(g0123, g4567),
-                            _mm256_permute2x128_si256::<0x31>(g0123, g4567),
-                        );
-                        let comb = _mm256_sub_epi32(
-                            _mm256_add_epi32(_mm256_slli_epi32::<7>(dot), dlo),
-                            _mm256_set1_epi32(*qcc.add(m * nb + b)),
-                        );
+                        let comb = _mm256_sub_epi32(dot, _mm256_set1_epi32(*qcc.add(m * nb + b)));
                         let sc =
                             _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b) * (1.0 / 128.0)));
                         *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(comb), sc, *sm);
