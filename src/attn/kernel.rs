@@ -27,12 +27,10 @@ impl Fused {
         }
     }
 
+    /// Bytes of a row of `d` elements (`usize::MAX` when `d` is not a whole number of
+    /// blocks: no row then fits a buffer).
     fn row_bytes(self, d: usize) -> usize {
-        match self {
-            Fused::F16 => 2 * d,
-            Fused::Q8_0 => d / 32 * 34,
-            Fused::Q4_0 => d / 32 * 18,
-        }
+        ty_of(self).row_bytes(d).unwrap_or(usize::MAX)
     }
 }
 

@@ -593,6 +593,8 @@ impl Plan<'_> {
         let kq = kn.int8_fmt(self.k.ty, dk);
         // the quantized decode V kernel's format (q8_0/q4_0 V on AVX2 / AVX-512)
         let vq = kn.pv_q_fmt(self.v.ty, self.dv);
+        // prefetch distances of the fused decode kernels (rows ahead in each stream)
+        let (pf_k, pf_v) = (prefetch_rows(self.k.nb[1]), prefetch_rows(self.v.nb[1]));
         let mut ctx = Vec::with_capacity(its.len());
         for (it, sc) in its.iter().zip(scs.iter_mut()) {
             let mut rows = std::mem::take(&mut sc.rows);
@@ -726,7 +728,7 @@ impl Plan<'_> {
                         &mut tb.s,
                         m_real,
                         dk,
-                        prefetch_rows(self.k.nb[1]),
+                        pf_k,
                         (self.precision == Precision::F32).then_some((&sc.q8lo[..], &sc.qcc[..])),
                     );
                 } else if let (true, Some(f)) = (decode, fused.0) {
@@ -741,7 +743,7 @@ impl Plan<'_> {
                         &mut tb.s,
                         m_real,
                         dk,
-                        prefetch_rows(self.k.nb[1]),
+                        pf_k,
                     );
                     // the padding rows (a tiled V pass reads them): no weight
                     tb.s[m_real * TILE_KV..mp * TILE_KV].fill(0.0);
@@ -842,7 +844,7 @@ impl Plan<'_> {
                         m_real,
                         dvp,
                         self.dv,
-                        prefetch_rows(self.v.nb[1]),
+                        pf_v,
                         true,
                     );
                 } else if let (true, Some(f)) = (decode, fused.1) {
@@ -857,7 +859,7 @@ impl Plan<'_> {
                         m_real,
                         dvp,
                         self.dv,
-                        prefetch_rows(self.v.nb[1]),
+                        pf_v,
                     );
                 } else {
                     // the V tile was dequantized above

@@ -386,6 +386,25 @@ pub const FMT_F16: u8 = 0;
 pub const FMT_Q8_0: u8 = 1;
 pub const FMT_Q4_0: u8 = 2;
 
+/// Bytes of one 32-element block of the quantized format `F` (q8_0: 34, q4_0: 18).
+#[inline(always)]
+pub(super) const fn qblock_bytes<const F: u8>() -> usize {
+    if F == FMT_Q8_0 {
+        34
+    } else {
+        18
+    }
+}
+
+/// Bytes of a row of `d` elements in format `F`.
+#[inline(always)]
+pub(super) const fn fmt_row_bytes<const F: u8>(d: usize) -> usize {
+    match F {
+        FMT_F16 => 2 * d,
+        _ => d / 32 * qblock_bytes::<F>(),
+    }
+}
+
 /// Broadcast the f16 at `p` (a block scale) as f32, exactly.
 #[inline(always)]
 unsafe fn bcast_f16(p: *const u8) -> __m512 {
@@ -440,7 +459,7 @@ unsafe fn load16_f16(p: *const u8, c: usize) -> __m512 {
 /// Hint the next rows of a stream into the caches (`lines` cache lines from `p`); `p` may
 /// point past the buffer (prefetches never fault; the address is only computed).
 #[inline(always)]
-unsafe fn prefetch_row(p: *const u8, lines: usize) {
+pub(super) unsafe fn prefetch_row(p: *const u8, lines: usize) {
     unsafe {
         for l in 0..lines {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
@@ -465,16 +484,9 @@ pub unsafe fn qk_fused_avx512<const F: u8>(
     pf: usize,
 ) {
     unsafe {
-        let mut m = 0;
-        while m < mp {
-            match mp - m {
-                1 => qk_fused_rows::<F, 1>(q, k, nb1, active, s, m, dk, pf),
-                2 => qk_fused_rows::<F, 2>(q, k, nb1, active, s, m, dk, pf),
-                3 => qk_fused_rows::<F, 3>(q, k, nb1, active, s, m, dk, pf),
-                _ => qk_fused_rows::<F, 4>(q, k, nb1, active, s, m, dk, pf),
-            }
-            m += 4;
-        }
+        by_fours!(mp, |m, R| qk_fused_rows::<F, R>(
+            q, k, nb1, active, s, m, dk, pf
+        ));
     }
 }
 
@@ -497,12 +509,7 @@ unsafe fn qk_fused_rows<const F: u8, const R: usize>(
     unsafe {
         let n32 = dk / 32;
         let tail = !dk.is_multiple_of(32);
-        let rb = match F {
-            FMT_F16 => 2 * dk,
-            FMT_Q8_0 => dk / 32 * 34,
-            _ => dk / 32 * 18,
-        };
-        let lines = rb.div_ceil(64);
+        let lines = fmt_row_bytes::<F>(dk).div_ceil(64);
         let na = active.len();
         let mut buf = [0f32; 16];
         let mut i = 0;
@@ -708,17 +715,9 @@ pub unsafe fn pv_fused_avx512<const F: u8>(
     pf: usize,
 ) {
     unsafe {
-        let mut m = 0;
-        while m + 4 <= mr {
-            pv_fused_rows::<F, 4>(p, v, nb1, active, o, m, dvp, dv, pf);
-            m += 4;
-        }
-        match mr - m {
-            3 => pv_fused_rows::<F, 3>(p, v, nb1, active, o, m, dvp, dv, pf),
-            2 => pv_fused_rows::<F, 2>(p, v, nb1, active, o, m, dvp, dv, pf),
-            1 => pv_fused_rows::<F, 1>(p, v, nb1, active, o, m, dvp, dv, pf),
-            _ => {}
-        }
+        by_fours!(mr, |m, R| pv_fused_rows::<F, R>(
+            p, v, nb1, active, o, m, dvp, dv, pf
+        ));
     }
 }
 
@@ -792,7 +791,7 @@ pub unsafe fn qk_i8_avx512<const F: u8, const LO: bool>(
 ) {
     unsafe {
         let nb = dk / 32;
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let lines = (nb * bs).div_ceil(64);
         let na = active.len();
         let mut i = 0;
@@ -821,16 +820,9 @@ pub unsafe fn qk_i8_avx512<const F: u8, const LO: bool>(
                 qcc,
             };
             let mut sacc = [_mm512_setzero_ps(); 16];
-            let mut m = 0;
-            while m < mr {
-                match mr - m {
-                    1 => qk_i8_rows::<F, 1, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
-                    2 => qk_i8_rows::<F, 2, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
-                    3 => qk_i8_rows::<F, 3, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
-                    _ => qk_i8_rows::<F, 4, LO>(&g, q8, qd, qc, nb, dk, m, &mut sacc),
-                }
-                m += 4;
-            }
+            by_fours!(mr, |m, R| qk_i8_rows::<F, R, LO>(
+                &g, q8, qd, qc, nb, dk, m, &mut sacc
+            ));
             let contiguous = ts[n - 1] - ts[0] == n - 1;
             let mut buf = [0f32; 16];
             for (m, sm) in sacc.iter().enumerate().take(mr) {
@@ -878,7 +870,7 @@ unsafe fn qk_i8_rows<const F: u8, const R: usize, const LO: bool>(
     sacc: &mut [__m512; 16],
 ) {
     unsafe {
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let m4 = _mm512_set1_epi8(0x0f);
         let bias = _mm512_set1_epi8(-128);
         let mut acc = [_mm512_setzero_ps(); R];
@@ -997,7 +989,7 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
 ) {
     unsafe {
         let nb = dk / 32;
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let lines = (nb * bs).div_ceil(64);
         let m4 = _mm_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
@@ -1155,7 +1147,7 @@ unsafe fn pv_q_block<const F: u8, const R: usize, const NG: usize>(
 ) {
     unsafe {
         let tab = _mm512_loadu_ps(Q4_TABLE.as_ptr());
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let lines = (bs * NG).div_ceil(64) + 1;
         let mut acc = [[[_mm512_setzero_ps(); 2]; NG]; R];
         for r in 0..R {
@@ -1239,17 +1231,9 @@ pub unsafe fn pv_q_avx512<const F: u8>(
     unsafe {
         let nb = dv / 32;
         weights_pd::<F>(p, v, nb1, active, w, mr, nb);
-        let mut m = 0;
-        while m + 4 <= mr {
-            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, dvp, nb, pf);
-            m += 4;
-        }
-        match mr - m {
-            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
-            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
-            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, dvp, nb, pf),
-            _ => {}
-        }
+        by_fours!(mr, |m, R| pv_q_rows::<F, R>(
+            w, v, nb1, active, o, m, mr, dvp, nb, pf
+        ));
     }
 }
 
@@ -1266,7 +1250,7 @@ unsafe fn weights_pd<const F: u8>(
     nb: usize,
 ) {
     unsafe {
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let na = active.len();
         let mut i = 0;
         while i < na {
@@ -1331,7 +1315,7 @@ unsafe fn weights_q16<const F: u8>(
     sw: *mut i32,
 ) -> bool {
     unsafe {
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let na = active.len();
         let nc = na.div_ceil(16);
         let absm = _mm512_set1_epi32(0x7fff_ffff);
@@ -1496,7 +1480,7 @@ unsafe fn pv_i16_block<const F: u8, const R: usize, const NG: usize>(
     pf: usize,
 ) {
     unsafe {
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let lines = (bs * NG).div_ceil(64) + 1;
         let na = active.len();
         let mut acc = [[[_mm512_setzero_si512(); 2]; NG]; R];
@@ -1606,17 +1590,9 @@ pub unsafe fn pv_i16_avx512<const F: u8>(
         if !weights_q16::<F>(p, v, nb1, active, mr, nb, wq, sig, sw) {
             return false;
         }
-        let mut m = 0;
-        while m + 4 <= mr {
-            pv_i16_rows::<F, 4>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf);
-            m += 4;
-        }
-        match mr - m {
-            3 => pv_i16_rows::<F, 3>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf),
-            2 => pv_i16_rows::<F, 2>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf),
-            1 => pv_i16_rows::<F, 1>(wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf),
-            _ => {}
-        }
+        by_fours!(mr, |m, R| pv_i16_rows::<F, R>(
+            wq, sig, sw, v, nb1, active, o, m, mr, dvp, nb, pf
+        ));
         true
     }
 }

@@ -10,31 +10,12 @@
 //! order), so they are bit-identical to dequantize + tile kernel. The prefill GEMMs keep each
 //! output element's FMA chain in the same order as before (over `d` for QK, over `active` for
 //! PV): only the register blocking changed.
-use super::attn::{FMT_F16, FMT_Q8_0};
+use super::attn::{
+    fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q8_0,
+};
 use core::arch::x86_64::*;
 
 const T: usize = 64;
-
-/// Hint `lines` cache lines from `p` into the caches; `p` may point past the buffer
-/// (prefetches never fault; the address is only computed).
-#[inline(always)]
-unsafe fn prefetch(p: *const u8, lines: usize) {
-    unsafe {
-        for l in 0..lines {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
-        }
-    }
-}
-
-/// Bytes of a row of `d` elements in format `F`.
-#[inline(always)]
-fn row_bytes<const F: u8>(d: usize) -> usize {
-    match F {
-        FMT_F16 => 2 * d,
-        FMT_Q8_0 => d / 32 * 34,
-        _ => d / 32 * 18,
-    }
-}
 
 /// Elements `16c .. 16c+16` of a row of format `F` at `p`, exactly dequantized, as two
 /// vectors of 8 (for q8_0/q4_0, `c` even/odd = first/second half of block `c/2`).
@@ -269,17 +250,9 @@ pub unsafe fn pv_fused_avx2<const F: u8>(
     pf: usize,
 ) {
     unsafe {
-        let mut m = 0;
-        while m + 4 <= mr {
-            pv_fused_rows::<F, 4>(p, v, nb1, active, o, m, dvp, dv, pf);
-            m += 4;
-        }
-        match mr - m {
-            3 => pv_fused_rows::<F, 3>(p, v, nb1, active, o, m, dvp, dv, pf),
-            2 => pv_fused_rows::<F, 2>(p, v, nb1, active, o, m, dvp, dv, pf),
-            1 => pv_fused_rows::<F, 1>(p, v, nb1, active, o, m, dvp, dv, pf),
-            _ => {}
-        }
+        by_fours!(mr, |m, R| pv_fused_rows::<F, R>(
+            p, v, nb1, active, o, m, dvp, dv, pf
+        ));
     }
 }
 
@@ -568,7 +541,7 @@ pub unsafe fn pv_q_avx2<const F: u8>(
 ) {
     unsafe {
         let nb = dv / 32;
-        let bs = if F == FMT_Q8_0 { 34 } else { 18 };
+        let bs = qblock_bytes::<F>();
         let lines = (nb * bs).div_ceil(64) + 1;
         let na = active.len();
         let mut i = 0;
@@ -610,16 +583,8 @@ pub unsafe fn pv_q_avx2<const F: u8>(
             }
             i += n;
         }
-        let mut m = 0;
-        while m + 4 <= mr {
-            pv_q_rows::<F, 4>(w, v, nb1, active, o, m, mr, nb, dvp);
-            m += 4;
-        }
-        match mr - m {
-            3 => pv_q_rows::<F, 3>(w, v, nb1, active, o, m, mr, nb, dvp),
-            2 => pv_q_rows::<F, 2>(w, v, nb1, active, o, m, mr, nb, dvp),
-            1 => pv_q_rows::<F, 1>(w, v, nb1, active, o, m, mr, nb, dvp),
-            _ => {}
-        }
+        by_fours!(mr, |m, R| pv_q_rows::<F, R>(
+            w, v, nb1, active, o, m, mr, nb, dvp
+        ));
     }
 }

@@ -2,6 +2,37 @@
 //! the safe modules check [`super::isa()`] first.
 #![allow(clippy::missing_safety_doc)]
 
+/// Runs `$body` for the query rows `0..$mr` in groups of 4 and then the 1–3 left: `$m` is the
+/// group's first row and `$r` a `const usize` with its size (for `::<…, $r>` kernels).
+macro_rules! by_fours {
+    ($mr:expr, |$m:ident, $r:ident| $body:expr) => {{
+        let mr: usize = $mr;
+        let mut $m = 0usize;
+        while $m + 4 <= mr {
+            {
+                const $r: usize = 4;
+                $body;
+            }
+            $m += 4;
+        }
+        match mr - $m {
+            3 => {
+                const $r: usize = 3;
+                $body;
+            }
+            2 => {
+                const $r: usize = 2;
+                $body;
+            }
+            1 => {
+                const $r: usize = 1;
+                $body;
+            }
+            _ => {}
+        }
+    }};
+}
+
 pub mod attn;
 pub mod attn_avx2;
 pub mod f16;
