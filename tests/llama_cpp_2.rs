@@ -136,10 +136,7 @@ fn run(host: &Path, model: &Path, textf: &Path, ty: &str, ours: bool, env: &[(&s
     let sp = splits(&stderr);
     assert!(!sp.is_empty(), "no sched_reserve line in the log:\n{tail}");
     if ours {
-        let reg = stderr
-            .lines()
-            .find(|l| l.contains("attnrot: backend AttnRot registered"))
-            .unwrap_or_else(|| panic!("our backend did not register:\n{tail}"));
+        let reg = common::registration_line(&stderr, &tail);
         assert!(
             reg.contains("host ggml 0.26.0 commit unknown, backend API 3"),
             "unexpected registration: {reg}"

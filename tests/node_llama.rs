@@ -192,10 +192,7 @@ fn run_node(s: &Setup, ty: &str, ours: bool, env: &[(&str, &str)], tag: &str) ->
     let sp = splits(&stderr);
     assert!(!sp.is_empty(), "no sched_reserve line in the debug log");
     if ours {
-        let reg = stderr
-            .lines()
-            .find(|l| l.contains("attnrot: backend AttnRot registered"))
-            .unwrap_or_else(|| panic!("our backend did not register:\n{tail}"));
+        let reg = common::registration_line(&stderr, &tail);
         assert!(
             reg.contains("host ggml 0.25.1 commit 0ad4a86, backend API 2")
                 && reg.contains("private ggml"),

@@ -32,10 +32,7 @@ fn out_dir() -> PathBuf {
 
 /// Our registration line as a private host sees it (one line, through ggml's logger).
 fn assert_registered_privately(out: &str) {
-    let line = out
-        .lines()
-        .find(|l| l.contains("attnrot: backend AttnRot registered"))
-        .unwrap_or_else(|| panic!("no registration line:\n{out}"));
+    let line = common::registration_line(out, out);
     assert!(
         line.contains("private ggml") && line.contains("libggml-base.so"),
         "the backend did not say it found a private ggml: {line}"

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::PathBuf;
-use support::{attnrot, run_json_stdout, s};
+use support::{fails_saying, run_json_stdout, s};
 
 fn tmp(name: &str) -> PathBuf {
     support::tmp("bench", name)
@@ -80,19 +80,6 @@ fn bad_input_is_one_clear_line_and_no_output_file() {
         ),
     ];
     for (args, want) in cases {
-        let out = attnrot()
-            .args(SHORT)
-            .args(args)
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(want),
-            "{args:?}: stderr does not say '{want}':\n{err}"
-        );
-        assert!(!json.exists(), "{args:?} left {}", json.display());
+        fails_saying(&[&SHORT[..], args].concat(), &json, want);
     }
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::PathBuf;
-use support::{attnrot, run_json, s};
+use support::{attnrot, fails_saying, run_json, s};
 
 fn tmp(name: &str) -> PathBuf {
     support::tmp("eval", name)
@@ -115,23 +115,11 @@ fn bad_input_is_one_clear_line_and_no_output_file() {
         (&["eval", "--chunks", "0"], "--chunks must be at least 1"),
     ];
     for (args, want) in cases {
-        let out = attnrot()
-            .args(args)
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(want),
-            "{args:?}: stderr does not say '{want}':\n{err}"
-        );
+        let err = fails_saying(args, &json, want);
         assert!(
             !err.contains("stack backtrace"),
             "{args:?} printed a backtrace:\n{err}"
         );
-        assert!(!json.exists(), "{args:?} left {}", json.display());
     }
     // a corrupt model: llama-perplexity fails, we report it and write nothing
     let bad = tmp("corrupt.gguf");

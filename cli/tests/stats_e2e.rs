@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::PathBuf;
-use support::{attnrot, run_json as run_ok, s};
+use support::{attnrot, fails_saying, run_json as run_ok, s};
 
 fn tmp(name: &str) -> PathBuf {
     support::tmp("stats", name)
@@ -240,20 +240,8 @@ fn bad_input_is_one_clear_line() {
         ),
     ];
     for (args, want) in cases {
-        let out = attnrot()
-            .args(args)
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(want),
-            "{args:?}: stderr lacks '{want}':\n{err}"
-        );
+        let err = fails_saying(args, &json, want);
         assert!(!err.contains("panicked"), "{args:?}:\n{err}");
-        assert!(!json.exists());
     }
     // an empty capture directory (a manifest, no events)
     let cap = tmp("empty-capture");

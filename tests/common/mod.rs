@@ -419,3 +419,11 @@ pub fn print_host_summary(title: &str, report: &[HostResult]) {
         );
     }
 }
+
+/// Our backend's registration line in a host's log (`attnrot: backend AttnRot registered …`);
+/// fails the test, showing `shown`, when there is none.
+pub fn registration_line<'a>(log: &'a str, shown: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains("attnrot: backend AttnRot registered"))
+        .unwrap_or_else(|| panic!("our backend did not register:\n{shown}"))
+}

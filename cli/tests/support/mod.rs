@@ -49,3 +49,22 @@ pub fn run_json_stdout(args: &[&str]) -> (serde_json::Value, String) {
 pub fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Runs `attnrot` with `args` followed by `--json <json>` and checks that it failed, said
+/// `want` on stderr and wrote no JSON file; returns the stderr.
+pub fn fails_saying(args: &[&str], json: &std::path::Path, want: &str) -> String {
+    let out = attnrot()
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        err.contains(want),
+        "{args:?}: stderr does not say '{want}':\n{err}"
+    );
+    assert!(!json.exists(), "{args:?} left {}", json.display());
+    err
+}
