@@ -664,6 +664,111 @@ impl Kernels {
         }
     }
 
+    /// One mask row of a tile: `out[t] = slope·mask[t]` for the `tl = src.len()/2` f16 values
+    /// of `src` (`tl ≤ TILE_KV`), `-inf` for `t ≥ tl`; returns the bitmasks of the columns
+    /// `t < tl` that are live (`≠ -inf`, NaN included) and hidden (`= -inf`).
+    pub fn mask_tile(&self, src: &[u8], slope: f32, out: &mut [f32]) -> (u64, u64) {
+        let tl = src.len() / 2;
+        assert!(tl <= TILE_KV && out.len() >= TILE_KV);
+        #[cfg(target_arch = "x86_64")]
+        match self.isa {
+            // SAFETY: `src` holds `tl` f16 values, `out` TILE_KV floats.
+            Isa::Avx512 => unsafe {
+                return crate::simd::x86::attn::mask_tile_avx512(
+                    src.as_ptr(),
+                    tl,
+                    slope,
+                    out.as_mut_ptr(),
+                );
+            },
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe {
+                return crate::simd::x86::attn::mask_tile_avx2(
+                    src.as_ptr(),
+                    tl,
+                    slope,
+                    out.as_mut_ptr(),
+                );
+            },
+            Isa::Scalar => {}
+        }
+        let (mut live, mut hid) = (0u64, 0u64);
+        for (t, (h, x)) in src.chunks_exact(2).zip(out.iter_mut()).enumerate() {
+            let v = slope * half::f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
+            *x = v;
+            live |= u64::from(v != f32::NEG_INFINITY) << t;
+            hid |= u64::from(v == f32::NEG_INFINITY) << t;
+        }
+        out[tl..TILE_KV].fill(f32::NEG_INFINITY);
+        (live, hid)
+    }
+
+    /// One tile's online-softmax step for the rows `0..mr` of `s` (`[mr][TILE_KV]`), row `m`
+    /// against the mask row `mi[m]` of `mv`: [`Kernels::scores`], the running max `mrow[m]`
+    /// and sum `srow[m]` updated, `s[m]` replaced by the probabilities ([`Kernels::exp_sum`];
+    /// zeros for a row with no live column); `ms[m]` is the factor row `m`'s earlier output
+    /// must be scaled by (exactly 1 when its max did not grow).
+    #[allow(clippy::too_many_arguments)]
+    pub fn softmax(
+        &self,
+        s: &mut [f32],
+        mv: &[f32],
+        mi: &[u32],
+        scale: f32,
+        softcap: f32,
+        mrow: &mut [f32],
+        srow: &mut [f32],
+        ms: &mut [f32],
+    ) {
+        let mr = mi.len();
+        assert!(s.len() >= mr * TILE_KV && mrow.len() >= mr && srow.len() >= mr);
+        assert!(ms.len() >= mr && mi.iter().all(|&i| (i as usize + 1) * TILE_KV <= mv.len()));
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::x86::attn::{softmax_tile_avx2, softmax_tile_avx512};
+            let f = match self.isa {
+                Isa::Avx512 => Some(softmax_tile_avx512 as unsafe fn(_, _, _, _, _, _, _, _, _)),
+                Isa::Avx2 => Some(softmax_tile_avx2 as unsafe fn(_, _, _, _, _, _, _, _, _)),
+                Isa::Scalar => None,
+            };
+            if let Some(f) = f {
+                // SAFETY: sizes checked above; the ISA was detected by `simd::isa()`.
+                unsafe {
+                    f(
+                        s.as_mut_ptr(),
+                        mv.as_ptr(),
+                        mi.as_ptr(),
+                        mr,
+                        scale,
+                        softcap,
+                        mrow.as_mut_ptr(),
+                        srow.as_mut_ptr(),
+                        ms.as_mut_ptr(),
+                    )
+                };
+                return;
+            }
+        }
+        for (m, &i) in mi.iter().enumerate() {
+            let i = i as usize;
+            let srow_m = &mut s[m * TILE_KV..(m + 1) * TILE_KV];
+            let tmax = self.scores(srow_m, &mv[i * TILE_KV..(i + 1) * TILE_KV], scale, softcap);
+            ms[m] = 1.0;
+            if tmax == f32::NEG_INFINITY {
+                srow_m.fill(0.0);
+                continue;
+            }
+            let mold = mrow[m];
+            let mnew = mold.max(tmax);
+            if mnew > mold {
+                ms[m] = (mold - mnew).exp();
+                srow[m] *= ms[m];
+            }
+            mrow[m] = mnew;
+            srow[m] += self.exp_sum(srow_m, mnew);
+        }
+    }
+
     /// Scores of one row: `s[t] = mv[t] == -inf ? -inf : f(s[t]) + mv[t]` with
     /// `f(x) = x·scale` or, with a soft cap, `softcap·tanh(x·scale)`; returns the row max.
     /// The SIMD variants compute tanh with a polynomial (|x| < 0.625) or from the vector exp
@@ -1232,6 +1337,117 @@ mod tests {
                     wmx = wmx.max(got[t]);
                 }
                 assert_eq!(mx, wmx);
+            }
+        }
+    }
+
+    /// `mask_tile` on every ISA against a scalar model: f16 values incl. ±Inf, NaN, ±0 and
+    /// subnormals, every tile length edge, slopes 1, 0.25 and 0 (0·-inf = NaN: live).
+    #[test]
+    fn mask_tile_bits() {
+        let mut seed = 0x3a5c_u64;
+        let special = [
+            0xfc00u16, 0x7c00, 0x7e00, 0xfe01, 0x0000, 0x8000, 0x0001, 0x83ff,
+        ];
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            for tl in [0usize, 1, 7, 8, 15, 16, 17, 31, 33, 48, 63, 64] {
+                for slope in [1.0f32, 0.25, 0.0] {
+                    for round in 0..20 {
+                        let h: Vec<u16> = (0..tl)
+                            .map(|i| match (lcg(&mut seed) as usize + i + round) % 4 {
+                                0 => special[lcg(&mut seed) as usize % special.len()],
+                                1 => 0xfc00, // -inf: the causal mask
+                                _ => lcg(&mut seed) as u16,
+                            })
+                            .collect();
+                        let src: Vec<u8> = h.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        let mut out = vec![1.5f32; TILE_KV];
+                        let (live, hid) = kn.mask_tile(&src, slope, &mut out);
+                        let (mut wl, mut wh) = (0u64, 0u64);
+                        for t in 0..TILE_KV {
+                            let want = if t < tl {
+                                slope * half::f16::from_bits(h[t]).to_f32()
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                            let ok = want.to_bits() == out[t].to_bits()
+                                || (want.is_nan() && out[t].is_nan());
+                            assert!(ok, "{isa:?} tl={tl} t={t}: {} vs {want}", out[t]);
+                            if t < tl {
+                                wl |= u64::from(want != f32::NEG_INFINITY) << t;
+                                wh |= u64::from(want == f32::NEG_INFINITY) << t;
+                            }
+                        }
+                        assert_eq!((live, hid), (wl, wh), "{isa:?} tl={tl} slope={slope}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `softmax` (one call per tile) on every ISA computes bit for bit what `scores` and
+    /// `exp_sum` row by row do, with shared mask rows, rows fully masked, soft cap on and off.
+    #[test]
+    fn softmax_tile_equals_rows() {
+        let mut seed = 0x50f7_u64;
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            for mr in [1usize, 3, 4, 9] {
+                for softcap in [0.0f32, 20.0] {
+                    let mut s: Vec<f32> = (0..mr * TILE_KV)
+                        .map(|_| (lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5) * 16.0)
+                        .collect();
+                    let mut mv = vec![0f32; mr * TILE_KV];
+                    for (i, x) in mv.iter_mut().enumerate() {
+                        let r = i / TILE_KV;
+                        *x = if r == 1 || lcg(&mut seed).is_multiple_of(5) {
+                            f32::NEG_INFINITY
+                        } else {
+                            -((lcg(&mut seed) % 100) as f32) * 0.05
+                        };
+                    }
+                    // row m reads mask row mi[m]: pairs share one, row 1 is all -inf
+                    let mi: Vec<u32> = (0..mr as u32)
+                        .map(|m| if m >= 2 { m & !1 } else { m })
+                        .collect();
+                    let mut mrow: Vec<f32> = (0..mr)
+                        .map(|m| if m % 2 == 0 { f32::NEG_INFINITY } else { 1.0 })
+                        .collect();
+                    let mut srow: Vec<f32> = (0..mr).map(|m| m as f32).collect();
+                    let (mut s2, mut m2, mut s2row) = (s.clone(), mrow.clone(), srow.clone());
+                    let mut ms = vec![f32::NAN; mr];
+                    kn.softmax(
+                        &mut s, &mv, &mi, 0.125, softcap, &mut mrow, &mut srow, &mut ms,
+                    );
+                    for m in 0..mr {
+                        let i = mi[m] as usize;
+                        let row = &mut s2[m * TILE_KV..(m + 1) * TILE_KV];
+                        let tmax =
+                            kn.scores(row, &mv[i * TILE_KV..(i + 1) * TILE_KV], 0.125, softcap);
+                        let mut f = 1.0f32;
+                        if tmax == f32::NEG_INFINITY {
+                            row.fill(0.0);
+                        } else {
+                            let mnew = m2[m].max(tmax);
+                            if mnew > m2[m] {
+                                f = (m2[m] - mnew).exp();
+                                s2row[m] *= f;
+                            }
+                            m2[m] = mnew;
+                            s2row[m] += kn.exp_sum(row, mnew);
+                        }
+                        assert_eq!(ms[m].to_bits(), f.to_bits(), "{isa:?} mr={mr} m={m}");
+                        assert_eq!(mrow[m].to_bits(), m2[m].to_bits(), "{isa:?} m={m}");
+                        assert_eq!(srow[m].to_bits(), s2row[m].to_bits(), "{isa:?} m={m}");
+                    }
+                    let same = s.iter().zip(&s2).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{isa:?} mr={mr} softcap={softcap}: probabilities differ"
+                    );
+                    assert!(mr == 1 || s[TILE_KV..2 * TILE_KV].iter().all(|&x| x == 0.0));
+                }
             }
         }
     }

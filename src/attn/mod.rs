@@ -48,6 +48,15 @@ mod kernel;
 
 use kernel::{Fused, Kernels, TILE_KV};
 
+/// The bitmask of columns `0..n` (`n ≤ 64`).
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
 /// 0, 1, …, TILE_KV - 1 (the active columns of a tile without masked columns).
 const IOTA: [u8; TILE_KV] = {
     let mut a = [0u8; TILE_KV];
@@ -487,6 +496,10 @@ struct TileBufs {
     s: Vec<f32>,
     vt: Vec<f32>,
     mv: Vec<f32>,
+    /// The mask row (of `mv`) of each query row.
+    mi: Vec<u32>,
+    /// Per row: the factor the softmax step scaled the row's earlier sums by.
+    ms: Vec<f32>,
     kr: Vec<f32>,
     /// Weights of the quantized decode V kernel.
     w: kernel::WeightScratch,
@@ -563,6 +576,8 @@ impl Plan<'_> {
             s: vec![0.0; mmax * TILE_KV],
             vt: vec![0.0; TILE_KV * self.dvp],
             mv: vec![0.0; mmax * TILE_KV],
+            mi: vec![0; mmax],
+            ms: vec![1.0; mmax],
             kr: vec![0.0; TILE_KV * self.dk],
             w: kernel::WeightScratch::new(mmax, self.dv.div_ceil(32)),
             vrow: vec![0.0; self.dv],
@@ -649,7 +664,6 @@ impl Plan<'_> {
 
             ctx.push((rows, m_real, mp, decode, int8_k, kbase, vbase));
         }
-        let deq_f16 = deq::select(GgmlType::F16).expect("f16 is a K/V type");
         let c0 = its[0].chunk * self.chunk;
         let c1 = (c0 + self.chunk).min(self.n_kv);
         let mut active: Vec<u8> = Vec::with_capacity(TILE_KV);
@@ -659,56 +673,51 @@ impl Plan<'_> {
             for (cx, sc) in ctx.iter().zip(scs.iter_mut()) {
                 let (rows, m_real, mp, decode, int8_k, kbase, vbase) =
                     (&cx.0, cx.1, cx.2, cx.3, cx.4, cx.5, cx.6);
-                // mask values (slope·mask), -inf for masked and for columns past the tile
-                active.clear();
-                let mut col_live = [false; TILE_KV];
-                // columns masked (-inf) for at least one of the rows
-                let mut col_hidden = [false; TILE_KV];
-                // whether any column is hidden from some row (else the odd-row check is moot)
-                let mut any_hidden = false;
+                // mask values (slope·mask), -inf for masked and for columns past the tile; row
+                // m reads mask row mi[m] (the heads of a GQA group under a broadcast mask share
+                // one). Bit t: column t is live for some row / hidden (-inf) from some row.
+                let (mut col_live, mut col_hidden) = (0u64, 0u64);
+                let mut nomask_row = None;
                 for (m, vr) in rows.iter().enumerate() {
-                    let (done, rest) = tb.mv.split_at_mut(m * TILE_KV);
-                    let mv = &mut rest[..TILE_KV];
+                    let mv = &mut tb.mv[m * TILE_KV..(m + 1) * TILE_KV];
                     match (vr.mask_off, self.mask.as_ref()) {
                         (Some(off), Some(mk)) => {
-                            // rows reading the same mask row with the same slope (the heads of a
-                            // GQA group under a broadcast mask) share the values
                             let same = m.checked_sub(1).filter(|&p| {
                                 rows[p].mask_off == vr.mask_off
                                     && rows[p].slope.to_bits() == vr.slope.to_bits()
                             });
                             if let Some(p) = same {
-                                mv.copy_from_slice(&done[p * TILE_KV..(p + 1) * TILE_KV]);
+                                tb.mi[m] = tb.mi[p];
                                 continue;
                             }
                             let src = off + 2 * t0;
-                            deq_f16(&mk.data[src..src + 2 * tl], &mut mv[..tl]);
-                            for ((x, live), hid) in mv[..tl]
-                                .iter_mut()
-                                .zip(col_live.iter_mut())
-                                .zip(col_hidden.iter_mut())
-                            {
-                                let v = vr.slope * *x;
-                                *x = v;
-                                *live |= v != f32::NEG_INFINITY;
-                                *hid |= v == f32::NEG_INFINITY;
-                                any_hidden |= v == f32::NEG_INFINITY;
-                            }
+                            let (l, h) = kn.mask_tile(&mk.data[src..src + 2 * tl], vr.slope, mv);
+                            col_live |= l;
+                            col_hidden |= h;
+                            tb.mi[m] = m as u32;
                         }
                         _ => {
+                            if let Some(p) = nomask_row {
+                                tb.mi[m] = p;
+                                continue;
+                            }
                             mv[..tl].fill(0.0);
-                            col_live[..tl].fill(true);
+                            mv[tl..].fill(f32::NEG_INFINITY);
+                            col_live |= low_bits(tl);
+                            tb.mi[m] = m as u32;
+                            nomask_row = Some(m as u32);
                         }
                     }
-                    mv[tl..].fill(f32::NEG_INFINITY);
                 }
-                if col_live[..tl].iter().all(|&l| l) {
+                let any_hidden = col_hidden != 0;
+                active.clear();
+                if col_live == low_bits(tl) {
                     active.extend_from_slice(&IOTA[..tl]);
                 } else {
-                    for (t, &l) in col_live.iter().enumerate() {
-                        if l {
-                            active.push(t as u8);
-                        }
+                    let mut b = col_live;
+                    while b != 0 {
+                        active.push(b.trailing_zeros() as u8);
+                        b &= b - 1;
                     }
                 }
                 if active.is_empty() {
@@ -772,26 +781,23 @@ impl Plan<'_> {
                     kn.transpose(&tb.kr, &mut tb.kt, dk);
                     kn.qk(&sc.q, &tb.kt, &mut tb.s, mp, dk);
                 }
-                // online softmax
-                for m in 0..m_real {
-                    let srow = &mut tb.s[m * TILE_KV..(m + 1) * TILE_KV];
-                    let mv = &tb.mv[m * TILE_KV..(m + 1) * TILE_KV];
-                    let tmax = kn.scores(srow, mv, self.scale, self.softcap);
-                    if tmax == f32::NEG_INFINITY {
-                        srow.fill(0.0);
-                        continue;
-                    }
-                    let mold = sc.mrow[m];
-                    let mnew = mold.max(tmax);
-                    if mnew > mold {
-                        let ms = (mold - mnew).exp();
+                // online softmax; a row whose max grew rescales its earlier output
+                kn.softmax(
+                    &mut tb.s,
+                    &tb.mv,
+                    &tb.mi[..m_real],
+                    self.scale,
+                    self.softcap,
+                    &mut sc.mrow,
+                    &mut sc.srow,
+                    &mut tb.ms,
+                );
+                for (m, &f) in tb.ms[..m_real].iter().enumerate() {
+                    if f != 1.0 {
                         for x in &mut sc.o[m * dvp..(m + 1) * dvp] {
-                            *x *= ms;
+                            *x *= f;
                         }
-                        sc.srow[m] *= ms;
                     }
-                    sc.mrow[m] = mnew;
-                    sc.srow[m] += kn.exp_sum(srow, mnew);
                 }
                 // A V row that some rows see and others do not: upstream skips a masked
                 // position without reading its row, a tile kernel multiplies it by p = 0, which
@@ -812,7 +818,7 @@ impl Plan<'_> {
                 let mut odd: Vec<(u8, Vec<f32>)> = Vec::new();
                 for &t in active.iter().filter(|_| any_hidden) {
                     let tu = t as usize;
-                    if !col_hidden[tu] {
+                    if col_hidden >> tu & 1 == 0 {
                         continue;
                     }
                     let row: &[f32] = if tiled_v {
@@ -868,7 +874,7 @@ impl Plan<'_> {
                 for (t, row) in &odd {
                     let t = *t as usize;
                     for m in 0..m_real {
-                        if tb.mv[m * TILE_KV + t] == f32::NEG_INFINITY {
+                        if tb.mv[tb.mi[m] as usize * TILE_KV + t] == f32::NEG_INFINITY {
                             continue;
                         }
                         let p = tb.s[m * TILE_KV + t];

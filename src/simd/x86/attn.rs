@@ -117,6 +117,7 @@ pub unsafe fn pv_tile_avx512(
 // ---------------------------------------------------------------- softmax pieces
 
 /// `s = mv == -inf ? -inf : s*scale + mv` over 64 lanes; returns the max.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn scores_avx512(s: *mut f32, mv: *const f32, scale: f32) -> f32 {
     unsafe {
@@ -136,6 +137,7 @@ pub unsafe fn scores_avx512(s: *mut f32, mv: *const f32, scale: f32) -> f32 {
 }
 
 /// AVX2 variant of [`scores_avx512`].
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn scores_avx2(s: *mut f32, mv: *const f32, scale: f32) -> f32 {
     unsafe {
@@ -221,6 +223,7 @@ unsafe fn exp256(x: __m256) -> __m256 {
 }
 
 /// `s = exp(s - mx)` over 64 lanes; returns the sum.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn exp_sum_avx512(s: *mut f32, mx: f32) -> f32 {
     unsafe {
@@ -236,6 +239,7 @@ pub unsafe fn exp_sum_avx512(s: *mut f32, mx: f32) -> f32 {
 }
 
 /// AVX2 variant of [`exp_sum_avx512`].
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn exp_sum_avx2(s: *mut f32, mx: f32) -> f32 {
     unsafe {
@@ -251,6 +255,124 @@ pub unsafe fn exp_sum_avx2(s: *mut f32, mx: f32) -> f32 {
         buf.iter().sum()
     }
 }
+
+// ---------------------------------------------------------------- tile masks and softmax
+
+/// One mask row of a tile: `out[t] = slope·f16(src[t])` for `t < tl ≤ 64`, `-inf` for
+/// `t ≥ tl`; returns the bitmasks of the columns `t < tl` that are live (`≠ -inf`, NaN
+/// included) and hidden (`= -inf`). Lanes past `tl` are never read.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn mask_tile_avx512(src: *const u8, tl: usize, slope: f32, out: *mut f32) -> (u64, u64) {
+    unsafe {
+        let sl = _mm512_set1_ps(slope);
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let (mut live, mut hid) = (0u64, 0u64);
+        for c in 0..4 {
+            let n = tl.saturating_sub(16 * c).min(16);
+            let k = ((1u32 << n) - 1) as __mmask16;
+            // masked-off lanes are not read (no fault past the row)
+            let h = _mm256_maskz_loadu_epi16(k, src.wrapping_add(32 * c) as *const i16);
+            let x = _mm512_mask_blend_ps(k, ninf, _mm512_mul_ps(_mm512_cvtph_ps(h), sl));
+            _mm512_storeu_ps(out.add(16 * c), x);
+            live |= (_mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(k, x, ninf) as u64) << (16 * c);
+            hid |= (_mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(k, x, ninf) as u64) << (16 * c);
+        }
+        (live, hid)
+    }
+}
+
+/// AVX2 variant of [`mask_tile_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn mask_tile_avx2(src: *const u8, tl: usize, slope: f32, out: *mut f32) -> (u64, u64) {
+    unsafe {
+        let mut h = [0u16; T];
+        core::ptr::copy_nonoverlapping(src, h.as_mut_ptr() as *mut u8, 2 * tl);
+        let sl = _mm256_set1_ps(slope);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (mut live, mut hid) = (0u64, 0u64);
+        for c in 0..8 {
+            let x = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().add(8 * c) as *const __m128i)),
+                sl,
+            );
+            let lv = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(x, ninf)) as u64;
+            let hd = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(x, ninf)) as u64;
+            _mm256_storeu_ps(out.add(8 * c), x);
+            live |= lv << (8 * c);
+            hid |= hd << (8 * c);
+        }
+        let real = if tl >= 64 { u64::MAX } else { (1u64 << tl) - 1 };
+        for t in tl..T {
+            *out.add(t) = f32::NEG_INFINITY;
+        }
+        (live & real, hid & real)
+    }
+}
+
+/// One tile's online-softmax step for the rows `0..mr` of `s` (`[mr][64]`), row `m` against
+/// the mask row `mi[m]` of `mv`: the scores ([`scores_avx512`] / [`scores_softcap_avx512`]),
+/// the running max `mrow[m]` and sum `srow[m]` updated, `s[m]` replaced by the probabilities
+/// ([`exp_sum_avx512`]; zeros for a row with no live column), and `ms[m]` the factor row
+/// `m`'s earlier output must be scaled by (exactly 1 when its max did not grow). One call per
+/// tile instead of two per row; the same numbers as those kernels row by row.
+macro_rules! softmax_tile {
+    ($name:ident, $feat:literal, $scores:ident, $softcap:ident, $exp_sum:ident) => {
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            s: *mut f32,
+            mv: *const f32,
+            mi: *const u32,
+            mr: usize,
+            scale: f32,
+            softcap: f32,
+            mrow: *mut f32,
+            srow: *mut f32,
+            ms: *mut f32,
+        ) {
+            unsafe {
+                for m in 0..mr {
+                    let sr = s.add(m * T);
+                    let mvr = mv.add(*mi.add(m) as usize * T);
+                    let tmax = if softcap != 0.0 {
+                        $softcap(sr, mvr, scale, softcap)
+                    } else {
+                        $scores(sr, mvr, scale)
+                    };
+                    *ms.add(m) = 1.0;
+                    if tmax == f32::NEG_INFINITY {
+                        core::ptr::write_bytes(sr, 0, T);
+                        continue;
+                    }
+                    let mold = *mrow.add(m);
+                    let mnew = mold.max(tmax);
+                    if mnew > mold {
+                        let f = (mold - mnew).exp();
+                        *ms.add(m) = f;
+                        *srow.add(m) *= f;
+                    }
+                    *mrow.add(m) = mnew;
+                    *srow.add(m) += $exp_sum(sr, mnew);
+                }
+            }
+        }
+    };
+}
+
+softmax_tile!(
+    softmax_tile_avx512,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+    scores_avx512,
+    scores_softcap_avx512,
+    exp_sum_avx512
+);
+softmax_tile!(
+    softmax_tile_avx2,
+    "avx2,fma,f16c",
+    scores_avx2,
+    scores_softcap_avx2,
+    exp_sum_avx2
+);
 
 // ---------------------------------------------------------------- decode (few rows)
 
@@ -1720,6 +1842,7 @@ unsafe fn tanh256(x: __m256) -> __m256 {
 }
 
 /// `s = mv == -inf ? -inf : softcap·tanh(s·scale) + mv` over 64 lanes; returns the max.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn scores_softcap_avx512(s: *mut f32, mv: *const f32, scale: f32, softcap: f32) -> f32 {
     unsafe {
@@ -1741,6 +1864,7 @@ pub unsafe fn scores_softcap_avx512(s: *mut f32, mv: *const f32, scale: f32, sof
 }
 
 /// AVX2 variant of [`scores_softcap_avx512`].
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn scores_softcap_avx2(s: *mut f32, mv: *const f32, scale: f32, softcap: f32) -> f32 {
     unsafe {
