@@ -1359,6 +1359,20 @@ pub unsafe fn pv_q_avx512<const F: u8>(
     }
 }
 
+/// The columns `active[i..i + n]` (`1 ≤ n ≤ 16`) as 16 i32 lanes, lanes `≥ n` repeating the
+/// last: built in registers (16 scalar stores read back as one vector stall on store
+/// forwarding).
+#[inline(always)]
+unsafe fn cols16(active: &[u8], i: usize, n: usize) -> __m512i {
+    unsafe {
+        debug_assert!((1..=16).contains(&n) && i + n <= active.len());
+        let k = ((1u32 << n) - 1) as __mmask16;
+        let b = _mm_maskz_loadu_epi8(k, active.as_ptr().add(i) as *const i8);
+        let last = _mm512_set1_epi32(active[i + n - 1] as i32);
+        _mm512_mask_blend_epi32(k, last, _mm512_cvtepu8_epi32(b))
+    }
+}
+
 /// The weights `w[b][m][i] = p[m][t_i] · d_{t_i,b}` (`t_i = active[i]`, `[nb][mr][64]`) of the
 /// quantized decode V kernels, 16 rows at a time.
 #[inline(always)]
@@ -1377,22 +1391,20 @@ unsafe fn weights_pd<const F: u8>(
         let mut i = 0;
         while i < na {
             let n = (na - i).min(16);
-            let mut tsi = [0i32; 16];
             let mut offs = [0usize; 16];
             for j in 0..16 {
-                let t = active[i + j.min(n - 1)] as usize;
-                tsi[j] = t as i32;
-                offs[j] = t * nb1;
+                offs[j] = active[i + j.min(n - 1)] as usize * nb1;
             }
-            let contiguous = tsi[n - 1] - tsi[0] == n as i32 - 1;
-            let tsv = _mm512_loadu_si512(tsi.as_ptr() as *const __m512i);
+            let first = active[i] as usize;
+            let contiguous = active[i + n - 1] as usize - first == n - 1;
+            let tsv = cols16(active, i, n);
             let km: __mmask16 = ((1u32 << n) - 1) as u16;
             for b in 0..nb {
                 let dvv = scales16(v, &offs, bs * b);
                 for m in 0..mr {
                     let prow = p.add(m * T);
                     let pv = if contiguous {
-                        _mm512_maskz_loadu_ps(km, prow.add(tsi[0] as usize))
+                        _mm512_maskz_loadu_ps(km, prow.add(first))
                     } else {
                         _mm512_i32gather_ps::<4>(tsv, prow)
                     };
@@ -1451,15 +1463,12 @@ unsafe fn weights_q16<const F: u8>(
         for c in 0..nc {
             let i = 16 * c;
             let n = (na - i).min(16);
-            let mut tsi = [0i32; 16];
             for j in 0..16 {
-                let t = active[i + j.min(n - 1)] as usize;
-                tsi[j] = t as i32;
-                offs[c][j] = t * nb1;
+                offs[c][j] = active[i + j.min(n - 1)] as usize * nb1;
             }
-            contiguous[c] = tsi[n - 1] - tsi[0] == n as i32 - 1;
-            first[c] = tsi[0] as usize;
-            tsv[c] = _mm512_loadu_si512(tsi.as_ptr() as *const __m512i);
+            first[c] = active[i] as usize;
+            contiguous[c] = active[i + n - 1] as usize - first[c] == n - 1;
+            tsv[c] = cols16(active, i, n);
             km[c] = ((1u32 << n) - 1) as u16;
         }
         // the rows' probabilities (finite, ≥ 0) and their largest per query row: P_m
