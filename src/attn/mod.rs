@@ -925,17 +925,21 @@ impl Plan<'_> {
     }
 }
 
-/// Default prefetch distance of the fused decode kernels, in bytes of the cache stream: rows
-/// ahead = this ÷ the row stride (all KV heads of a position), within [`PREFETCH_MIN`,
-/// `PREFETCH_MAX`] rows. Measured on Zen 4 (`benches/attn.rs`, n_kv 32768): 16 rows were best
-/// for f16 with 8 KV heads (2 KiB stride) and 48–64 for q4_0 (576 B), both ~32 KiB ahead.
-const PREFETCH_BYTES: usize = 32 << 10;
+/// Default prefetch distance of the fused decode kernels: one tile ([`TILE_KV`] rows) ahead,
+/// into L2 ([`crate::simd`]'s `prefetch_row`), at most [`PREFETCH_BYTES`] of the cache stream
+/// (the row stride counts all KV heads of a position) and at least [`PREFETCH_MIN`] rows.
+/// Measured on Zen 4 (`benches/attn.rs`, n_kv 32768, 1 thread, 3 runs each): 64 rows ahead
+/// into L2 against 16–128 rows ~32 KiB ahead into L1 made f16 head 128 with 8 KV heads
+/// 17.2 → 9.6 ms, q8_0 13.1 → 9.2 ms, f16 head 64 2.2 → 1.6 ms; 32 rows were slower than 64,
+/// 128 no faster.
+const PREFETCH_ROWS: usize = TILE_KV;
+/// The most a stream is prefetched ahead, in bytes (a quarter of a 1 MiB L2 for K and V each).
+const PREFETCH_BYTES: usize = 256 << 10;
 const PREFETCH_MIN: usize = 8;
-const PREFETCH_MAX: usize = 128;
 
 /// Prefetch distance in rows of the fused decode kernels for a cache row stride of `nb1`
-/// bytes (0 = off): from [`PREFETCH_BYTES`], or `ATTNROT_PF` rows when set (read once; for
-/// tuning on other machines).
+/// bytes (0 = off): from [`PREFETCH_ROWS`] and [`PREFETCH_BYTES`], or `ATTNROT_PF` rows when
+/// set (read once; for tuning on other machines).
 fn prefetch_rows(nb1: usize) -> usize {
     static PF: AtomicUsize = AtomicUsize::new(usize::MAX - 1);
     let mut v = PF.load(Ordering::Relaxed);
@@ -950,7 +954,7 @@ fn prefetch_rows(nb1: usize) -> usize {
     if v != usize::MAX {
         return v;
     }
-    (PREFETCH_BYTES / nb1.max(1)).clamp(PREFETCH_MIN, PREFETCH_MAX)
+    (PREFETCH_BYTES / nb1.max(1)).clamp(PREFETCH_MIN, PREFETCH_ROWS)
 }
 
 /// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it);

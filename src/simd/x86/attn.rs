@@ -578,13 +578,15 @@ unsafe fn load16_f16(p: *const u8, c: usize) -> __m512 {
     unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32 * c) as *const __m256i)) }
 }
 
-/// Hint the next rows of a stream into the caches (`lines` cache lines from `p`); `p` may
-/// point past the buffer (prefetches never fault; the address is only computed).
+/// Hint the next rows of a stream into L2 (`lines` cache lines from `p`); `p` may point past
+/// the buffer (prefetches never fault; the address is only computed). L2, not L1: a tile
+/// ahead is more lines than L1's miss buffers hold, and prefetches into L1 compete for them
+/// with the kernel's own loads (Zen 4, n_kv 32768: f16/q8_0 decode 25–45 % faster with T1).
 #[inline(always)]
 pub(super) unsafe fn prefetch_row(p: *const u8, lines: usize) {
     unsafe {
         for l in 0..lines {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * l) as *const i8);
         }
     }
 }
