@@ -195,11 +195,12 @@ impl Kernels {
     }
 
     /// Whether `Precision::F32` decode of K format `f` runs [`Kernels::qk_i8`] with the second
-    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 (AVX-512 VNNI or AVX2), where it measured ~10 % faster
-    /// than the f32 kernel (`benches/attn.rs`, Zen 4); for q8_0 (two transposes per block)
-    /// the f32 kernel was as fast or faster at n_kv 32768.
+    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 (AVX-512 VNNI or AVX2) and q8_0 (AVX-512 VNNI;
+    /// the AVX2 kernel has no second byte for q8_0), faster than the f32 kernel on Zen 4
+    /// (`benches/attn.rs`, n_kv 4096–32768: q4_0 ~10 %, q8_0 7–12 % once the prefetch kept
+    /// the loads fed; before that, q8_0 waited on memory either way).
     pub fn int8_k_lo(&self, f: Fused) -> bool {
-        f == Fused::Q4_0 && self.int8_k(Some(f), 32)
+        (f == Fused::Q4_0 || (f == Fused::Q8_0 && self.vnni)) && self.int8_k(Some(f), 32)
     }
 
     /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr` (≤ 16) from [`Kernels::prep_q8`]'s
