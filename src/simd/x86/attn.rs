@@ -683,10 +683,24 @@ unsafe fn qk_fused_rows<const F: u8, const R: usize>(
                     }
                 }
             }
-            _mm512_storeu_ps(buf.as_mut_ptr(), hsum16(&acc));
-            for r in 0..R {
-                for j in 0..4 {
-                    *s.add((m + r) * T + ts[j]) = buf[4 * r + j];
+            let sums = hsum16(&acc);
+            if i + 4 <= na && (1..4).all(|j| ts[j] == ts[0] + j) {
+                // four adjacent columns: lane group r is row m+r's four scores
+                let lanes = [
+                    _mm512_extractf32x4_ps::<0>(sums),
+                    _mm512_extractf32x4_ps::<1>(sums),
+                    _mm512_extractf32x4_ps::<2>(sums),
+                    _mm512_extractf32x4_ps::<3>(sums),
+                ];
+                for r in 0..R {
+                    _mm_storeu_ps(s.add((m + r) * T + ts[0]), lanes[r]);
+                }
+            } else {
+                _mm512_storeu_ps(buf.as_mut_ptr(), sums);
+                for r in 0..R {
+                    for j in 0..4 {
+                        *s.add((m + r) * T + ts[j]) = buf[4 * r + j];
+                    }
                 }
             }
             i += 4;
