@@ -11,7 +11,7 @@
 //! output element's FMA chain in the same order as before (over `d` for QK, over `active` for
 //! PV): only the register blocking changed.
 use super::attn::{
-    fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q8_0,
+    fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q4_0, FMT_Q8_0,
 };
 use core::arch::x86_64::*;
 
@@ -586,5 +586,319 @@ pub unsafe fn pv_q_avx2<const F: u8>(
         by_fours!(mr, |m, R| pv_q_rows::<F, R>(
             w, v, nb1, active, o, m, mr, nb, dvp
         ));
+    }
+}
+
+// ---------------------------------------------------------------- quantized decode V, integer
+//
+// The AVX2 form of `attn::pv_i16_avx512` (same weights, same integer sums, so the same bits):
+// per block `b` and query row `m` the weights `w = p·d` become `W = rint(w·(32767/M))` with
+// `M = P_m·D_b` (the row's largest probability in the tile times the block's largest |scale|);
+// two V rows are interleaved as 16-bit pairs and `vpmaddwd` + `vpaddd` add
+// `W_i·q_i + W_{i+1}·q_{i+1}` into 32-bit lanes (exact: |Σ| ≤ 64·32767·128 < 2³¹); the tile
+// ends with `o = fma(float(Σ W·q), M/32767, o)` (q4_0: `Σ W·n − 8·Σ W`). Per instruction pair
+// as many MACs as one FMA, but the V values are never converted to float (one widening per
+// two rows and 16 columns, shared by 4 query rows) and the multiplies leave the FMA ports.
+
+/// Horizontal maximum of 8 floats (no NaN: checked before).
+#[inline(always)]
+unsafe fn hmax8(x: __m256) -> f32 {
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        _mm_cvtss_f32(m)
+    }
+}
+
+/// The f16 scales at byte `off` of 8 rows, as f32 (scalar loads assembled in two 64-bit
+/// registers: no store-to-load forwarding stall).
+#[inline(always)]
+unsafe fn scales8(r: &[*const u8; 8], off: usize) -> __m256 {
+    unsafe {
+        let h = |j: usize| (r[j].add(off) as *const u16).read_unaligned() as u64;
+        let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+        let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
+        _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
+    }
+}
+
+/// Lanes of `x` that are not finite (`|x| > f32::MAX` or NaN), as a mask.
+#[inline(always)]
+unsafe fn not_finite(x: __m256) -> __m256 {
+    unsafe {
+        let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+        _mm256_cmp_ps::<_CMP_NLE_UQ>(a, _mm256_set1_ps(f32::MAX))
+    }
+}
+
+/// The 16-bit weights of [`pv_i16_avx2`] (`wq`, `[nb][mr][64]`, zero past the active rows up
+/// to the next multiple of 16), `sig = M/32767` and (q4_0) `sw = Σ W` per (block, row): the
+/// numbers of `attn::pv_i16_avx512`'s weights, 8 rows at a time. `false` when a probability
+/// or scale is not finite or `0 < M < 2⁻¹⁰⁰` (the float kernel then takes the tile).
+// index loops: c indexes the groups' offsets, masks, scales and weights together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weights_q16<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    mr: usize,
+    nb: usize,
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+    pf: usize,
+) -> bool {
+    unsafe {
+        let bs = qblock_bytes::<F>();
+        let lines = (nb * bs).div_ceil(64) + 1;
+        let na = active.len();
+        // groups of 8 rows, an even number of them (an extra group has p = d = 0, so W = 0)
+        let nc = na.div_ceil(8);
+        let nce = nc.next_multiple_of(2);
+        let mut rp = [[v; 8]; 8];
+        // the rows' probabilities per (query row, group), 0 past the active rows
+        let mut pv = [[_mm256_setzero_ps(); 8]; 16];
+        let mut pmx = [_mm256_setzero_ps(); 16];
+        let mut bad = _mm256_setzero_ps();
+        for c in 0..nc {
+            let i = 8 * c;
+            let n = (na - i).min(8);
+            let mut tsi = [0i32; 8];
+            let mut mk = [0i32; 8];
+            for j in 0..8 {
+                let t = active[i + j.min(n - 1)] as usize;
+                tsi[j] = t as i32;
+                mk[j] = if j < n { -1 } else { 0 };
+                rp[c][j] = v.add(t * nb1);
+            }
+            if pf != 0 {
+                // the scales below touch every row of the tile first: prefetch whole rows
+                for r in rp[c].iter().take(n) {
+                    prefetch(r.wrapping_add(pf * nb1), lines);
+                }
+            }
+            let km = _mm256_loadu_si256(mk.as_ptr() as *const __m256i);
+            let contiguous = tsi[n - 1] - tsi[0] == n as i32 - 1;
+            let tsv = _mm256_loadu_si256(tsi.as_ptr() as *const __m256i);
+            for m in 0..mr {
+                let prow = p.add(m * T);
+                let x = if contiguous {
+                    _mm256_maskload_ps(prow.add(tsi[0] as usize), km)
+                } else {
+                    _mm256_and_ps(_mm256_i32gather_ps::<4>(prow, tsv), _mm256_castsi256_ps(km))
+                };
+                bad = _mm256_or_ps(bad, not_finite(x));
+                pmx[m] = _mm256_max_ps(pmx[m], x);
+                pv[m][c] = x;
+            }
+        }
+        if _mm256_movemask_ps(bad) != 0 {
+            return false;
+        }
+        let mut pmax = [0f32; 16];
+        for m in 0..mr {
+            pmax[m] = hmax8(pmx[m]);
+        }
+        let absm = _mm256_set1_ps(-0.0);
+        for b in 0..nb {
+            let mut dv = [_mm256_setzero_ps(); 8];
+            let mut dmx = _mm256_setzero_ps();
+            for c in 0..nc {
+                let n = (na - 8 * c).min(8);
+                let d = scales8(&rp[c], bs * b);
+                // lanes past `n` (repeated rows): scale 0, as the masked AVX-512 loads
+                let d = if n == 8 {
+                    d
+                } else {
+                    let z = _mm256_cmpgt_epi32(
+                        _mm256_set1_epi32(n as i32),
+                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                    );
+                    _mm256_and_ps(d, _mm256_castsi256_ps(z))
+                };
+                bad = _mm256_or_ps(bad, not_finite(d));
+                dv[c] = d;
+                dmx = _mm256_max_ps(dmx, _mm256_andnot_ps(absm, d));
+            }
+            if _mm256_movemask_ps(bad) != 0 {
+                return false;
+            }
+            // D_b: the largest block scale; |p·d| ≤ P_m·D_b = M
+            let dmax = hmax8(dmx);
+            for m in 0..mr {
+                let row = b * mr + m;
+                let wr = wq.add(row * T);
+                let big = pmax[m] * dmax;
+                if big == 0.0 {
+                    for c in (0..nce).step_by(2) {
+                        _mm256_storeu_si256(wr.add(8 * c) as *mut __m256i, _mm256_setzero_si256());
+                    }
+                    *sig.add(row) = 0.0;
+                    *sw.add(row) = 0;
+                    continue;
+                }
+                if !(big >= f32::from_bits(0x0d80_0000) && big <= f32::MAX) {
+                    return false; // below 2^-100 (32767/M could overflow) or not finite
+                }
+                let r = _mm256_set1_ps(32767.0 / big);
+                let mut sum = _mm256_setzero_si256();
+                for c in (0..nce).step_by(2) {
+                    let w0 = _mm256_mul_ps(pv[m][c], dv[c]);
+                    let w1 = _mm256_mul_ps(pv[m][c + 1], dv[c + 1]);
+                    let q0 = _mm256_cvtps_epi32(_mm256_mul_ps(w0, r));
+                    let q1 = _mm256_cvtps_epi32(_mm256_mul_ps(w1, r));
+                    if F == FMT_Q4_0 {
+                        sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
+                    }
+                    // |W| ≤ 32767: the saturating pack is exact; 64-bit lanes back in order
+                    let q16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q0, q1));
+                    _mm256_storeu_si256(wr.add(8 * c) as *mut __m256i, q16);
+                }
+                *sig.add(row) = big / 32767.0;
+                *sw.add(row) = if F == FMT_Q4_0 {
+                    let s = _mm_add_epi32(
+                        _mm256_castsi256_si128(sum),
+                        _mm256_extracti128_si256::<1>(sum),
+                    );
+                    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+                    _mm_cvtsi128_si32(s)
+                } else {
+                    0
+                };
+            }
+        }
+        true
+    }
+}
+
+/// Elements `16h .. 16h+16` of block `g` of the rows at `a` and `b` as 16-bit pairs
+/// `(a_e, b_e)` in 32-bit lanes, elements in order (q4_0: the nibbles 0..15, q8_0: the signed
+/// values).
+#[inline(always)]
+unsafe fn pairs8<const F: u8>(a: *const u8, b: *const u8, g: usize, h: usize) -> [__m256i; 2] {
+    unsafe {
+        if F == FMT_Q8_0 {
+            let x = _mm_loadu_si128(a.add(34 * g + 2 + 16 * h) as *const __m128i);
+            let y = _mm_loadu_si128(b.add(34 * g + 2 + 16 * h) as *const __m128i);
+            [
+                _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, y)),
+                _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x, y)),
+            ]
+        } else {
+            let x = _mm_loadu_si128(a.add(18 * g + 2) as *const __m128i);
+            let y = _mm_loadu_si128(b.add(18 * g + 2) as *const __m128i);
+            let z0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
+            let z1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+            if h == 0 {
+                let m4 = _mm256_set1_epi16(0x0f);
+                [_mm256_and_si256(z0, m4), _mm256_and_si256(z1, m4)]
+            } else {
+                [_mm256_srli_epi16::<4>(z0), _mm256_srli_epi16::<4>(z1)]
+            }
+        }
+    }
+}
+
+/// Rows `m..m+R`, columns `32g + 16h .. +16` of [`pv_i16_avx2`]: integer sums over the active
+/// rows two at a time, then `o = fma(float(Σ), σ, o)`.
+// index loops: r indexes the accumulators and the row offsets of o and wq together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_i16_block<const F: u8, const R: usize>(
+    wq: *const i16,
+    sig: *const f32,
+    sw: *const i32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g: usize,
+    h: usize,
+    dvp: usize,
+) {
+    unsafe {
+        let na = active.len();
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let wg = wq.add((g * mr + m) * T);
+        let mut i = 0;
+        while i < na {
+            let t0 = active[i] as usize;
+            // an odd last row pairs with itself; its partner's weight is 0
+            let t1 = if i + 1 < na {
+                active[i + 1] as usize
+            } else {
+                t0
+            };
+            let [x0, x1] = pairs8::<F>(v.add(t0 * nb1), v.add(t1 * nb1), g, h);
+            for r in 0..R {
+                let wp = _mm256_set1_epi32((wg.add(r * T + i) as *const i32).read_unaligned());
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(x0, wp));
+                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(x1, wp));
+            }
+            i += 2;
+        }
+        for r in 0..R {
+            let idx = g * mr + m + r;
+            let (a0, a1) = if F == FMT_Q8_0 {
+                (acc[r][0], acc[r][1])
+            } else {
+                let off = _mm256_set1_epi32(8 * *sw.add(idx));
+                (
+                    _mm256_sub_epi32(acc[r][0], off),
+                    _mm256_sub_epi32(acc[r][1], off),
+                )
+            };
+            let s = _mm256_set1_ps(*sig.add(idx));
+            let op = o.add((m + r) * dvp + 32 * g + 16 * h);
+            let y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s, _mm256_loadu_ps(op));
+            let y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s, _mm256_loadu_ps(op.add(8)));
+            _mm256_storeu_ps(op, y0);
+            _mm256_storeu_ps(op.add(8), y1);
+        }
+    }
+}
+
+/// `attn::pv_i16_avx512` on AVX2, the same bits: `o[m][:dv] += Σ_i σ·W_i·q_i` with
+/// `W = rint(p·d·32767/M)`, `σ = M/32767` per (32-element block, row) over the active rows.
+/// Scratch: `wq` `[dv/32][mr][64]` i16, `sig`/`sw` `[dv/32][mr]`. 4 query rows × 16 columns
+/// per pass (8 accumulators). Returns `false`, leaving `o` untouched, when the weights cannot
+/// be scaled (a non-finite weight, or all below 2⁻¹⁰⁰): run [`pv_q_avx2`] then.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_i16_avx2<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) -> bool {
+    unsafe {
+        let nb = dv / 32;
+        if !weights_q16::<F>(p, v, nb1, active, mr, nb, wq, sig, sw, pf) {
+            return false;
+        }
+        by_fours!(mr, |m, R| {
+            for g in 0..nb {
+                for h in 0..2 {
+                    pv_i16_block::<F, R>(wq, sig, sw, v, nb1, active, o, m, mr, g, h, dvp);
+                }
+            }
+        });
+        true
     }
 }
