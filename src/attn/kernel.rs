@@ -245,6 +245,7 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::attn as x;
+            use crate::simd::x86::attn_avx2 as y;
             let kp = k[base..].as_ptr();
             let (q8p, qdp, qcp, sp) = (q8.as_ptr(), qd.as_ptr(), qc.as_ptr(), s.as_mut_ptr());
             // SAFETY: sizes and row bounds asserted above; `vnni` was detected at run time
@@ -261,7 +262,7 @@ impl Kernels {
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
                         // asserted q4_0 above
-                        (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }, true>(
+                        (_, false) => y::qk_q4_avx2::<true>(
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
                     };
@@ -277,7 +278,7 @@ impl Kernels {
                     (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }, false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
-                    (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }, false>(
+                    (_, false) => y::qk_q4_avx2::<false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
                 }

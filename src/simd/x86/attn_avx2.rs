@@ -902,3 +902,151 @@ pub unsafe fn pv_i16_avx2<const F: u8>(
         true
     }
 }
+
+// ---------------------------------------------------------------- q4_0 decode K, int8
+
+/// Block `b` (bytes at `off`) of 8 q4_0 rows transposed: `out[c]` (`c < 4`) has in lane `j`
+/// the low nibbles of bytes `4c..4c+4` of row `j` (elements `4c..4c+4`), `out[c + 4]` their
+/// high nibbles (elements `16+4c..16+4c+4`).
+#[inline(always)]
+unsafe fn q4_cols(rp: &[*const u8; 8], off: usize) -> [__m256i; 8] {
+    unsafe {
+        let ld = |j: usize| _mm_loadu_si128(rp[j].add(off) as *const __m128i);
+        // 128-bit lane L of z[k] holds row 4L + k: a 4×4 dword transpose per lane
+        let z = [
+            _mm256_set_m128i(ld(4), ld(0)),
+            _mm256_set_m128i(ld(5), ld(1)),
+            _mm256_set_m128i(ld(6), ld(2)),
+            _mm256_set_m128i(ld(7), ld(3)),
+        ];
+        let t0 = _mm256_unpacklo_epi32(z[0], z[1]);
+        let t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+        let t2 = _mm256_unpacklo_epi32(z[2], z[3]);
+        let t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+        let x = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+        [
+            _mm256_and_si256(x[0], m4),
+            _mm256_and_si256(x[1], m4),
+            _mm256_and_si256(x[2], m4),
+            _mm256_and_si256(x[3], m4),
+            hi(x[0]),
+            hi(x[1]),
+            hi(x[2]),
+            hi(x[3]),
+        ]
+    }
+}
+
+/// `Σ_c maddubs(kc[c], q dword c)` in 16-bit lanes: lane pair of row `j` = its block dot
+/// against the 32 bytes at `q`, split in two 16-bit halves. Exact: each `maddubs` lane is at
+/// most 2·15·128, the 8 summed at most 30720 < 2¹⁵.
+#[inline(always)]
+unsafe fn q4_dot16(kc: &[__m256i; 8], q: *const i8) -> __m256i {
+    unsafe {
+        let qr = q as *const i32;
+        let t =
+            |c: usize| _mm256_maddubs_epi16(kc[c], _mm256_set1_epi32(qr.add(c).read_unaligned()));
+        let a = _mm256_add_epi16(_mm256_add_epi16(t(0), t(2)), _mm256_add_epi16(t(4), t(6)));
+        let b = _mm256_add_epi16(_mm256_add_epi16(t(1), t(3)), _mm256_add_epi16(t(5), t(7)));
+        _mm256_add_epi16(a, b)
+    }
+}
+
+/// `attn::qk_i8_avx2` for q4_0 K with the rows transposed (as the VNNI kernel does): 8 K rows
+/// at a time, lane `j` = row `j`, so a block dot is 8 `maddubs` summed in 16-bit lanes and one
+/// `madd` (two with `LO`, the second Q byte) — no horizontal reduction. The integer dots are
+/// the same, and so is `s = fma(float(dot − qc), dk·dq, s)` block by block (`LO`:
+/// `128·dot(q) + dot(lo) − qcc`, scale `dk·dq/128`): the same bits as `qk_i8_avx2`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qk_q4_avx2<const LO: bool>(
+    q8: *const i8,
+    qd: *const f32,
+    qc: *const i32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    mr: usize,
+    dk: usize,
+    pf: usize,
+    lo: *const i8,
+    qcc: *const i32,
+) {
+    unsafe {
+        let nb = dk / 32;
+        let lines = (nb * 18).div_ceil(64);
+        let ones = _mm256_set1_epi16(1);
+        let w128 = _mm256_set1_epi16(128);
+        let na = active.len();
+        let mut sacc = [_mm256_setzero_ps(); 16];
+        let mut buf = [0f32; 8];
+        let mut i = 0;
+        while i < na {
+            // lanes past `n` repeat the last row (computed, not stored)
+            let n = (na - i).min(8);
+            let mut ts = [0usize; 8];
+            for (j, t) in ts.iter_mut().enumerate() {
+                *t = active[i + j.min(n - 1)] as usize;
+            }
+            let mut rp = [k; 8];
+            for j in 0..8 {
+                rp[j] = k.add(ts[j] * nb1);
+            }
+            if pf != 0 {
+                for p in rp.iter().take(n) {
+                    prefetch(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            for m in sacc.iter_mut().take(mr) {
+                *m = _mm256_setzero_ps();
+            }
+            for b in 0..nb {
+                let kc = q4_cols(&rp, 18 * b + 2);
+                let mut h = [0u16; 8];
+                for j in 0..8 {
+                    h[j] = (rp[j].add(18 * b) as *const u16).read_unaligned();
+                }
+                let dkv = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+                for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
+                    let dq = q4_dot16(&kc, q8.add(m * dk + 32 * b));
+                    if LO {
+                        // 128·dot(q) + dot(lo) − qcc (exact in i32), scale dk·dq/128
+                        let dl = q4_dot16(&kc, lo.add(m * dk + 32 * b));
+                        let dot = _mm256_add_epi32(
+                            _mm256_madd_epi16(dq, w128),
+                            _mm256_madd_epi16(dl, ones),
+                        );
+                        let comb = _mm256_sub_epi32(dot, _mm256_set1_epi32(*qcc.add(m * nb + b)));
+                        let sc =
+                            _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b) * (1.0 / 128.0)));
+                        *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(comb), sc, *sm);
+                    } else {
+                        // Σ n·q − 8·Σq (`qc`)
+                        let dot = _mm256_sub_epi32(
+                            _mm256_madd_epi16(dq, ones),
+                            _mm256_set1_epi32(*qc.add(m * nb + b)),
+                        );
+                        let sc = _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b)));
+                        *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *sm);
+                    }
+                }
+            }
+            for (m, sm) in sacc.iter().enumerate().take(mr) {
+                let row = s.add(m * T);
+                _mm256_storeu_ps(buf.as_mut_ptr(), *sm);
+                for j in 0..n {
+                    *row.add(ts[j]) = buf[j];
+                }
+            }
+            i += n;
+        }
+    }
+}
