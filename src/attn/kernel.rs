@@ -103,11 +103,13 @@ impl Kernels {
         Fused::quantized(ty).filter(|_| isa_ok && dv.is_multiple_of(32))
     }
 
-    /// Whether [`Kernels::pv_q`] with `int16` sums V in integers (16-bit weights, exact
-    /// `vpdpwssd` sums on AVX-512 VNNI, `vpmaddwd` + `vpaddd` on AVX2; the same numbers on
-    /// both). AVX-512 without VNNI keeps the float kernel.
-    pub fn int16_v(&self) -> bool {
-        self.vnni || (cfg!(target_arch = "x86_64") && self.isa == Isa::Avx2)
+    /// Whether [`Kernels::pv_q`] with `int16` sums V of format `f` in integers (16-bit
+    /// weights, exact `vpdpwssd` sums on AVX-512 VNNI; `vpmaddwd` + `vpaddd` on AVX2 for q4_0
+    /// only — the same numbers on both). AVX-512 without VNNI keeps the float kernel, and so
+    /// does AVX2 q8_0: its float kernel converts V cheaply and measured 3–5 % faster
+    /// (`benches/attn.rs`, Zen 4, one thread).
+    pub fn int16_v(&self, f: Fused) -> bool {
+        self.vnni || (cfg!(target_arch = "x86_64") && self.isa == Isa::Avx2 && f == Fused::Q4_0)
     }
 
     /// The format of the int8 decode K kernel for K rows of `ty` (`dk` elements), if this ISA
@@ -519,7 +521,7 @@ impl Kernels {
             // detected with Avx512.
             unsafe {
                 if int16
-                    && self.int16_v()
+                    && self.int16_v(f)
                     && match (f, self.vnni) {
                         (Fused::Q8_0, true) => x::pv_i16_avx512::<{ x::FMT_Q8_0 }>(
                             pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
@@ -527,12 +529,10 @@ impl Kernels {
                         (_, true) => x::pv_i16_avx512::<{ x::FMT_Q4_0 }>(
                             pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
                         ),
-                        (Fused::Q8_0, false) => y::pv_i16_avx2::<{ x::FMT_Q8_0 }>(
-                            pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
-                        ),
-                        (_, false) => y::pv_i16_avx2::<{ x::FMT_Q4_0 }>(
-                            pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
-                        ),
+                        // AVX2: q4_0 only (`int16_v`)
+                        (_, false) => {
+                            y::pv_i16_avx2(pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf)
+                        }
                     }
                 {
                     return;
@@ -991,7 +991,8 @@ mod tests {
     }
 
     /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order, or with
-    /// AVX-512 VNNI or AVX2 the 16-bit integer weights of `pv_i16_avx512` / `pv_i16_avx2`
+    /// AVX-512 VNNI (or AVX2 for q4_0) the 16-bit integer weights of `pv_i16_avx512` /
+    /// `pv_i16_avx2`
     /// (scale `max p · max |d|`, exact integer sums, one fma).
     #[test]
     fn pv_q_scaled_weights() {
@@ -1087,7 +1088,7 @@ mod tests {
                         });
                         assert_eq!(tiny, ps == 1e-35, "{ty} d={d} mr={mr}");
                         for m in 0..mr {
-                            if kn.int16_v() && int16 && !tiny {
+                            if kn.int16_v(f) && int16 && !tiny {
                                 // 16-bit weights per (block, row), integer sums, one fma
                                 for b in 0..nb {
                                     let w: Vec<f32> = active

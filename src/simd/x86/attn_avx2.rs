@@ -11,7 +11,7 @@
 //! output element's FMA chain in the same order as before (over `d` for QK, over `active` for
 //! PV): only the register blocking changed.
 use super::attn::{
-    fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q4_0, FMT_Q8_0,
+    fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q8_0,
 };
 use core::arch::x86_64::*;
 
@@ -589,16 +589,18 @@ pub unsafe fn pv_q_avx2<const F: u8>(
     }
 }
 
-// ---------------------------------------------------------------- quantized decode V, integer
+// ---------------------------------------------------------------- q4_0 decode V, integer
 //
-// The AVX2 form of `attn::pv_i16_avx512` (same weights, same integer sums, so the same bits):
+// The AVX2 form of `attn::pv_i16_avx512` for q4_0 V (same weights, same integer sums, so the
+// same bits):
 // per block `b` and query row `m` the weights `w = p·d` become `W = rint(w·(32767/M))` with
 // `M = P_m·D_b` (the row's largest probability in the tile times the block's largest |scale|);
 // two V rows are interleaved as 16-bit pairs and `vpmaddwd` + `vpaddd` add
 // `W_i·q_i + W_{i+1}·q_{i+1}` into 32-bit lanes (exact: |Σ| ≤ 64·32767·128 < 2³¹); the tile
-// ends with `o = fma(float(Σ W·q), M/32767, o)` (q4_0: `Σ W·n − 8·Σ W`). Per instruction pair
-// as many MACs as one FMA, but the V values are never converted to float (one widening per
-// two rows and 16 columns, shared by 4 query rows) and the multiplies leave the FMA ports.
+// ends with `o = fma(float(Σ W·n − 8·Σ W), M/32767, o)`. Per instruction pair as many MACs as
+// one FMA, but the nibbles are never converted to float (one widening per two rows and 16
+// columns, shared by 4 query rows). Not used for q8_0: its float kernel (`pv_q_avx2`)
+// converts V cheaply and measured faster than this one.
 
 /// Horizontal maximum of 8 floats (no NaN: checked before).
 #[inline(always)]
@@ -633,14 +635,14 @@ unsafe fn not_finite(x: __m256) -> __m256 {
 }
 
 /// The 16-bit weights of [`pv_i16_avx2`] (`wq`, `[nb][mr][64]`, zero past the active rows up
-/// to the next multiple of 16), `sig = M/32767` and (q4_0) `sw = Σ W` per (block, row): the
-/// numbers of `attn::pv_i16_avx512`'s weights, 8 rows at a time. `false` when a probability
+/// to the next multiple of 16), `sig = M/32767` and `sw = Σ W` per (block, row) of q4_0 V
+/// rows: the numbers of `attn::pv_i16_avx512`'s weights, 8 rows at a time. `false` when a probability
 /// or scale is not finite or `0 < M < 2⁻¹⁰⁰` (the float kernel then takes the tile).
 // index loops: c indexes the groups' offsets, masks, scales and weights together
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weights_q16<const F: u8>(
+unsafe fn weights_q16(
     p: *const f32,
     v: *const u8,
     nb1: usize,
@@ -653,7 +655,7 @@ unsafe fn weights_q16<const F: u8>(
     pf: usize,
 ) -> bool {
     unsafe {
-        let bs = qblock_bytes::<F>();
+        let bs = 18; // q4_0 block bytes
         let lines = (nb * bs).div_ceil(64) + 1;
         let na = active.len();
         // groups of 8 rows, an even number of them (an extra group has p = d = 0, so W = 0)
@@ -751,15 +753,13 @@ unsafe fn weights_q16<const F: u8>(
                     let w1 = _mm256_mul_ps(pv[m][c + 1], dv[c + 1]);
                     let q0 = _mm256_cvtps_epi32(_mm256_mul_ps(w0, r));
                     let q1 = _mm256_cvtps_epi32(_mm256_mul_ps(w1, r));
-                    if F == FMT_Q4_0 {
-                        sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
-                    }
+                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
                     // |W| ≤ 32767: the saturating pack is exact; 64-bit lanes back in order
                     let q16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q0, q1));
                     _mm256_storeu_si256(wr.add(8 * c) as *mut __m256i, q16);
                 }
                 *sig.add(row) = big / 32767.0;
-                *sw.add(row) = if F == FMT_Q4_0 {
+                *sw.add(row) = {
                     let s = _mm_add_epi32(
                         _mm256_castsi256_si128(sum),
                         _mm256_extracti128_si256::<1>(sum),
@@ -767,8 +767,6 @@ unsafe fn weights_q16<const F: u8>(
                     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
                     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
                     _mm_cvtsi128_si32(s)
-                } else {
-                    0
                 };
             }
         }
@@ -776,30 +774,20 @@ unsafe fn weights_q16<const F: u8>(
     }
 }
 
-/// Elements `16h .. 16h+16` of block `g` of the rows at `a` and `b` as 16-bit pairs
-/// `(a_e, b_e)` in 32-bit lanes, elements in order (q4_0: the nibbles 0..15, q8_0: the signed
-/// values).
+/// Elements `16h .. 16h+16` of block `g` of the q4_0 rows at `a` and `b` as 16-bit pairs
+/// `(a_e, b_e)` of nibbles (0..15) in 32-bit lanes, elements in order.
 #[inline(always)]
-unsafe fn pairs8<const F: u8>(a: *const u8, b: *const u8, g: usize, h: usize) -> [__m256i; 2] {
+unsafe fn pairs8(a: *const u8, b: *const u8, g: usize, h: usize) -> [__m256i; 2] {
     unsafe {
-        if F == FMT_Q8_0 {
-            let x = _mm_loadu_si128(a.add(34 * g + 2 + 16 * h) as *const __m128i);
-            let y = _mm_loadu_si128(b.add(34 * g + 2 + 16 * h) as *const __m128i);
-            [
-                _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, y)),
-                _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x, y)),
-            ]
+        let x = _mm_loadu_si128(a.add(18 * g + 2) as *const __m128i);
+        let y = _mm_loadu_si128(b.add(18 * g + 2) as *const __m128i);
+        let z0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
+        let z1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+        if h == 0 {
+            let m4 = _mm256_set1_epi16(0x0f);
+            [_mm256_and_si256(z0, m4), _mm256_and_si256(z1, m4)]
         } else {
-            let x = _mm_loadu_si128(a.add(18 * g + 2) as *const __m128i);
-            let y = _mm_loadu_si128(b.add(18 * g + 2) as *const __m128i);
-            let z0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
-            let z1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
-            if h == 0 {
-                let m4 = _mm256_set1_epi16(0x0f);
-                [_mm256_and_si256(z0, m4), _mm256_and_si256(z1, m4)]
-            } else {
-                [_mm256_srli_epi16::<4>(z0), _mm256_srli_epi16::<4>(z1)]
-            }
+            [_mm256_srli_epi16::<4>(z0), _mm256_srli_epi16::<4>(z1)]
         }
     }
 }
@@ -810,7 +798,7 @@ unsafe fn pairs8<const F: u8>(a: *const u8, b: *const u8, g: usize, h: usize) ->
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_i16_block<const F: u8, const R: usize>(
+unsafe fn pv_i16_block<const R: usize>(
     wq: *const i16,
     sig: *const f32,
     sw: *const i32,
@@ -837,7 +825,7 @@ unsafe fn pv_i16_block<const F: u8, const R: usize>(
             } else {
                 t0
             };
-            let [x0, x1] = pairs8::<F>(v.add(t0 * nb1), v.add(t1 * nb1), g, h);
+            let [x0, x1] = pairs8(v.add(t0 * nb1), v.add(t1 * nb1), g, h);
             for r in 0..R {
                 let wp = _mm256_set1_epi32((wg.add(r * T + i) as *const i32).read_unaligned());
                 acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(x0, wp));
@@ -847,15 +835,12 @@ unsafe fn pv_i16_block<const F: u8, const R: usize>(
         }
         for r in 0..R {
             let idx = g * mr + m + r;
-            let (a0, a1) = if F == FMT_Q8_0 {
-                (acc[r][0], acc[r][1])
-            } else {
-                let off = _mm256_set1_epi32(8 * *sw.add(idx));
-                (
-                    _mm256_sub_epi32(acc[r][0], off),
-                    _mm256_sub_epi32(acc[r][1], off),
-                )
-            };
+            // Σ W·(n − 8) = Σ W·n − 8·Σ W
+            let off = _mm256_set1_epi32(8 * *sw.add(idx));
+            let (a0, a1) = (
+                _mm256_sub_epi32(acc[r][0], off),
+                _mm256_sub_epi32(acc[r][1], off),
+            );
             let s = _mm256_set1_ps(*sig.add(idx));
             let op = o.add((m + r) * dvp + 32 * g + 16 * h);
             let y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s, _mm256_loadu_ps(op));
@@ -866,14 +851,14 @@ unsafe fn pv_i16_block<const F: u8, const R: usize>(
     }
 }
 
-/// `attn::pv_i16_avx512` on AVX2, the same bits: `o[m][:dv] += Σ_i σ·W_i·q_i` with
+/// `attn::pv_i16_avx512` for q4_0 V on AVX2, the same bits: `o[m][:dv] += Σ_i σ·W_i·q_i` with
 /// `W = rint(p·d·32767/M)`, `σ = M/32767` per (32-element block, row) over the active rows.
 /// Scratch: `wq` `[dv/32][mr][64]` i16, `sig`/`sw` `[dv/32][mr]`. 4 query rows × 16 columns
 /// per pass (8 accumulators). Returns `false`, leaving `o` untouched, when the weights cannot
-/// be scaled (a non-finite weight, or all below 2⁻¹⁰⁰): run [`pv_q_avx2`] then.
+/// be scaled (a non-finite weight, or one below 2⁻¹⁰⁰): run [`pv_q_avx2`] then.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn pv_i16_avx2<const F: u8>(
+pub unsafe fn pv_i16_avx2(
     p: *const f32,
     v: *const u8,
     nb1: usize,
@@ -889,13 +874,13 @@ pub unsafe fn pv_i16_avx2<const F: u8>(
 ) -> bool {
     unsafe {
         let nb = dv / 32;
-        if !weights_q16::<F>(p, v, nb1, active, mr, nb, wq, sig, sw, pf) {
+        if !weights_q16(p, v, nb1, active, mr, nb, wq, sig, sw, pf) {
             return false;
         }
         by_fours!(mr, |m, R| {
             for g in 0..nb {
                 for h in 0..2 {
-                    pv_i16_block::<F, R>(wq, sig, sw, v, nb1, active, o, m, mr, g, h, dvp);
+                    pv_i16_block::<R>(wq, sig, sw, v, nb1, active, o, m, mr, g, h, dvp);
                 }
             }
         });
