@@ -277,9 +277,9 @@ impl Kernels {
                     (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
-                    (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }, false>(
-                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
-                    ),
+                    (Fused::Q8_0, false) => {
+                        x::qk_i8_avx2(q8p, qdp, kp, nb1, active, sp, mr, dk, pf)
+                    }
                     (_, false) => y::qk_q4_avx2::<false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),

@@ -9,7 +9,9 @@
 //! `((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7))`; `pv`: one FMA chain per output element in `active`
 //! order), so they are bit-identical to dequantize + tile kernel. The prefill GEMMs keep each
 //! output element's FMA chain in the same order as before (over `d` for QK, over `active` for
-//! PV): only the register blocking changed.
+//! PV): only the register blocking changed. The integer decode kernels for q4_0 (K: `qk_q4_avx2`,
+//! V: `pv_i16_avx2`) give the same bits as their AVX-512 VNNI counterparts (exact integer
+//! sums, the same float steps around them).
 use super::attn::{
     fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q8_0,
 };
@@ -944,11 +946,12 @@ unsafe fn q4_dot16(kc: &[__m256i; 8], q: *const i8) -> __m256i {
     }
 }
 
-/// `attn::qk_i8_avx2` for q4_0 K with the rows transposed (as the VNNI kernel does): 8 K rows
-/// at a time, lane `j` = row `j`, so a block dot is 8 `maddubs` summed in 16-bit lanes and one
-/// `madd` (two with `LO`, the second Q byte) — no horizontal reduction. The integer dots are
-/// the same, and so is `s = fma(float(dot − qc), dk·dq, s)` block by block (`LO`:
-/// `128·dot(q) + dot(lo) − qcc`, scale `dk·dq/128`): the same bits as `qk_i8_avx2`.
+/// The AVX2 int8 decode K kernel for q4_0 (`attn::qk_i8_avx2` does q8_0) with the rows
+/// transposed, as the VNNI kernel does: 8 K rows at a time, lane `j` = row `j`, so a block dot
+/// is 8 `maddubs` summed in 16-bit lanes and one `madd` (two with `LO`, the second Q byte) — no
+/// horizontal reduction. Numbers as `attn::qk_i8_avx512`: the exact integer block dot, then
+/// `s = fma(float(dot − qc), dk·dq, s)` block by block (`LO`: `128·dot(q) + dot(lo) − qcc`,
+/// scale `dk·dq/128`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn qk_q4_avx2<const LO: bool>(
