@@ -664,8 +664,9 @@ unsafe fn weights_q16(
         let nc = na.div_ceil(8);
         let nce = nc.next_multiple_of(2);
         let mut rp = [[v; 8]; 8];
-        // the rows' probabilities per (query row, group), 0 past the active rows
-        let mut pv = [[_mm256_setzero_ps(); 8]; 16];
+        // the rows' probabilities per (query row, group), 0 past the active rows; written for
+        // every m < mr, c < nce before it is read (no 4 KiB memset per tile)
+        let mut pv = [[core::mem::MaybeUninit::<__m256>::uninit(); 8]; 16];
         let mut pmx = [_mm256_setzero_ps(); 16];
         let mut bad = _mm256_setzero_ps();
         for c in 0..nc {
@@ -697,7 +698,12 @@ unsafe fn weights_q16(
                 };
                 bad = _mm256_or_ps(bad, not_finite(x));
                 pmx[m] = _mm256_max_ps(pmx[m], x);
-                pv[m][c] = x;
+                pv[m][c].write(x);
+            }
+        }
+        if nc < nce {
+            for pm in pv.iter_mut().take(mr) {
+                pm[nc].write(_mm256_setzero_ps());
             }
         }
         if _mm256_movemask_ps(bad) != 0 {
@@ -751,8 +757,8 @@ unsafe fn weights_q16(
                 let r = _mm256_set1_ps(32767.0 / big);
                 let mut sum = _mm256_setzero_si256();
                 for c in (0..nce).step_by(2) {
-                    let w0 = _mm256_mul_ps(pv[m][c], dv[c]);
-                    let w1 = _mm256_mul_ps(pv[m][c + 1], dv[c + 1]);
+                    let w0 = _mm256_mul_ps(pv[m][c].assume_init(), dv[c]);
+                    let w1 = _mm256_mul_ps(pv[m][c + 1].assume_init(), dv[c + 1]);
                     let q0 = _mm256_cvtps_epi32(_mm256_mul_ps(w0, r));
                     let q1 = _mm256_cvtps_epi32(_mm256_mul_ps(w1, r));
                     sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
