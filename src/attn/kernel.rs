@@ -106,8 +106,9 @@ impl Kernels {
     /// Whether [`Kernels::pv_q`] with `int16` sums V of format `f` in integers (16-bit
     /// weights, exact `vpdpwssd` sums on AVX-512 VNNI; `vpmaddwd` + `vpaddd` on AVX2 for q4_0
     /// only — the same numbers on both). AVX-512 without VNNI keeps the float kernel, and so
-    /// does AVX2 q8_0: its float kernel converts V cheaply and measured 3–5 % faster
-    /// (`benches/attn.rs`, Zen 4, one thread).
+    /// does AVX2 q8_0: its float kernel converts V cheaply and measured 4–5 % faster in
+    /// decode at n_kv 4096 and h64 n_kv 32768, equal at h128 n_kv 32768 (`benches/attn.rs`,
+    /// Zen 4, one thread).
     pub fn int16_v(&self, f: Fused) -> bool {
         self.vnni || (cfg!(target_arch = "x86_64") && self.isa == Isa::Avx2 && f == Fused::Q4_0)
     }
