@@ -103,6 +103,16 @@ impl Kernels {
         Fused::quantized(ty).filter(|_| isa_ok && dv.is_multiple_of(32))
     }
 
+    /// Whether [`Kernels::pv_q`] with `int16` sums V of format `f` in integers (16-bit
+    /// weights, exact `vpdpwssd` sums on AVX-512 VNNI; `vpmaddwd` + `vpaddd` on AVX2 for q4_0
+    /// only — the same numbers on both). AVX-512 without VNNI keeps the float kernel, and so
+    /// does AVX2 q8_0: its float kernel converts V cheaply and measured 4–5 % faster in
+    /// decode at n_kv 4096 and h64 n_kv 32768, equal at h128 n_kv 32768 (`benches/attn.rs`,
+    /// Zen 4, one thread).
+    pub fn int16_v(&self, f: Fused) -> bool {
+        self.vnni || (cfg!(target_arch = "x86_64") && self.isa == Isa::Avx2 && f == Fused::Q4_0)
+    }
+
     /// The format of the int8 decode K kernel for K rows of `ty` (`dk` elements), if this ISA
     /// has it: VNNI on AVX-512, `maddubs` on AVX2 ([`Kernels::qk_i8`]).
     pub fn int8_fmt(&self, ty: GgmlType, dk: usize) -> Option<Fused> {
@@ -239,6 +249,7 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::attn as x;
+            use crate::simd::x86::attn_avx2 as y;
             let kp = k[base..].as_ptr();
             let (q8p, qdp, qcp, sp) = (q8.as_ptr(), qd.as_ptr(), qc.as_ptr(), s.as_mut_ptr());
             // SAFETY: sizes and row bounds asserted above; `vnni` was detected at run time
@@ -255,7 +266,7 @@ impl Kernels {
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
                         // asserted q4_0 above
-                        (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }, true>(
+                        (_, false) => y::qk_q4_avx2::<true>(
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
                     };
@@ -268,10 +279,10 @@ impl Kernels {
                     (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
-                    (Fused::Q8_0, false) => x::qk_i8_avx2::<{ x::FMT_Q8_0 }, false>(
-                        q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
-                    ),
-                    (_, false) => x::qk_i8_avx2::<{ x::FMT_Q4_0 }, false>(
+                    (Fused::Q8_0, false) => {
+                        x::qk_i8_avx2(q8p, qdp, kp, nb1, active, sp, mr, dk, pf)
+                    }
+                    (_, false) => y::qk_q4_avx2::<false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
                 }
@@ -503,6 +514,7 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             use crate::simd::x86::attn as x;
+            use crate::simd::x86::attn_avx2 as y;
             let vp = v[base..].as_ptr();
             let (pp, wp, op) = (p.as_ptr(), ws.w.as_mut_ptr(), o.as_mut_ptr());
             let (wqp, sgp, swp) = (ws.wq.as_mut_ptr(), ws.sig.as_mut_ptr(), ws.sum.as_mut_ptr());
@@ -511,14 +523,18 @@ impl Kernels {
             // detected with Avx512.
             unsafe {
                 if int16
-                    && self.vnni
-                    && match f {
-                        Fused::Q8_0 => x::pv_i16_avx512::<{ x::FMT_Q8_0 }>(
+                    && self.int16_v(f)
+                    && match (f, self.vnni) {
+                        (Fused::Q8_0, true) => x::pv_i16_avx512::<{ x::FMT_Q8_0 }>(
                             pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
                         ),
-                        _ => x::pv_i16_avx512::<{ x::FMT_Q4_0 }>(
+                        (_, true) => x::pv_i16_avx512::<{ x::FMT_Q4_0 }>(
                             pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf,
                         ),
+                        // AVX2: q4_0 only (`int16_v`)
+                        (_, false) => {
+                            y::pv_i16_avx2(pp, vp, nb1, active, wqp, sgp, swp, op, mr, dvp, dv, pf)
+                        }
                     }
                 {
                     return;
@@ -530,10 +546,10 @@ impl Kernels {
                     (_, Isa::Avx512) => x::pv_q_avx512::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    (Fused::Q8_0, _) => crate::simd::x86::attn_avx2::pv_q_avx2::<{ x::FMT_Q8_0 }>(
+                    (Fused::Q8_0, _) => y::pv_q_avx2::<{ x::FMT_Q8_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
-                    _ => crate::simd::x86::attn_avx2::pv_q_avx2::<{ x::FMT_Q4_0 }>(
+                    _ => y::pv_q_avx2::<{ x::FMT_Q4_0 }>(
                         pp, vp, nb1, active, wp, op, mr, dvp, dv, pf,
                     ),
                 }
@@ -1082,8 +1098,9 @@ mod tests {
     }
 
     /// The quantized V kernel computes `fma(p·d, q, o)` per element, in `active` order, or with
-    /// AVX-512 VNNI the 16-bit integer weights of `pv_i16_avx512` (scale `max p · max |d|`,
-    /// exact integer sums, one fma).
+    /// AVX-512 VNNI (or AVX2 for q4_0) the 16-bit integer weights of `pv_i16_avx512` /
+    /// `pv_i16_avx2`
+    /// (scale `max p · max |d|`, exact integer sums, one fma).
     #[test]
     fn pv_q_scaled_weights() {
         let mut ran = 0;
@@ -1127,16 +1144,20 @@ mod tests {
                 let bs = rb / nb;
                 for (na, step) in [(64usize, 1usize), (37, 1), (20, 3), (5, 7)] {
                     let active: Vec<u8> = (0..na).map(|i| ((i * step) % TILE_KV) as u8).collect();
-                    for (mr, int16) in [
-                        (1usize, true),
-                        (3, true),
-                        (4, false),
-                        (6, true),
-                        (9, true),
-                        (3, false),
+                    // (query rows, int16 asked, probability scale): 0 gives all-zero
+                    // weights, 1e-35 weights below 2⁻¹⁰⁰ (the integer kernel refuses the tile)
+                    for (mr, int16, ps) in [
+                        (1usize, true, 1f32),
+                        (3, true, 1.0),
+                        (4, false, 1.0),
+                        (6, true, 1.0),
+                        (9, true, 1.0),
+                        (3, false, 1.0),
+                        (4, true, 0.0),
+                        (5, true, 1e-35),
                     ] {
                         let p: Vec<f32> = (0..mr * TILE_KV)
-                            .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32)
+                            .map(|_| ps * (lcg(&mut seed) as f32 / u32::MAX as f32))
                             .collect();
                         let dvp = d;
                         let mut o: Vec<f32> = (0..mr * dvp).map(|i| (i % 5) as f32).collect();
@@ -1158,8 +1179,23 @@ mod tests {
                             }
                         };
                         let _ = &deqd;
+                        // the integer kernel's scale M = max p · max |d| per (block, row):
+                        // it takes the tile unless some 0 < M < 2⁻¹⁰⁰
+                        let big = |m: usize, b: usize| {
+                            let pmax = active
+                                .iter()
+                                .fold(0f32, |a, &t| a.max(p[m * TILE_KV + t as usize]));
+                            let dmax = active.iter().fold(0f32, |a, &t| {
+                                a.max(scale(&data[t as usize * nb1..], b).abs())
+                            });
+                            pmax * dmax
+                        };
+                        let tiny = (0..mr).any(|m| {
+                            (0..nb).any(|b| big(m, b) > 0.0 && big(m, b) < 2f32.powi(-100))
+                        });
+                        assert_eq!(tiny, ps == 1e-35, "{ty} d={d} mr={mr}");
                         for m in 0..mr {
-                            if kn.vnni && int16 {
+                            if kn.int16_v(f) && int16 && !tiny {
                                 // 16-bit weights per (block, row), integer sums, one fma
                                 for b in 0..nb {
                                     let w: Vec<f32> = active
@@ -1169,13 +1205,7 @@ mod tests {
                                             p[m * TILE_KV + t] * scale(&data[t * nb1..], b)
                                         })
                                         .collect();
-                                    let pmax = active
-                                        .iter()
-                                        .fold(0f32, |a, &t| a.max(p[m * TILE_KV + t as usize]));
-                                    let dmax = active.iter().fold(0f32, |a, &t| {
-                                        a.max(scale(&data[t as usize * nb1..], b).abs())
-                                    });
-                                    let big = pmax * dmax;
+                                    let big = big(m, b);
                                     let r = 32767.0 / big;
                                     let wq: Vec<i32> = w
                                         .iter()

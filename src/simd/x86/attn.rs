@@ -1103,18 +1103,17 @@ unsafe fn qk_i8_rows<const F: u8, const R: usize, const LO: bool>(
     }
 }
 
-/// AVX2 variant of [`qk_i8_avx512`] (no VNNI), same numbers: 8 K rows at a time. Per block
-/// and query row, `maddubs` + `madd` give each row's exact integer block dot in 8 lanes (q8_0:
-/// |k| against sign(k)·q — products ≤ 128·127, pairs fit i16 — as upstream's AVX2 `vec_dot`
-/// does, so `qc` is not used; q4_0: nibbles against q, then − `qc` = 8·Σq); three `hadd`
-/// levels and a lane swap put row j's dot in lane j, then `s = fma(float(dot), dk·dq, s)`
-/// block by block.
+/// AVX2 variant of [`qk_i8_avx512`] for q8_0 K (no VNNI), same numbers: 8 K rows at a time.
+/// Per block and query row, `maddubs` + `madd` give each row's exact integer block dot in 8
+/// lanes (|k| against sign(k)·q — products ≤ 128·127, pairs fit i16 — as upstream's AVX2
+/// `vec_dot` does, so `qc` is not used); three `hadd` levels and a lane swap put row j's dot in
+/// lane j, then `s = fma(float(dot), dk·dq, s)` block by block. q4_0 K on AVX2:
+/// `attn_avx2::qk_q4_avx2`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
+pub unsafe fn qk_i8_avx2(
     q8: *const i8,
     qd: *const f32,
-    qc: *const i32,
     k: *const u8,
     nb1: usize,
     active: &[u8],
@@ -1122,16 +1121,12 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
     mr: usize,
     dk: usize,
     pf: usize,
-    lo: *const i8,
-    qcc: *const i32,
 ) {
     unsafe {
         let nb = dk / 32;
-        let bs = qblock_bytes::<F>();
+        let bs = qblock_bytes::<FMT_Q8_0>();
         let lines = (nb * bs).div_ceil(64);
-        let m4 = _mm_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        let w128 = _mm256_set1_epi16(128);
         let na = active.len();
         let mut sacc = [_mm256_setzero_ps(); 16];
         let mut buf = [0f32; 8];
@@ -1161,40 +1156,17 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
                 for j in 0..8 {
                     let bp = rp[j].add(bs * b);
                     h[j] = (bp as *const u16).read_unaligned();
-                    if F == FMT_Q8_0 {
-                        let raw = _mm256_loadu_si256(bp.add(2) as *const __m256i);
-                        kx[j] = _mm256_sign_epi8(raw, raw);
-                        ks[j] = raw;
-                    } else {
-                        let x = _mm_loadu_si128(bp.add(2) as *const __m128i);
-                        let lo = _mm_and_si128(x, m4);
-                        let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), m4);
-                        kx[j] = _mm256_set_m128i(hi, lo);
-                    }
+                    let raw = _mm256_loadu_si256(bp.add(2) as *const __m256i);
+                    kx[j] = _mm256_sign_epi8(raw, raw);
+                    ks[j] = raw;
                 }
                 let dkv = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
                 for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
                     let qv = _mm256_loadu_si256(q8.add(m * dk + 32 * b) as *const __m256i);
                     let mut d = [_mm256_setzero_si256(); 8];
-                    if LO && F == FMT_Q4_0 {
-                        // 128·(nibbles·q) + nibbles·lo per lane before the one reduction below
-                        // (exact: the pair sums fit i16, the lane sums i32)
-                        let lv = _mm256_loadu_si256(lo.add(m * dk + 32 * b) as *const __m256i);
-                        for j in 0..8 {
-                            d[j] = _mm256_add_epi32(
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], qv), w128),
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], lv), ones),
-                            );
-                        }
-                    } else {
-                        for j in 0..8 {
-                            let y = if F == FMT_Q8_0 {
-                                _mm256_sign_epi8(qv, ks[j])
-                            } else {
-                                qv
-                            };
-                            d[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], y), ones);
-                        }
+                    for j in 0..8 {
+                        let y = _mm256_sign_epi8(qv, ks[j]);
+                        d[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(kx[j], y), ones);
                     }
                     let h01 = _mm256_hadd_epi32(d[0], d[1]);
                     let h23 = _mm256_hadd_epi32(d[2], d[3]);
@@ -1206,21 +1178,7 @@ pub unsafe fn qk_i8_avx2<const F: u8, const LO: bool>(
                         _mm256_permute2x128_si256::<0x20>(h0123, h4567),
                         _mm256_permute2x128_si256::<0x31>(h0123, h4567),
                     );
-                    if LO && F == FMT_Q4_0 {
-                        // 128·dot(q) + dot(lo) − qcc, scale dk·dq/128 (as the VNNI kernel)
-                        let comb = _mm256_sub_epi32(dot, _mm256_set1_epi32(*qcc.add(m * nb + b)));
-                        let sc =
-                            _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b) * (1.0 / 128.0)));
-                        *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(comb), sc, *sm);
-                        continue;
-                    }
-                    // q4_0: Σ n·q − 8·Σq (`qc`); q8_0's dot is already exact (`qc` holds the
-                    // VNNI kernel's bias correction, not used here)
-                    let dot = if F == FMT_Q8_0 {
-                        dot
-                    } else {
-                        _mm256_sub_epi32(dot, _mm256_set1_epi32(*qc.add(m * nb + b)))
-                    };
+                    // exact already (`qc` holds the VNNI kernel's bias correction, not used)
                     let sc = _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b)));
                     *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *sm);
                 }

@@ -9,7 +9,9 @@
 //! `((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7))`; `pv`: one FMA chain per output element in `active`
 //! order), so they are bit-identical to dequantize + tile kernel. The prefill GEMMs keep each
 //! output element's FMA chain in the same order as before (over `d` for QK, over `active` for
-//! PV): only the register blocking changed.
+//! PV): only the register blocking changed. The integer decode kernels for q4_0 (K: `qk_q4_avx2`,
+//! V: `pv_i16_avx2`) give the same bits as their AVX-512 VNNI counterparts (exact integer
+//! sums, the same float steps around them).
 use super::attn::{
     fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q8_0,
 };
@@ -586,5 +588,459 @@ pub unsafe fn pv_q_avx2<const F: u8>(
         by_fours!(mr, |m, R| pv_q_rows::<F, R>(
             w, v, nb1, active, o, m, mr, nb, dvp
         ));
+    }
+}
+
+// ---------------------------------------------------------------- q4_0 decode V, integer
+//
+// The AVX2 form of `attn::pv_i16_avx512` for q4_0 V (same weights, same integer sums, so the
+// same bits):
+// per block `b` and query row `m` the weights `w = p·d` become `W = rint(w·(32767/M))` with
+// `M = P_m·D_b` (the row's largest probability in the tile times the block's largest |scale|);
+// two V rows are interleaved as 16-bit pairs and `vpmaddwd` + `vpaddd` add
+// `W_i·q_i + W_{i+1}·q_{i+1}` into 32-bit lanes (exact: |Σ| ≤ 64·32767·128 < 2³¹); the tile
+// ends with `o = fma(float(Σ W·n − 8·Σ W), M/32767, o)`. Per instruction pair as many MACs as
+// one FMA, but the nibbles are never converted to float (one widening per two rows and 16
+// columns, shared by 4 query rows). Not used for q8_0: its float kernel (`pv_q_avx2`)
+// converts V cheaply and measured faster than this one.
+
+/// Horizontal maximum of 8 floats (no NaN: checked before).
+#[inline(always)]
+unsafe fn hmax8(x: __m256) -> f32 {
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        _mm_cvtss_f32(m)
+    }
+}
+
+/// The f16 scales at byte `off` of 8 rows, as f32 (scalar loads assembled in two 64-bit
+/// registers: no store-to-load forwarding stall).
+#[inline(always)]
+unsafe fn scales8(r: &[*const u8; 8], off: usize) -> __m256 {
+    unsafe {
+        let h = |j: usize| (r[j].add(off) as *const u16).read_unaligned() as u64;
+        let lo = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+        let hi = h(4) | h(5) << 16 | h(6) << 32 | h(7) << 48;
+        _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
+    }
+}
+
+/// Lanes of `x` that are not finite (`|x| > f32::MAX` or NaN), as a mask.
+#[inline(always)]
+unsafe fn not_finite(x: __m256) -> __m256 {
+    unsafe {
+        let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+        _mm256_cmp_ps::<_CMP_NLE_UQ>(a, _mm256_set1_ps(f32::MAX))
+    }
+}
+
+/// The 16-bit weights of [`pv_i16_avx2`] (`wq`, `[nb][mr][64]`, zero past the active rows up
+/// to the next multiple of 16), `sig = M/32767` and `sw = Σ W` per (block, row) of q4_0 V
+/// rows: the numbers of `attn::pv_i16_avx512`'s weights, 8 rows at a time. `false` when a probability
+/// or scale is not finite or `0 < M < 2⁻¹⁰⁰` (the float kernel then takes the tile).
+// index loops: c indexes the groups' offsets, masks, scales and weights together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weights_q16(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    mr: usize,
+    nb: usize,
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+    pf: usize,
+) -> bool {
+    unsafe {
+        let bs = 18; // q4_0 block bytes
+        let lines = (nb * bs).div_ceil(64) + 1;
+        let na = active.len();
+        // groups of 8 rows, an even number of them (an extra group has p = d = 0, so W = 0)
+        let nc = na.div_ceil(8);
+        let nce = nc.next_multiple_of(2);
+        let mut rp = [[v; 8]; 8];
+        // the rows' probabilities per (query row, group), 0 past the active rows; written for
+        // every m < mr, c < nce before it is read (no 4 KiB memset per tile)
+        let mut pv = [[core::mem::MaybeUninit::<__m256>::uninit(); 8]; 16];
+        let mut pmx = [_mm256_setzero_ps(); 16];
+        let mut bad = _mm256_setzero_ps();
+        for c in 0..nc {
+            let i = 8 * c;
+            let n = (na - i).min(8);
+            let mut tsi = [0i32; 8];
+            let mut mk = [0i32; 8];
+            for j in 0..8 {
+                let t = active[i + j.min(n - 1)] as usize;
+                tsi[j] = t as i32;
+                mk[j] = if j < n { -1 } else { 0 };
+                rp[c][j] = v.add(t * nb1);
+            }
+            if pf != 0 {
+                // the scales below touch every row of the tile first: prefetch whole rows
+                for r in rp[c].iter().take(n) {
+                    prefetch(r.wrapping_add(pf * nb1), lines);
+                }
+            }
+            let km = _mm256_loadu_si256(mk.as_ptr() as *const __m256i);
+            let contiguous = tsi[n - 1] - tsi[0] == n as i32 - 1;
+            let tsv = _mm256_loadu_si256(tsi.as_ptr() as *const __m256i);
+            for m in 0..mr {
+                let prow = p.add(m * T);
+                let x = if contiguous {
+                    _mm256_maskload_ps(prow.add(tsi[0] as usize), km)
+                } else {
+                    _mm256_and_ps(_mm256_i32gather_ps::<4>(prow, tsv), _mm256_castsi256_ps(km))
+                };
+                bad = _mm256_or_ps(bad, not_finite(x));
+                pmx[m] = _mm256_max_ps(pmx[m], x);
+                pv[m][c].write(x);
+            }
+        }
+        if nc < nce {
+            for pm in pv.iter_mut().take(mr) {
+                pm[nc].write(_mm256_setzero_ps());
+            }
+        }
+        if _mm256_movemask_ps(bad) != 0 {
+            return false;
+        }
+        let mut pmax = [0f32; 16];
+        for m in 0..mr {
+            pmax[m] = hmax8(pmx[m]);
+        }
+        let absm = _mm256_set1_ps(-0.0);
+        for b in 0..nb {
+            let mut dv = [_mm256_setzero_ps(); 8];
+            let mut dmx = _mm256_setzero_ps();
+            for c in 0..nc {
+                let n = (na - 8 * c).min(8);
+                let d = scales8(&rp[c], bs * b);
+                // lanes past `n` (repeated rows): scale 0, as the masked AVX-512 loads
+                let d = if n == 8 {
+                    d
+                } else {
+                    let z = _mm256_cmpgt_epi32(
+                        _mm256_set1_epi32(n as i32),
+                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                    );
+                    _mm256_and_ps(d, _mm256_castsi256_ps(z))
+                };
+                bad = _mm256_or_ps(bad, not_finite(d));
+                dv[c] = d;
+                dmx = _mm256_max_ps(dmx, _mm256_andnot_ps(absm, d));
+            }
+            if _mm256_movemask_ps(bad) != 0 {
+                return false;
+            }
+            // D_b: the largest block scale; |p·d| ≤ P_m·D_b = M
+            let dmax = hmax8(dmx);
+            for m in 0..mr {
+                let row = b * mr + m;
+                let wr = wq.add(row * T);
+                let big = pmax[m] * dmax;
+                if big == 0.0 {
+                    for c in (0..nce).step_by(2) {
+                        _mm256_storeu_si256(wr.add(8 * c) as *mut __m256i, _mm256_setzero_si256());
+                    }
+                    *sig.add(row) = 0.0;
+                    *sw.add(row) = 0;
+                    continue;
+                }
+                if !(big >= f32::from_bits(0x0d80_0000) && big <= f32::MAX) {
+                    return false; // below 2^-100 (32767/M could overflow) or not finite
+                }
+                let r = _mm256_set1_ps(32767.0 / big);
+                let mut sum = _mm256_setzero_si256();
+                for c in (0..nce).step_by(2) {
+                    let w0 = _mm256_mul_ps(pv[m][c].assume_init(), dv[c]);
+                    let w1 = _mm256_mul_ps(pv[m][c + 1].assume_init(), dv[c + 1]);
+                    let q0 = _mm256_cvtps_epi32(_mm256_mul_ps(w0, r));
+                    let q1 = _mm256_cvtps_epi32(_mm256_mul_ps(w1, r));
+                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
+                    // |W| ≤ 32767: the saturating pack is exact; 64-bit lanes back in order
+                    let q16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q0, q1));
+                    _mm256_storeu_si256(wr.add(8 * c) as *mut __m256i, q16);
+                }
+                *sig.add(row) = big / 32767.0;
+                *sw.add(row) = {
+                    let s = _mm_add_epi32(
+                        _mm256_castsi256_si128(sum),
+                        _mm256_extracti128_si256::<1>(sum),
+                    );
+                    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+                    _mm_cvtsi128_si32(s)
+                };
+            }
+        }
+        true
+    }
+}
+
+/// Elements `16h .. 16h+16` of block `g` of the q4_0 rows at `a` and `b` as 16-bit pairs
+/// `(a_e, b_e)` of nibbles (0..15) in 32-bit lanes, elements in order.
+#[inline(always)]
+unsafe fn pairs8(a: *const u8, b: *const u8, g: usize, h: usize) -> [__m256i; 2] {
+    unsafe {
+        let x = _mm_loadu_si128(a.add(18 * g + 2) as *const __m128i);
+        let y = _mm_loadu_si128(b.add(18 * g + 2) as *const __m128i);
+        let z0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
+        let z1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+        if h == 0 {
+            let m4 = _mm256_set1_epi16(0x0f);
+            [_mm256_and_si256(z0, m4), _mm256_and_si256(z1, m4)]
+        } else {
+            [_mm256_srli_epi16::<4>(z0), _mm256_srli_epi16::<4>(z1)]
+        }
+    }
+}
+
+/// Rows `m..m+R`, columns `32g + 16h .. +16` of [`pv_i16_avx2`]: integer sums over the active
+/// rows two at a time, then `o = fma(float(Σ), σ, o)`.
+// index loops: r indexes the accumulators and the row offsets of o and wq together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_i16_block<const R: usize>(
+    wq: *const i16,
+    sig: *const f32,
+    sw: *const i32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    o: *mut f32,
+    m: usize,
+    mr: usize,
+    g: usize,
+    h: usize,
+    dvp: usize,
+) {
+    unsafe {
+        let na = active.len();
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let wg = wq.add((g * mr + m) * T);
+        let mut i = 0;
+        while i < na {
+            let t0 = active[i] as usize;
+            // an odd last row pairs with itself; its partner's weight is 0
+            let t1 = if i + 1 < na {
+                active[i + 1] as usize
+            } else {
+                t0
+            };
+            let [x0, x1] = pairs8(v.add(t0 * nb1), v.add(t1 * nb1), g, h);
+            for r in 0..R {
+                let wp = _mm256_set1_epi32((wg.add(r * T + i) as *const i32).read_unaligned());
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(x0, wp));
+                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(x1, wp));
+            }
+            i += 2;
+        }
+        for r in 0..R {
+            let idx = g * mr + m + r;
+            // Σ W·(n − 8) = Σ W·n − 8·Σ W
+            let off = _mm256_set1_epi32(8 * *sw.add(idx));
+            let (a0, a1) = (
+                _mm256_sub_epi32(acc[r][0], off),
+                _mm256_sub_epi32(acc[r][1], off),
+            );
+            let s = _mm256_set1_ps(*sig.add(idx));
+            let op = o.add((m + r) * dvp + 32 * g + 16 * h);
+            let y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s, _mm256_loadu_ps(op));
+            let y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s, _mm256_loadu_ps(op.add(8)));
+            _mm256_storeu_ps(op, y0);
+            _mm256_storeu_ps(op.add(8), y1);
+        }
+    }
+}
+
+/// `attn::pv_i16_avx512` for q4_0 V on AVX2, the same bits: `o[m][:dv] += Σ_i σ·W_i·q_i` with
+/// `W = rint(p·d·32767/M)`, `σ = M/32767` per (32-element block, row) over the active rows.
+/// Scratch: `wq` `[dv/32][mr][64]` i16, `sig`/`sw` `[dv/32][mr]`. 4 query rows × 16 columns
+/// per pass (8 accumulators). Returns `false`, leaving `o` untouched, when the weights cannot
+/// be scaled (a non-finite weight, or one below 2⁻¹⁰⁰): run [`pv_q_avx2`] then.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pv_i16_avx2(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    active: &[u8],
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+    o: *mut f32,
+    mr: usize,
+    dvp: usize,
+    dv: usize,
+    pf: usize,
+) -> bool {
+    unsafe {
+        let nb = dv / 32;
+        if !weights_q16(p, v, nb1, active, mr, nb, wq, sig, sw, pf) {
+            return false;
+        }
+        by_fours!(mr, |m, R| {
+            for g in 0..nb {
+                for h in 0..2 {
+                    pv_i16_block::<R>(wq, sig, sw, v, nb1, active, o, m, mr, g, h, dvp);
+                }
+            }
+        });
+        true
+    }
+}
+
+// ---------------------------------------------------------------- q4_0 decode K, int8
+
+/// Block `b` (bytes at `off`) of 8 q4_0 rows transposed: `out[c]` (`c < 4`) has in lane `j`
+/// the low nibbles of bytes `4c..4c+4` of row `j` (elements `4c..4c+4`), `out[c + 4]` their
+/// high nibbles (elements `16+4c..16+4c+4`).
+#[inline(always)]
+unsafe fn q4_cols(rp: &[*const u8; 8], off: usize) -> [__m256i; 8] {
+    unsafe {
+        let ld = |j: usize| _mm_loadu_si128(rp[j].add(off) as *const __m128i);
+        // 128-bit lane L of z[k] holds row 4L + k: a 4×4 dword transpose per lane
+        let z = [
+            _mm256_set_m128i(ld(4), ld(0)),
+            _mm256_set_m128i(ld(5), ld(1)),
+            _mm256_set_m128i(ld(6), ld(2)),
+            _mm256_set_m128i(ld(7), ld(3)),
+        ];
+        let t0 = _mm256_unpacklo_epi32(z[0], z[1]);
+        let t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+        let t2 = _mm256_unpacklo_epi32(z[2], z[3]);
+        let t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+        let x = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+        [
+            _mm256_and_si256(x[0], m4),
+            _mm256_and_si256(x[1], m4),
+            _mm256_and_si256(x[2], m4),
+            _mm256_and_si256(x[3], m4),
+            hi(x[0]),
+            hi(x[1]),
+            hi(x[2]),
+            hi(x[3]),
+        ]
+    }
+}
+
+/// `Σ_c maddubs(kc[c], q dword c)` in 16-bit lanes: lane pair of row `j` = its block dot
+/// against the 32 bytes at `q`, split in two 16-bit halves. Exact: each `maddubs` lane is at
+/// most 2·15·128, the 8 summed at most 30720 < 2¹⁵.
+#[inline(always)]
+unsafe fn q4_dot16(kc: &[__m256i; 8], q: *const i8) -> __m256i {
+    unsafe {
+        let qr = q as *const i32;
+        let t =
+            |c: usize| _mm256_maddubs_epi16(kc[c], _mm256_set1_epi32(qr.add(c).read_unaligned()));
+        let a = _mm256_add_epi16(_mm256_add_epi16(t(0), t(2)), _mm256_add_epi16(t(4), t(6)));
+        let b = _mm256_add_epi16(_mm256_add_epi16(t(1), t(3)), _mm256_add_epi16(t(5), t(7)));
+        _mm256_add_epi16(a, b)
+    }
+}
+
+/// The AVX2 int8 decode K kernel for q4_0 (`attn::qk_i8_avx2` does q8_0) with the rows
+/// transposed, as the VNNI kernel does: 8 K rows at a time, lane `j` = row `j`, so a block dot
+/// is 8 `maddubs` summed in 16-bit lanes and one `madd` (two with `LO`, the second Q byte) — no
+/// horizontal reduction. Numbers as `attn::qk_i8_avx512`: the exact integer block dot, then
+/// `s = fma(float(dot − qc), dk·dq, s)` block by block (`LO`: `128·dot(q) + dot(lo) − qcc`,
+/// scale `dk·dq/128`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qk_q4_avx2<const LO: bool>(
+    q8: *const i8,
+    qd: *const f32,
+    qc: *const i32,
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    s: *mut f32,
+    mr: usize,
+    dk: usize,
+    pf: usize,
+    lo: *const i8,
+    qcc: *const i32,
+) {
+    unsafe {
+        let nb = dk / 32;
+        let lines = (nb * 18).div_ceil(64);
+        let ones = _mm256_set1_epi16(1);
+        let w128 = _mm256_set1_epi16(128);
+        let na = active.len();
+        let mut sacc = [_mm256_setzero_ps(); 16];
+        let mut buf = [0f32; 8];
+        let mut i = 0;
+        while i < na {
+            // lanes past `n` repeat the last row (computed, not stored)
+            let n = (na - i).min(8);
+            let mut ts = [0usize; 8];
+            for (j, t) in ts.iter_mut().enumerate() {
+                *t = active[i + j.min(n - 1)] as usize;
+            }
+            let mut rp = [k; 8];
+            for j in 0..8 {
+                rp[j] = k.add(ts[j] * nb1);
+            }
+            if pf != 0 {
+                for p in rp.iter().take(n) {
+                    prefetch(p.wrapping_add(pf * nb1), lines);
+                }
+            }
+            for m in sacc.iter_mut().take(mr) {
+                *m = _mm256_setzero_ps();
+            }
+            for b in 0..nb {
+                let kc = q4_cols(&rp, 18 * b + 2);
+                let mut h = [0u16; 8];
+                for j in 0..8 {
+                    h[j] = (rp[j].add(18 * b) as *const u16).read_unaligned();
+                }
+                let dkv = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+                for (m, sm) in sacc.iter_mut().enumerate().take(mr) {
+                    let dq = q4_dot16(&kc, q8.add(m * dk + 32 * b));
+                    if LO {
+                        // 128·dot(q) + dot(lo) − qcc (exact in i32), scale dk·dq/128
+                        let dl = q4_dot16(&kc, lo.add(m * dk + 32 * b));
+                        let dot = _mm256_add_epi32(
+                            _mm256_madd_epi16(dq, w128),
+                            _mm256_madd_epi16(dl, ones),
+                        );
+                        let comb = _mm256_sub_epi32(dot, _mm256_set1_epi32(*qcc.add(m * nb + b)));
+                        let sc =
+                            _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b) * (1.0 / 128.0)));
+                        *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(comb), sc, *sm);
+                    } else {
+                        // Σ n·q − 8·Σq (`qc`)
+                        let dot = _mm256_sub_epi32(
+                            _mm256_madd_epi16(dq, ones),
+                            _mm256_set1_epi32(*qc.add(m * nb + b)),
+                        );
+                        let sc = _mm256_mul_ps(dkv, _mm256_set1_ps(*qd.add(m * nb + b)));
+                        *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *sm);
+                    }
+                }
+            }
+            for (m, sm) in sacc.iter().enumerate().take(mr) {
+                let row = s.add(m * T);
+                _mm256_storeu_ps(buf.as_mut_ptr(), *sm);
+                for j in 0..n {
+                    *row.add(ts[j]) = buf[j];
+                }
+            }
+            i += n;
+        }
     }
 }
