@@ -58,3 +58,34 @@ fn q5_1_tails() {
 fn iq4_nl_tails() {
     run(GgmlType::IQ4_NL)
 }
+
+/// f16 and bf16 `vec_dot` sums whose every product is a negative number below f32's normal
+/// range: `vdpbf16ps` (and its AVX2 emulation) flushes each to `-0`, so both halves of the
+/// bf16 accumulator reduce to `-0` and upstream's `(0.0 + r1) + r2` in f64 gives `+0`
+/// (which the kernels' f32 shortcut `(r1 + r2) + 0` must reproduce); positive tiny
+/// products (`+0`), mixed signs and lengths with a tail after the 64-element steps
+/// alongside. `compare_format` dots a row with itself reversed, so a row whose halves have
+/// opposite signs makes every product negative.
+#[test]
+fn f16_bf16_signed_zero_sums() {
+    let mut rows = Vec::new();
+    for n in [64usize, 128, 96, 1024] {
+        let h = n / 2;
+        for (name, lo, hi) in [
+            ("negative tiny products", 1e-30f32, -1e-30f32),
+            ("positive tiny products", 1e-30, 1e-30),
+            ("negative zero products", 0.0, -0.0),
+            ("cancelling products", 1.0, -1.0),
+        ] {
+            let r: Vec<f32> = (0..n).map(|i| if i < h { lo } else { hi }).collect();
+            rows.push((format!("{name} {n}"), r));
+        }
+    }
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        for isa in simd::available() {
+            let rep = diff::compare_format(ty, isa, &rows, true);
+            assert_eq!(rep.rows, rows.len());
+            rep.assert_exact(&format!("{ty} {isa:?} signed-zero sums"));
+        }
+    }
+}

@@ -346,6 +346,24 @@ fn reduce512_gcc(v: __m512) -> f32 {
     reduce16_gcc(lo, hi)
 }
 
+/// Upstream's `sumf` of two reductions when no element is left over, rounded to f32:
+/// `(f32)(((f64)0 + (f64)r1) + (f64)r2)` (as `ggml_vec_dot_bf16` accumulates its two
+/// `_mm512_reduce_add_ps` results), computed in f32 as `(r1 + r2) + 0`, the same bits and
+/// two additions instead of two widenings, two f64 additions and a narrowing on the
+/// critical path of every row:
+/// * `(f64)r1 + (f64)r2` rounded to f64 and then to f32 equals `r1 + r2` rounded once to
+///   f32 (a single operation on f32 inputs evaluated in a format with >= 2·24 + 2
+///   significand bits rounds innocuously twice); adding `(f64)0` first only turns a `-0`
+///   `r1` into `+0`, which changes the sum only when both are `-0` (`+0` instead of `-0`):
+///   exactly what the final `+ 0` does (`x + 0 = x` for every other `x`, and an exact-zero
+///   sum of non-zero terms is already `+0`);
+/// * a NaN stays a NaN (which payload survives when both terms are NaNs is no more pinned
+///   down here than in the reduction steps before it: LLVM may swap an addition's operands).
+#[inline(always)]
+fn sum2_f64_as_f32(r1: f32, r2: f32) -> f32 {
+    (r1 + r2) + 0.0
+}
+
 /// `ggml_vec_dot_f16` as built with AVX-512F (no AVX512-FP16): 4 accumulators of 16 lanes,
 /// `acc[j] = fma(x, y, acc[j])` over 64-element steps, then `(a0+a2) + (a1+a3)`, gcc's
 /// `_mm512_reduce_add_ps`, widened to f64; the `n % 64` leftovers are added in f64 as f32
@@ -370,7 +388,13 @@ pub unsafe fn dot_f16_avx2(x: *const u16, y: *const u16, n: usize) -> f32 {
         // a[2j], a[2j+1] = low and high halves of the 512-bit accumulator j
         let lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
         let hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
-        let mut sumf = reduce16_gcc(lo, hi) as f64;
+        let r = reduce16_gcc(lo, hi);
+        if i == n {
+            // (f32)(f64)r == r: the round trip is exact (and keeps a quiet NaN's payload;
+            // an addition never returns a signalling NaN)
+            return r;
+        }
+        let mut sumf = r as f64;
         while i < n {
             let p = f16_to_f32(x.add(i).read_unaligned()) * f16_to_f32(y.add(i).read_unaligned());
             sumf += p as f64;
@@ -434,9 +458,13 @@ pub unsafe fn dot_bf16_avx512bf16(x: *const u16, y: *const u16, n: usize) -> f32
             c2 = _mm512_dpbf16_ps(c2, x1, y1);
             i += 64;
         }
+        let (r1, r2) = (reduce512_gcc(c1), reduce512_gcc(c2));
+        if i == n {
+            return sum2_f64_as_f32(r1, r2);
+        }
         let mut sumf = 0f64;
-        sumf += reduce512_gcc(c1) as f64;
-        sumf += reduce512_gcc(c2) as f64;
+        sumf += r1 as f64;
+        sumf += r2 as f64;
         while i < n {
             let p = f32::from_bits((x.add(i).read_unaligned() as u32) << 16)
                 * f32::from_bits((y.add(i).read_unaligned() as u32) << 16);
@@ -509,9 +537,13 @@ pub unsafe fn dot_bf16_avx2(x: *const u16, y: *const u16, n: usize) -> f32 {
         let c1hi = _mm256_set_m128(c[3], c[2]);
         let c2lo = _mm256_set_m128(c[5], c[4]);
         let c2hi = _mm256_set_m128(c[7], c[6]);
+        let (r1, r2) = (reduce16_gcc(c1lo, c1hi), reduce16_gcc(c2lo, c2hi));
+        if i == n {
+            return sum2_f64_as_f32(r1, r2);
+        }
         let mut sumf = 0f64;
-        sumf += reduce16_gcc(c1lo, c1hi) as f64;
-        sumf += reduce16_gcc(c2lo, c2hi) as f64;
+        sumf += r1 as f64;
+        sumf += r2 as f64;
         while i < n {
             let p = f32::from_bits((x.add(i).read_unaligned() as u32) << 16)
                 * f32::from_bits((y.add(i).read_unaligned() as u32) << 16);
