@@ -50,18 +50,29 @@ fn print(l: &Line) {
     );
 }
 
-/// Median of `reps` timings of `f` (seconds).
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// Timed runs per side of each speed ratio.
+const REPS: usize = 11;
+
+/// Medians of `reps` timings each of `ours` and `up` (seconds), run alternately so that a
+/// slow spell of a shared machine lands on both sides rather than on one.
+fn time_pair(reps: usize, mut ours: impl FnMut(), mut up: impl FnMut()) -> (f64, f64) {
+    ours();
+    up();
+    let once = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let (mut a, mut b) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        a.push(once(&mut ours));
+        b.push(once(&mut up));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    (median(a), median(b))
 }
 
 fn bits_eq(a: &[f32], b: &[f32]) -> bool {
@@ -137,57 +148,69 @@ fn check_format(
 
     // --- speed on the bench block (n_bench rows of `row`)
     let mut qbuf = vec![0u8; rb * n_bench];
-    let t_ours_q = time(7, || {
-        for (x, y) in bench.chunks(row).zip(qbuf.chunks_mut(rb)) {
-            ops.quantize_row(x, y).unwrap();
-        }
-    });
-    let t_up_q = time(7, || {
-        for (x, y) in bench.chunks(row).zip(qbuf.chunks_mut(rb)) {
-            unsafe { up_from(x.as_ptr(), y.as_mut_ptr().cast(), row as i64) };
-        }
-    });
+    // (both sides walk the rows with `chunks_exact`: every row has `row` elements)
+    let mut qbuf2 = qbuf.clone();
+    let (t_ours_q, t_up_q) = time_pair(
+        REPS,
+        || {
+            for (x, y) in bench.chunks_exact(row).zip(qbuf.chunks_exact_mut(rb)) {
+                ops.quantize_row(x, y).unwrap();
+            }
+        },
+        || {
+            for (x, y) in bench.chunks_exact(row).zip(qbuf2.chunks_exact_mut(rb)) {
+                unsafe { up_from(x.as_ptr(), y.as_mut_ptr().cast(), row as i64) };
+            }
+        },
+    );
     let mut fbuf = vec![0f32; bench.len()];
-    let t_ours_dq = time(7, || {
-        for (x, y) in qbuf.chunks(rb).zip(fbuf.chunks_mut(row)) {
-            ops.dequantize_row(x, y).unwrap();
-        }
-    });
-    let t_up_dq = time(7, || {
-        for (x, y) in qbuf.chunks(rb).zip(fbuf.chunks_mut(row)) {
-            unsafe { up_to(x.as_ptr().cast(), y.as_mut_ptr(), row as i64) };
-        }
-    });
+    let mut fbuf2 = fbuf.clone();
+    let (t_ours_dq, t_up_dq) = time_pair(
+        REPS,
+        || {
+            for (x, y) in qbuf.chunks_exact(rb).zip(fbuf.chunks_exact_mut(row)) {
+                ops.dequantize_row(x, y).unwrap();
+            }
+        },
+        || {
+            for (x, y) in qbuf.chunks_exact(rb).zip(fbuf2.chunks_exact_mut(row)) {
+                unsafe { up_to(x.as_ptr().cast(), y.as_mut_ptr(), row as i64) };
+            }
+        },
+    );
     let drb = dty.row_bytes(row)?;
     let mut ybuf = vec![0u8; drb * n_bench];
     for (x, y) in bench.chunks(row).zip(ybuf.chunks_mut(drb)) {
         dops.quantize_row(x, y)?;
     }
-    let mut sink = 0f32;
-    let t_ours_dot = time(7, || {
-        for (x, y) in qbuf.chunks(rb).zip(ybuf.chunks(drb)) {
-            sink += ops.vec_dot(row, x, y).unwrap();
-        }
-    });
-    let t_up_dot = time(7, || {
-        for (x, y) in qbuf.chunks(rb).zip(ybuf.chunks(drb)) {
-            let mut s = 0f32;
-            unsafe {
-                up_dot(
-                    row as i32,
-                    &mut s,
-                    0,
-                    x.as_ptr().cast(),
-                    0,
-                    y.as_ptr().cast(),
-                    0,
-                    1,
-                )
-            };
-            sink += s;
-        }
-    });
-    std::hint::black_box(sink);
+    let (mut sink, mut sink_up) = (0f32, 0f32);
+    let (t_ours_dot, t_up_dot) = time_pair(
+        REPS,
+        || {
+            for (x, y) in qbuf.chunks_exact(rb).zip(ybuf.chunks_exact(drb)) {
+                sink += ops.vec_dot(row, x, y).unwrap();
+            }
+        },
+        || {
+            for (x, y) in qbuf.chunks_exact(rb).zip(ybuf.chunks_exact(drb)) {
+                let mut s = 0f32;
+                unsafe {
+                    up_dot(
+                        row as i32,
+                        &mut s,
+                        0,
+                        x.as_ptr().cast(),
+                        0,
+                        y.as_ptr().cast(),
+                        0,
+                        1,
+                    )
+                };
+                sink_up += s;
+            }
+        },
+    );
+    std::hint::black_box((sink, sink_up));
 
     let name = ty.name().to_string();
     lines.push(Line {
@@ -269,8 +292,11 @@ fn check_rotation(seed: u64) -> Result<Vec<Line>> {
                 worst = worst.max(err / norm);
             }
         }
-        let t_ours = time(7, || attnrot::rotate::rotate(n, &x, &mut ours).unwrap());
-        let t_up = time(7, || g.compute());
+        let (t_ours, t_up) = time_pair(
+            REPS,
+            || attnrot::rotate::rotate(n, &x, &mut ours).unwrap(),
+            || g.compute(),
+        );
         lines.push(Line {
             what: format!("wht{n}"),
             kernel: "rotate",
