@@ -926,16 +926,56 @@ impl Plan<'_> {
 }
 
 /// Default prefetch distance of the fused decode kernels: one tile ([`TILE_KV`] rows) ahead,
-/// into L2 ([`crate::simd`]'s `prefetch_row`), at most [`PREFETCH_BYTES`] of the cache stream
+/// into L2 ([`crate::simd`]'s `prefetch_row`), at most [`prefetch_cap`] bytes of the cache stream
 /// (the row stride counts all KV heads of a position) and at least [`PREFETCH_MIN`] rows.
 /// Measured on Zen 4 (`benches/attn.rs`, n_kv 32768, 1 thread, 3 runs each): 64 rows ahead
 /// into L2 against 16–128 rows ~32 KiB ahead into L1 made f16 head 128 with 8 KV heads
 /// 17.2 → 9.6 ms, q8_0 13.1 → 9.2 ms, f16 head 64 2.2 → 1.6 ms; 32 rows were slower than 64,
 /// 128 no faster.
 const PREFETCH_ROWS: usize = TILE_KV;
-/// The most a stream is prefetched ahead, in bytes (a quarter of a 1 MiB L2 for K and V each).
+/// The most a stream is prefetched ahead when the L2 size is unknown, in bytes (a quarter of a
+/// 1 MiB L2); see [`prefetch_cap`].
 const PREFETCH_BYTES: usize = 256 << 10;
 const PREFETCH_MIN: usize = 8;
+
+/// The most one stream (K or V) is prefetched ahead: a quarter of this CPU's L2 (Linux sysfs,
+/// read once), so that both streams stay within half of it; [`PREFETCH_BYTES`] if unknown.
+fn prefetch_cap() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        l2_bytes()
+            .map(|b| (b / 4).clamp(16 << 10, 1 << 20))
+            .unwrap_or(PREFETCH_BYTES)
+    })
+}
+
+/// The L2 size of cpu0 from sysfs (`cache/index*/level` = 2, data or unified), if readable.
+fn l2_bytes() -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
+        let level = read("level")?;
+        let ty = read("type")?;
+        if level.trim() != "2" || ty.trim() == "Instruction" {
+            continue;
+        }
+        return parse_cache_size(&read("size")?);
+    }
+    None
+}
+
+/// A sysfs cache size (`1024K`, `2M`, `512`) in bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix('K') {
+        (n, 1 << 10)
+    } else if let Some(n) = s.strip_suffix('M') {
+        (n, 1 << 20)
+    } else {
+        (s, 1)
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult)
+}
 
 /// Prefetch distance in rows of the fused decode kernels for a cache row stride of `nb1`
 /// bytes (0 = off): from [`PREFETCH_ROWS`] and [`PREFETCH_BYTES`], or `ATTNROT_PF` rows when
@@ -954,7 +994,7 @@ fn prefetch_rows(nb1: usize) -> usize {
     if v != usize::MAX {
         return v;
     }
-    (PREFETCH_BYTES / nb1.max(1)).clamp(PREFETCH_MIN, PREFETCH_ROWS)
+    (prefetch_cap() / nb1.max(1)).clamp(PREFETCH_MIN, PREFETCH_ROWS)
 }
 
 /// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it);
@@ -1147,4 +1187,24 @@ pub fn attend(
     let mut dst = TensorMut::from_f32(&mut out, ne)?;
     flash_attn_ext(q, k, v, mask, sinks, params, &mut dst, n_threads)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes() {
+        assert_eq!(parse_cache_size("1024K\n"), Some(1 << 20));
+        assert_eq!(parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("lots"), None);
+        // whatever sysfs says, the cap stays in its bounds
+        assert!((16 << 10..=1 << 20).contains(&prefetch_cap()));
+        assert!(
+            (PREFETCH_MIN..=PREFETCH_ROWS).contains(&prefetch_rows(1 << 30))
+                || std::env::var("ATTNROT_PF").is_ok()
+        );
+    }
 }
