@@ -641,7 +641,7 @@ fn decode_precision() {
                         "{}: F32 NMSE vs f64: ours {e:.2e}, upstream {eu:.2e}",
                         c.name()
                     );
-                    // Q exact to 2^-15 (q4_0 K: two bytes) or f32; q8_0/q4_0 V weights keep
+                    // Q exact to 2^-15 (q8_0/q4_0 K: two bytes) or f32; q8_0/q4_0 V weights keep
                     // ~15 bits of a tile's largest (measured 4e-9..7e-9 here): orders of
                     // magnitude below upstream's own error
                     assert!(e <= 5e-8, "{}: F32 precision NMSE vs f64 {e:e}", c.name());
@@ -691,8 +691,8 @@ fn isa_variants() {
                         max_bias: 4.0,
                         ..Case::base(64, 100, 7, 2, ty)
                     },
-                    // decode, Q kept in f32 (the fused q8_0/q4_0 K kernels instead of the int8
-                    // ones), GQA 4, causal mask
+                    // decode, Precision::F32 (q8_0/q4_0 K: the int8 K kernels with a second Q
+                    // byte, Q exact to ~2^-15; else Q in f32), GQA 4, causal mask
                     Case {
                         prec: Precision::F32,
                         mask: MaskKind::Causal,

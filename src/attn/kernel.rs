@@ -205,12 +205,12 @@ impl Kernels {
     }
 
     /// Whether `Precision::F32` decode of K format `f` runs [`Kernels::qk_i8`] with the second
-    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 (AVX-512 VNNI or AVX2) and q8_0 (AVX-512 VNNI;
-    /// the AVX2 kernel has no second byte for q8_0), faster than the f32 kernel on Zen 4
-    /// (`benches/attn.rs`, n_kv 4096–32768: q4_0 ~10 %, q8_0 7–12 % once the prefetch kept
-    /// the loads fed; before that, q8_0 waited on memory either way).
+    /// Q byte of [`Kernels::prep_q8_lo`]: q4_0 and q8_0 (AVX-512 VNNI or AVX2), faster than
+    /// the f32 kernel on Zen 4 (`benches/attn.rs`, n_kv 4096–32768: q4_0 ~10 %, q8_0 7–12 %
+    /// once the prefetch kept the loads fed — before that, q8_0 waited on memory either way;
+    /// q8_0 on AVX2, 1 thread: 15–23 %).
     pub fn int8_k_lo(&self, f: Fused) -> bool {
-        (f == Fused::Q4_0 || (f == Fused::Q8_0 && self.vnni)) && self.int8_k(Some(f), 32)
+        self.int8_k(Some(f), 32)
     }
 
     /// `s[m][t] ≈ q[m]·k_t` for `t ∈ active`, `m < mr` (≤ 16) from [`Kernels::prep_q8`]'s
@@ -238,8 +238,6 @@ impl Kernels {
         assert!(q8.len() >= mr * dk && qd.len() >= mr * nb && qc.len() >= mr * nb);
         if let Some((l, c)) = lo {
             assert!(l.len() >= mr * dk && c.len() >= mr * nb);
-            // the AVX2 kernel has the second byte for q4_0 only
-            assert!(self.vnni || f == Fused::Q4_0);
         }
         assert!(s.len() >= mr * TILE_KV);
         assert!(rows_inside(k.len(), base, nb1, active, f.row_bytes(dk)));
@@ -265,7 +263,9 @@ impl Kernels {
                         (_, true) => x::qk_i8_avx512::<{ x::FMT_Q4_0 }, true>(
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
-                        // asserted q4_0 above
+                        (Fused::Q8_0, false) => {
+                            x::qk_i8_avx2::<true>(q8p, qdp, kp, nb1, active, sp, mr, dk, pf, lp)
+                        }
                         (_, false) => y::qk_q4_avx2::<true>(
                             q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                         ),
@@ -280,7 +280,7 @@ impl Kernels {
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
                     ),
                     (Fused::Q8_0, false) => {
-                        x::qk_i8_avx2(q8p, qdp, kp, nb1, active, sp, mr, dk, pf)
+                        x::qk_i8_avx2::<false>(q8p, qdp, kp, nb1, active, sp, mr, dk, pf, lp)
                     }
                     (_, false) => y::qk_q4_avx2::<false>(
                         q8p, qdp, qcp, kp, nb1, active, sp, mr, dk, pf, lp, cp,
@@ -1024,8 +1024,7 @@ mod tests {
                         // the second Q byte (Precision::F32): 128·dot(q) + dot(lo), scale /128
                         let (mut lo, mut qcc) = (vec![0i8; mr * d], vec![0i32; mr * nb]);
                         let mut s_lo = vec![f32::NAN; mr * TILE_KV];
-                        let with_lo = kn.vnni || f == Fused::Q4_0;
-                        if with_lo {
+                        {
                             kn.prep_q8_lo(f, &q, mr, d, &q8, &qd, &qc, &mut lo, &mut qcc);
                             let l = Some((&lo[..], &qcc[..]));
                             kn.qk_i8(
@@ -1073,7 +1072,7 @@ mod tests {
                                     "{ty} {:?} d={d} m={m} t={t}",
                                     kn.isa
                                 );
-                                if with_lo {
+                                {
                                     let got = s_lo[m * TILE_KV + t];
                                     assert_eq!(got.to_bits(), acc_lo.to_bits(), "lo {ty} d={d}");
                                     // and q·k to ~2⁻¹⁵ (the exact dot of Q with the row)

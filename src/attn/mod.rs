@@ -24,9 +24,10 @@
 //! quantized to q8_0 exactly as upstream does (the CPU backend's `from_float`) and K·Q is
 //! computed as exact integer block dots (`vpdpbusd`, or `maddubs` on AVX2), like upstream's
 //! `vec_dot` (both ISAs give the same numbers). `Precision::F32` (what llama.cpp sets on every
-//! FLASH_ATTN_EXT) keeps Q exact to ~2⁻¹⁵ of each block's largest value there: for q4_0 K on
-//! AVX-512 VNNI with a second byte per Q element (`128·dot(q) + dot(lo)`, exact integers;
-//! ~10 % faster than f32 there), elsewhere in f32 (q8_0 K: the f32 kernel measured as fast). q8_0/q4_0 V in decode folds the block scale into the softmax weight (`(p·d)·q`
+//! FLASH_ATTN_EXT) keeps Q exact to ~2⁻¹⁵ of each block's largest value there, with a second
+//! byte per Q element (`128·dot(q) + dot(lo)`, exact integers, the same numbers on both ISAs;
+//! faster than the f32 kernel: q4_0 ~10 %, q8_0 7–12 % on AVX-512 VNNI, 15–23 % on AVX2),
+//! elsewhere in f32. q8_0/q4_0 V in decode folds the block scale into the softmax weight (`(p·d)·q`
 //! instead of `p·(q·d)`: one rounding moved); on AVX-512 VNNI those weights are rounded to 15
 //! bits per tile, block and row (`vpdpwssd` sums of two rows at a time, exact in i32, one fma
 //! per tile): NMSE vs an f64 oracle ~2e-9, against upstream's ~5e-6 (`tests/attn_diff.rs`).
