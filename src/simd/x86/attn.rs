@@ -1103,6 +1103,60 @@ unsafe fn qk_i8_rows<const F: u8, const R: usize, const LO: bool>(
     }
 }
 
+/// One step of the AVX2 int8 K kernels ([`qk_i8_avx2`], `attn_avx2::qk_q4_avx2`): the K rows
+/// `active[i..]`, 8 at most — how many are real (`n`), their columns and row pointers (lanes
+/// past `n` repeat the last row: computed, never stored) — with the real rows prefetched
+/// `pf` rows ahead (`lines` cache lines each; `pf == 0`: off).
+#[inline(always)]
+pub(super) unsafe fn k_rows8(
+    k: *const u8,
+    nb1: usize,
+    active: &[u8],
+    i: usize,
+    pf: usize,
+    lines: usize,
+) -> (usize, [usize; 8], [*const u8; 8]) {
+    unsafe {
+        let n = (active.len() - i).min(8);
+        let mut ts = [0usize; 8];
+        for (j, t) in ts.iter_mut().enumerate() {
+            *t = active[i + j.min(n - 1)] as usize;
+        }
+        let mut rp = [k; 8];
+        for j in 0..8 {
+            rp[j] = k.add(ts[j] * nb1);
+        }
+        if pf != 0 {
+            for p in rp.iter().take(n) {
+                prefetch_row(p.wrapping_add(pf * nb1), lines);
+            }
+        }
+        (n, ts, rp)
+    }
+}
+
+/// The end of a [`k_rows8`] step: query row `m < mr`'s scores of the `n` real rows from
+/// lane `j` of `sacc[m]` to `s[m][ts[j]]`.
+#[inline(always)]
+pub(super) unsafe fn store_rows8(
+    sacc: &[__m256; 16],
+    mr: usize,
+    s: *mut f32,
+    ts: &[usize; 8],
+    n: usize,
+) {
+    unsafe {
+        let mut buf = [0f32; 8];
+        for (m, sm) in sacc.iter().enumerate().take(mr) {
+            let row = s.add(m * T);
+            _mm256_storeu_ps(buf.as_mut_ptr(), *sm);
+            for j in 0..n {
+                *row.add(ts[j]) = buf[j];
+            }
+        }
+    }
+}
+
 /// AVX2 variant of [`qk_i8_avx512`] for q8_0 K (no VNNI), same numbers: 8 K rows at a time.
 /// Per block and query row, `maddubs` + `madd` give each row's exact integer block dot in 8
 /// lanes (|k| against sign(k)·q — products ≤ 128·127, pairs fit i16 — as upstream's AVX2
@@ -1140,23 +1194,9 @@ pub unsafe fn qk_i8_avx2<const LO: bool>(
         let ones = _mm256_set1_epi16(1);
         let na = active.len();
         let mut sacc = [_mm256_setzero_ps(); 16];
-        let mut buf = [0f32; 8];
         let mut i = 0;
         while i < na {
-            let n = (na - i).min(8);
-            let mut ts = [0usize; 8];
-            for (j, t) in ts.iter_mut().enumerate() {
-                *t = active[i + j.min(n - 1)] as usize;
-            }
-            let mut rp = [k; 8];
-            for j in 0..8 {
-                rp[j] = k.add(ts[j] * nb1);
-            }
-            if pf != 0 {
-                for p in rp.iter().take(n) {
-                    prefetch_row(p.wrapping_add(pf * nb1), lines);
-                }
-            }
+            let (n, ts, rp) = k_rows8(k, nb1, active, i, pf, lines);
             for m in sacc.iter_mut().take(mr) {
                 *m = _mm256_setzero_ps();
             }
@@ -1223,13 +1263,7 @@ pub unsafe fn qk_i8_avx2<const LO: bool>(
                     *sm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *sm);
                 }
             }
-            for (m, sm) in sacc.iter().enumerate().take(mr) {
-                let row = s.add(m * T);
-                _mm256_storeu_ps(buf.as_mut_ptr(), *sm);
-                for j in 0..n {
-                    *row.add(ts[j]) = buf[j];
-                }
-            }
+            store_rows8(&sacc, mr, s, &ts, n);
             i += n;
         }
     }

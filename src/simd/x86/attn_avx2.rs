@@ -13,7 +13,8 @@
 //! V: `pv_i16_avx2`) give the same bits as their AVX-512 VNNI counterparts (exact integer
 //! sums, the same float steps around them).
 use super::attn::{
-    fmt_row_bytes as row_bytes, prefetch_row as prefetch, qblock_bytes, FMT_F16, FMT_Q8_0,
+    fmt_row_bytes as row_bytes, k_rows8, prefetch_row as prefetch, qblock_bytes, store_rows8,
+    FMT_F16, FMT_Q8_0,
 };
 use core::arch::x86_64::*;
 
@@ -981,24 +982,9 @@ pub unsafe fn qk_q4_avx2<const LO: bool>(
         let w128 = _mm256_set1_epi16(128);
         let na = active.len();
         let mut sacc = [_mm256_setzero_ps(); 16];
-        let mut buf = [0f32; 8];
         let mut i = 0;
         while i < na {
-            // lanes past `n` repeat the last row (computed, not stored)
-            let n = (na - i).min(8);
-            let mut ts = [0usize; 8];
-            for (j, t) in ts.iter_mut().enumerate() {
-                *t = active[i + j.min(n - 1)] as usize;
-            }
-            let mut rp = [k; 8];
-            for j in 0..8 {
-                rp[j] = k.add(ts[j] * nb1);
-            }
-            if pf != 0 {
-                for p in rp.iter().take(n) {
-                    prefetch(p.wrapping_add(pf * nb1), lines);
-                }
-            }
+            let (n, ts, rp) = k_rows8(k, nb1, active, i, pf, lines);
             for m in sacc.iter_mut().take(mr) {
                 *m = _mm256_setzero_ps();
             }
@@ -1033,13 +1019,7 @@ pub unsafe fn qk_q4_avx2<const LO: bool>(
                     }
                 }
             }
-            for (m, sm) in sacc.iter().enumerate().take(mr) {
-                let row = s.add(m * T);
-                _mm256_storeu_ps(buf.as_mut_ptr(), *sm);
-                for j in 0..n {
-                    *row.add(ts[j]) = buf[j];
-                }
-            }
+            store_rows8(&sacc, mr, s, &ts, n);
             i += n;
         }
     }
