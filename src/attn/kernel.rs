@@ -688,26 +688,18 @@ impl Kernels {
         let tl = src.len() / 2;
         assert!(tl <= TILE_KV && out.len() >= TILE_KV);
         #[cfg(target_arch = "x86_64")]
-        match self.isa {
-            // SAFETY: `src` holds `tl` f16 values, `out` TILE_KV floats.
-            Isa::Avx512 => unsafe {
-                return crate::simd::x86::attn::mask_tile_avx512(
-                    src.as_ptr(),
-                    tl,
-                    slope,
-                    out.as_mut_ptr(),
-                );
-            },
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe {
-                return crate::simd::x86::attn::mask_tile_avx2(
-                    src.as_ptr(),
-                    tl,
-                    slope,
-                    out.as_mut_ptr(),
-                );
-            },
-            Isa::Scalar => {}
+        {
+            use crate::simd::x86::attn::{mask_tile_avx2, mask_tile_avx512};
+            let f = match self.isa {
+                Isa::Avx512 => Some(mask_tile_avx512 as unsafe fn(_, _, _, _) -> _),
+                Isa::Avx2 => Some(mask_tile_avx2 as unsafe fn(_, _, _, _) -> _),
+                Isa::Scalar => None,
+            };
+            if let Some(f) = f {
+                // SAFETY: `src` holds `tl` f16 values, `out` TILE_KV floats; the ISA was
+                // detected by `simd::isa()`.
+                return unsafe { f(src.as_ptr(), tl, slope, out.as_mut_ptr()) };
+            }
         }
         let (mut live, mut hid) = (0u64, 0u64);
         for (t, (h, x)) in src.chunks_exact(2).zip(out.iter_mut()).enumerate() {

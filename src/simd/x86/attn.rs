@@ -822,15 +822,10 @@ unsafe fn pv_fused_rows<const F: u8, const R: usize>(
 ) {
     unsafe {
         let n32 = dv / 32;
-        let mut g = 0;
         let pf = if m == 0 { pf } else { 0 };
-        while g + 2 <= n32 {
-            pv_fused_block::<F, R, 2>(p, v, nb1, active, o, m, g, dvp, pf);
-            g += 2;
-        }
-        if g < n32 {
-            pv_fused_block::<F, R, 1>(p, v, nb1, active, o, m, g, dvp, pf);
-        }
+        by_pairs!(n32, |g, NG| pv_fused_block::<F, R, NG>(
+            p, v, nb1, active, o, m, g, dvp, pf
+        ));
         if !dv.is_multiple_of(32) {
             pv_fused_tail16::<R>(p, v, nb1, active, o, m, 2 * n32, dvp);
         }
@@ -1371,14 +1366,9 @@ unsafe fn pv_q_rows<const F: u8, const R: usize>(
 ) {
     unsafe {
         let pf = if m == 0 { pf } else { 0 };
-        let mut g = 0;
-        while g + 2 <= nb {
-            pv_q_block::<F, R, 2>(w, v, nb1, active, o, m, mr, g, dvp, pf);
-            g += 2;
-        }
-        if g < nb {
-            pv_q_block::<F, R, 1>(w, v, nb1, active, o, m, mr, g, dvp, pf);
-        }
+        by_pairs!(nb, |g, NG| pv_q_block::<F, R, NG>(
+            w, v, nb1, active, o, m, mr, g, dvp, pf
+        ));
     }
 }
 
@@ -1475,6 +1465,15 @@ unsafe fn weights_pd<const F: u8>(
 // (q4_0: `Σ W·(n−8)` as `Σ W·n − 8·Σ W`). Two MACs per lane and instruction instead of one
 // FMA, the V values never converted to float; the weights keep 15 bits (relative error
 // ≤ 2⁻¹⁶ of the tile's largest weight, far below the cache's own rounding).
+
+/// The scales of a (block, row)'s 16-bit weights for the bound `M = big > 0` of its |p·d|
+/// (see [`weights_q16`]): `W = rint(w·up)`, `w ≈ W·down` with `up = 32767/M`, `down =
+/// M/32767`. `None` (the float kernel takes the tile) when `M` is not finite or below 2⁻¹⁰⁰,
+/// where `32767/M` could overflow. The one rule of both ISAs' integer V kernels.
+#[inline(always)]
+pub(super) fn q16_scale(big: f32) -> Option<(f32, f32)> {
+    (big >= f32::from_bits(0x0d80_0000) && big <= f32::MAX).then(|| (32767.0 / big, big / 32767.0))
+}
 
 /// The 16-bit weights of [`pv_i16_avx512`] (`wq`, `[nb][mr][64]`, zero past the active rows up
 /// to the next multiple of 16), `sig = M/32767` and (q4_0) `sw = Σ W` per (block, row), in one
@@ -1573,10 +1572,10 @@ unsafe fn weights_q16<const F: u8>(
                     *sw.add(row) = 0;
                     continue;
                 }
-                if !(big >= f32::from_bits(0x0d80_0000) && big <= f32::MAX) {
-                    return false; // below 2^-100 (32767/M could overflow) or not finite
-                }
-                let r = _mm512_set1_ps(32767.0 / big);
+                let Some((up, down)) = q16_scale(big) else {
+                    return false;
+                };
+                let r = _mm512_set1_ps(up);
                 let mut sum = _mm512_setzero_si512();
                 for c in 0..nc {
                     let w = _mm512_mul_ps(load_p(m, c), dv[c]);
@@ -1589,7 +1588,7 @@ unsafe fn weights_q16<const F: u8>(
                         _mm512_cvtepi32_epi16(q),
                     );
                 }
-                *sig.add(row) = big / 32767.0;
+                *sig.add(row) = down;
                 *sw.add(row) = if F == FMT_Q4_0 {
                     _mm512_reduce_add_epi32(sum)
                 } else {
@@ -1733,14 +1732,9 @@ unsafe fn pv_i16_rows<const F: u8, const R: usize>(
 ) {
     unsafe {
         let pf = if m == 0 { pf } else { 0 };
-        let mut g = 0;
-        while g + 2 <= nb {
-            pv_i16_block::<F, R, 2>(wq, sig, sw, v, nb1, active, o, m, mr, g, dvp, pf);
-            g += 2;
-        }
-        if g < nb {
-            pv_i16_block::<F, R, 1>(wq, sig, sw, v, nb1, active, o, m, mr, g, dvp, pf);
-        }
+        by_pairs!(nb, |g, NG| pv_i16_block::<F, R, NG>(
+            wq, sig, sw, v, nb1, active, o, m, mr, g, dvp, pf
+        ));
     }
 }
 

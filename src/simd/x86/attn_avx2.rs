@@ -13,8 +13,8 @@
 //! V: `pv_i16_avx2`) give the same bits as their AVX-512 VNNI counterparts (exact integer
 //! sums, the same float steps around them).
 use super::attn::{
-    fmt_row_bytes as row_bytes, k_rows8, prefetch_row as prefetch, qblock_bytes, store_rows8,
-    FMT_F16, FMT_Q8_0,
+    fmt_row_bytes as row_bytes, k_rows8, prefetch_row as prefetch, q16_scale, qblock_bytes,
+    store_rows8, FMT_F16, FMT_Q8_0,
 };
 use core::arch::x86_64::*;
 
@@ -752,10 +752,10 @@ unsafe fn weights_q16(
                     *sw.add(row) = 0;
                     continue;
                 }
-                if !(big >= f32::from_bits(0x0d80_0000) && big <= f32::MAX) {
-                    return false; // below 2^-100 (32767/M could overflow) or not finite
-                }
-                let r = _mm256_set1_ps(32767.0 / big);
+                let Some((up, down)) = q16_scale(big) else {
+                    return false;
+                };
+                let r = _mm256_set1_ps(up);
                 let mut sum = _mm256_setzero_si256();
                 for c in (0..nce).step_by(2) {
                     let w0 = _mm256_mul_ps(pv[m][c].assume_init(), dv[c]);
@@ -767,7 +767,7 @@ unsafe fn weights_q16(
                     let q16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q0, q1));
                     _mm256_storeu_si256(wr.add(8 * c) as *mut __m256i, q16);
                 }
-                *sig.add(row) = big / 32767.0;
+                *sig.add(row) = down;
                 *sw.add(row) = {
                     let s = _mm_add_epi32(
                         _mm256_castsi256_si128(sum),

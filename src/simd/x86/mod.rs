@@ -33,6 +33,26 @@ macro_rules! by_fours {
     }};
 }
 
+/// Runs `$body` for the 32-column groups `0..$nb` two at a time, then the one left: `$g` is
+/// the pass's first group and `$ng` a `const usize` with its number of groups (2 or 1).
+macro_rules! by_pairs {
+    ($nb:expr, |$g:ident, $ng:ident| $body:expr) => {{
+        let nb: usize = $nb;
+        let mut $g = 0usize;
+        while $g + 2 <= nb {
+            {
+                const $ng: usize = 2;
+                $body;
+            }
+            $g += 2;
+        }
+        if $g < nb {
+            const $ng: usize = 1;
+            $body;
+        }
+    }};
+}
+
 pub mod attn;
 pub mod attn_avx2;
 pub mod f16;
