@@ -361,9 +361,18 @@ fn quantize_impl(
         if n == 0 {
             return Ok(()); // nothing to do (and no loop over 2^62 empty rows)
         }
-        for r in 0..rows {
-            let xrow = &xs[r * per..(r + 1) * per];
-            let yrow = &mut ys[r * row_bytes..(r + 1) * row_bytes];
+        // The rows are packed on both sides and `per` is a whole number of blocks
+        // (`row_bytes` accepted it): where the format allows it, one call over all rows
+        // writes the bytes of a call per row, without the per-call cost.
+        let (per_call, bytes_per_call) = if ops.rows_batch() {
+            (n, need)
+        } else {
+            (per, row_bytes)
+        };
+        for (xrow, yrow) in xs
+            .chunks_exact(per_call)
+            .zip(ys.chunks_exact_mut(bytes_per_call))
+        {
             if reference {
                 ops.quantize_row_ref(xrow, yrow)
             } else {
@@ -434,14 +443,8 @@ pub unsafe extern "C" fn attnrot_dequantize_rows(
         if n == 0 {
             return Ok(()); // nothing to do (and no loop over 2^62 empty rows)
         }
-        for r in 0..rows {
-            ops.dequantize_row(
-                &xs[r * row_bytes..(r + 1) * row_bytes],
-                &mut ys[r * per..(r + 1) * per],
-            )
-            .map_err(status_of)?;
-        }
-        Ok(())
+        // one call over all rows (packed, and every format dequantizes block by block)
+        ops.dequantize_row(xs, ys).map_err(status_of)
     })
 }
 

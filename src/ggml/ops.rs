@@ -641,6 +641,16 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
             }
         }
     }
+    // Runs (below) only where one call per run writes what a call per row would: the plain
+    // quantizer (the search modes weigh a row as a whole), aligned f32 rows, packed rows.
+    let runs = matches!(mode, WriteMode::Exact)
+        && fmt.rows_batch()
+        && bty == GgmlType::F32
+        && [bb.get() as usize, b_nb[2], b_nb[3]]
+            .iter()
+            .all(|v| v.is_multiple_of(4))
+        && b_nb[1] == nc * 4
+        && d_nb[1] == row_bytes;
     par_ranges(total, nt, |range| {
         ROW.with(|row| {
             let mut row = row.borrow_mut();
@@ -648,21 +658,37 @@ unsafe fn set_rows(dst: &sys::ggml_tensor, n_threads: usize) -> Result<(), Strin
                 row.resize(nc, 0.0);
             }
             let row = &mut row[..nc];
-            for u in range {
+            let mut u = range.start;
+            while u < range.end {
                 let (i, p) = (u % nr, u / nr);
                 let (i02, i03) = (p % ne02, p / ne02);
                 let i1 = index(i, i02, i03) as usize;
+                // A run of rows of this plane with consecutive indices, whose source and
+                // destination rows are both packed, is one contiguous block on each side:
+                // one `from_float` call for all of it (the same bytes as row by row, the
+                // formats being blockwise) instead of a call per row — llama.cpp's prefill
+                // writes its batch to consecutive cache slots.
+                let mut len = 1;
+                if runs {
+                    while u + len < range.end
+                        && i + len < nr
+                        && index(i + len, i02, i03) == (i1 + len) as i64
+                    {
+                        len += 1;
+                    }
+                }
+                u += len;
                 // SAFETY: offsets inside the tensors' extents (shape and indices checked);
                 // rows written by one thread only (distinct targets, or one thread).
                 unsafe {
                     let s = bb.get().add(i * b_nb[1] + i02 * b_nb[2] + i03 * b_nb[3]) as *const u8;
                     let d = std::slice::from_raw_parts_mut(
                         db.get().add(i1 * d_nb[1] + i02 * d_nb[2] + i03 * d_nb[3]),
-                        row_bytes,
+                        row_bytes * len,
                     );
                     let x: &[f32] = match bty {
                         GgmlType::F32 if (s as usize).is_multiple_of(4) => {
-                            std::slice::from_raw_parts(s as *const f32, nc)
+                            std::slice::from_raw_parts(s as *const f32, nc * len)
                         }
                         GgmlType::F32 => {
                             std::ptr::copy_nonoverlapping(s, row.as_mut_ptr() as *mut u8, nc * 4);
@@ -1605,13 +1631,28 @@ mod tests {
             .collect();
         let fmt = crate::quant::format(GgmlType::Q8_0).unwrap();
         let rb = GgmlType::Q8_0.row_bytes(nc).unwrap();
-        for dup in [false, true] {
-            // a permutation of 0..ne1 (first nr), or with a duplicated target
+        for (pattern, dup) in [0, 1, 2].into_iter().flat_map(|p| [(p, false), (p, true)]) {
+            // a permutation of 0..ne1 (first nr); runs of consecutive slots (prefill into
+            // a cache: one `from_float` call per run) of lengths 1..=40 at random places;
+            // or all of it one run at an offset. Each with or without a duplicated target.
             let mut perm: Vec<i64> = (0..ne1 as i64).collect();
             for i in (1..ne1).rev() {
                 perm.swap(i, (rnd() % (i as u64 + 1)) as usize);
             }
-            let mut idx: Vec<i64> = perm[..nr].to_vec();
+            let mut idx: Vec<i64> = match pattern {
+                0 => perm[..nr].to_vec(),
+                1 => {
+                    let mut v = Vec::new();
+                    while v.len() < nr {
+                        let len = (1 + rnd() % 40) as usize;
+                        let at = (rnd() % (ne1 - len) as u64) as i64;
+                        v.extend((at..).take(len));
+                    }
+                    v.truncate(nr);
+                    v
+                }
+                _ => (77..).take(nr).collect(),
+            };
             if dup {
                 idx[nr - 1] = idx[3];
             }
@@ -1646,19 +1687,19 @@ mod tests {
                 unsafe { compute(&mut d, nt) }.unwrap();
                 outs.push(dst);
             }
-            assert_eq!(outs[0], outs[1], "dup={dup}");
-            assert_eq!(outs[0], outs[2], "dup={dup}");
+            assert_eq!(outs[0], outs[1], "pattern {pattern} dup={dup}");
+            assert_eq!(outs[0], outs[2], "pattern {pattern} dup={dup}");
             let mut want = vec![0u8; rb];
             for (i, &r) in idx.iter().enumerate() {
-                if dup && i == 3 {
-                    continue; // overwritten by the last row
+                if idx[i + 1..].contains(&r) {
+                    continue; // overwritten by a later row
                 }
                 fmt.quantize_row(&src[i * nc..(i + 1) * nc], &mut want)
                     .unwrap();
                 assert_eq!(
                     &outs[0][r as usize * rb..][..rb],
                     &want[..],
-                    "row {i} dup={dup}"
+                    "row {i} pattern {pattern} dup={dup}"
                 );
             }
         }

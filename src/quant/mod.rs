@@ -176,6 +176,15 @@ impl FormatOps {
         &self.k[crate::simd::slot() & (crate::simd::SLOTS - 1)]
     }
 
+    /// Whether one [`quantize_row`](Self::quantize_row) over several packed rows writes the
+    /// bytes a call per row writes. True for every format but iq4_nl, whose all-zero block
+    /// repeats the indices of the block before it in the same call (upstream's
+    /// `quantize_row_iq4_nl_impl`; see `quant::iq4_nl`), so a row's first such block would
+    /// take the previous row's indices instead of its own call's.
+    pub fn rows_batch(&self) -> bool {
+        self.ty != GgmlType::IQ4_NL
+    }
+
     /// The CPU backend's `from_float`: quantize `x` into `y` (exactly `row_bytes(x.len())` bytes used).
     #[inline]
     pub fn quantize_row(&self, x: &[f32], y: &mut [u8]) -> Result<()> {
