@@ -999,7 +999,7 @@ fn prefetch_rows(nb1: usize) -> usize {
 }
 
 /// FLASH_ATTN_EXT on ggml-style tensors. `n_threads` ≥ 1 (the result does not depend on it);
-/// the threads are scoped threads started for this call ([`crate::par::Scoped`]).
+/// the threads are the caller and workers of a pool kept between calls ([`crate::par::Pooled`]).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_ext(
     q: &Tensor,
@@ -1014,7 +1014,7 @@ pub fn flash_attn_ext(
     if n_threads == 0 {
         return Err(Error::BadParam("n_threads must be at least 1".into()));
     }
-    let team = crate::par::Scoped::new(n_threads);
+    let team = crate::par::Pooled::new(n_threads);
     flash_attn_ext_team(q, k, v, mask, sinks, params, dst, &team)
 }
 
