@@ -1,9 +1,12 @@
 //! KV block formats: ours vs upstream, same data, same run, one thread.
 //!
 //! For each of the eight KV formats (f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl), on
-//! 4096 rows x 128 floats, row by row (as SET_ROWS and attention call them):
-//! * quantize: `attnrot::quant::format(ty).quantize_row` vs the CPU backend's `from_float`;
-//! * dequantize: `dequantize_row` vs upstream's `to_float` (both on upstream's bytes);
+//! 4096 rows x 128 floats, as the backends call them:
+//! * quantize: `attnrot::quant::format(ty).quantize_row` vs the CPU backend's `from_float`,
+//!   as each SET_ROWS writes a batch to consecutive cache slots: ours one call for all rows
+//!   (one row at a time for iq4_nl, `FormatOps::rows_batch`), upstream's one call per row;
+//! * dequantize: `dequantize_row` vs upstream's `to_float` (both on upstream's bytes), row
+//!   by row;
 //!   upstream's `from_float` and `to_float` are called through their raw pointers, fetched
 //!   once (as ggml calls them), like `vec_dot` below;
 //! * vec_dot: `vec_dot` vs the CPU backend's `vec_dot` (row i of the format against row i of
@@ -188,6 +191,11 @@ impl Fmt {
     }
 
     fn quant_ours(&mut self) {
+        if self.ops.rows_batch() {
+            // SET_ROWS's call for a run of consecutive cache slots (`ggml::ops::set_rows`)
+            self.ops.quantize_row(&self.x, &mut self.out_q).unwrap();
+            return;
+        }
         for r in 0..ROWS {
             self.ops
                 .quantize_row(
