@@ -17,7 +17,9 @@
  *   - An output that overlaps an input is ATTNROT_E_OVERLAP (unless in-place is documented).
  *   - Type ids are the values of ggml's enum ggml_type (ATTNROT_TYPE_*). Unknown ids are
  *     ATTNROT_E_UNSUPPORTED.
- *   - Functions are thread-safe and keep no state between calls.
+ *   - Functions are thread-safe and keep no state between calls. (attnrot_flash_attn with
+ *     n_threads > 1 runs on a process-wide pool of worker threads, one per core, started on
+ *     its first use and kept, asleep between calls; no result depends on it.)
  *   - The caller guarantees what C cannot check: that each pointer points to as many bytes as
  *     the arguments say (a float buffer's size is implied by the counts; a block buffer's
  *     size is passed explicitly and checked).
@@ -138,8 +140,9 @@ typedef struct attnrot_attn_params {
     float   max_bias;   /* ALiBi maximum bias, >= 0; 0 = no ALiBi; > 0 needs a mask */
     float   softcap;    /* logit soft-capping; 0 = off */
     int32_t mask_type;  /* ATTNROT_TYPE_F32 (0) or ATTNROT_TYPE_F16 (uint16_t IEEE half bits) */
-    int32_t n_threads;  /* worker threads, 0..1024 (0 and 1: the calling thread only);
-                           the result does not depend on it */
+    int32_t n_threads;  /* threads, 0..1024 (0 and 1: the calling thread only; n > 1: the
+                           caller and n - 1 tasks on the worker pool, at most one per core
+                           running at once); the result does not depend on it */
     uint32_t flags;     /* must be 0 */
 } attnrot_attn_params;
 

@@ -568,7 +568,8 @@ pub struct attnrot_attn_params {
     pub softcap: f32,
     /// Type of `mask`: `ATTNROT_TYPE_F32` (0) or `ATTNROT_TYPE_F16`.
     pub mask_type: i32,
-    /// Worker threads (0 or 1: the calling thread only; at most 1024). The result does not
+    /// Threads (0 or 1: the calling thread only; n > 1: the caller and n − 1 tasks on the
+    /// process-wide worker pool, [`crate::par::Pooled`]; at most 1024). The result does not
     /// depend on it.
     pub n_threads: i32,
     /// Must be 0.
