@@ -2,8 +2,8 @@
 //!
 //! The kernels split their work into pieces whose numbers never depend on the split; *which*
 //! threads run the pieces is a [`Team`]. On its own (the Rust and C APIs) the crate uses
-//! [`Pooled`]: the calling thread plus workers of a process-wide pool (rayon's global pool)
-//! that stay between calls, so a decode step's call does not pay for starting threads
+//! [`Pooled`]: the calling thread plus workers of a process-wide pool (a rayon pool of its
+//! own) that stay between calls, so a decode step's call does not pay for starting threads
 //! (~0.03 ms a call, a fifth of a 0.17 ms decode call). [`Scoped`] (`std` threads started per
 //! call) remains for the backend's fallback below. Inside a ggml host the backend passes a team that runs on
 //! the host CPU backend's own OpenMP workers instead (`ggml::team`): between the CPU splits of
@@ -67,10 +67,12 @@ impl Team for Scoped {
     }
 }
 
-/// The calling thread (member 0) and `n - 1` tasks on rayon's global pool, whose worker
-/// threads are started once per process and sleep between calls. The members pull their
-/// work from shared counters, so every piece runs even when the pool has fewer free workers
-/// than members (the kernels never wait for each other inside `run`).
+/// The calling thread (member 0) and `n - 1` tasks on the crate's worker pool: a rayon
+/// pool of one thread per core (`attnrot-N`), started on first use and kept, its workers
+/// asleep between calls. The members pull their work from shared counters, so every piece
+/// runs even when fewer workers are free than members (the kernels never wait for each
+/// other inside `run`). In a child process forked after the pool started (its workers do not
+/// exist there) the team runs as [`Scoped`] instead.
 #[derive(Clone, Copy, Debug)]
 pub struct Pooled(usize);
 
@@ -79,6 +81,23 @@ impl Pooled {
     pub fn new(n: usize) -> Self {
         Pooled(n.max(1))
     }
+}
+
+/// The pool and the process that started it (`None` if it could not be built).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<(u32, rayon::ThreadPool)>> = std::sync::OnceLock::new();
+    let (pid, p) = POOL
+        .get_or_init(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("attnrot-{i}"))
+                .build()
+                .ok()
+                .map(|p| (std::process::id(), p))
+        })
+        .as_ref()?;
+    (*pid == std::process::id()).then_some(p)
 }
 
 impl Team for Pooled {
@@ -90,9 +109,12 @@ impl Team for Pooled {
         if self.0 == 1 {
             return f(0);
         }
+        let Some(pool) = pool() else {
+            return Scoped::new(self.0).run(f);
+        };
         let isa = simd::isa();
         // A panic in a task or in f(0) is resumed here after every task finished.
-        rayon::in_place_scope(|s| {
+        pool.in_place_scope(|s| {
             for t in 1..self.0 {
                 s.spawn(move |_| {
                     // The caller's ISA ran on this machine, so forcing it cannot fail.
