@@ -173,6 +173,32 @@ mod tests {
         }
     }
 
+    /// Several threads using the pool at once (C programs calling from their own threads),
+    /// and a member that runs a team itself: every member of every run, once.
+    #[test]
+    fn pooled_serves_concurrent_and_nested_callers() {
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let seen: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+                        Pooled::new(3).run(&|i| {
+                            seen[i].fetch_add(1, Ordering::Relaxed);
+                            if i == 1 {
+                                Pooled::new(2).run(&|_| {
+                                    total.fetch_add(1, Ordering::Relaxed);
+                                });
+                            }
+                        });
+                        assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 4 * 200 * 2);
+    }
+
     #[test]
     fn teams_pass_the_callers_isa() {
         // the most basic ISA is forced on every machine; every member must see it
