@@ -1110,6 +1110,73 @@ mod tests {
         }
     }
 
+    /// A non-finite probability or V block scale in a tile (the whole-tile weights of the
+    /// integer kernels check 64 at once, the others lane by lane) sends the tile to the float
+    /// kernel: the same bits as asking for the float kernel, every ISA.
+    #[test]
+    fn pv_q_non_finite_tiles_take_the_float_kernel() {
+        let mut seed = 0x5eed_u64;
+        for isa in simd::available() {
+            let kn = Kernels::new(isa);
+            for (ty, f) in [(GgmlType::Q8_0, Fused::Q8_0), (GgmlType::Q4_0, Fused::Q4_0)] {
+                let d = 64;
+                if kn.pv_q_fmt(ty, d) != Some(f) {
+                    continue;
+                }
+                let rb = ty.row_bytes(d).unwrap();
+                let nb1 = rb + 6;
+                let bs = rb / (d / 32);
+                for (bad, active) in [
+                    (0usize, (0..64u8).collect::<Vec<u8>>()),
+                    (1, (0..64u8).collect()),
+                    (2, (0..64u8).collect()),
+                    (0, (0..40u8).map(|t| t + 3).collect()),
+                    (1, (0..40u8).map(|t| t + 3).collect()),
+                ] {
+                    let mut data = vec![0u8; TILE_KV * nb1];
+                    for t in 0..TILE_KV {
+                        let x: Vec<f32> = (0..d)
+                            .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5)
+                            .collect();
+                        crate::quant::format(ty)
+                            .unwrap()
+                            .quantize_row(&x, &mut data[t * nb1..t * nb1 + rb])
+                            .unwrap();
+                    }
+                    let mr = 3;
+                    let mut p: Vec<f32> = (0..mr * TILE_KV)
+                        .map(|_| lcg(&mut seed) as f32 / u32::MAX as f32)
+                        .collect();
+                    let t = active[active.len() / 2] as usize;
+                    match bad {
+                        // a NaN probability, an infinite V scale (f16 0x7c00) in block 1
+                        0 => p[TILE_KV + t] = f32::NAN,
+                        1 => data[t * nb1 + bs..t * nb1 + bs + 2].copy_from_slice(&[0, 0x7c]),
+                        _ => p[2 * TILE_KV + t] = f32::INFINITY,
+                    }
+                    let run = |int16: bool| {
+                        let mut o = vec![0.5f32; mr * d];
+                        let mut ws = WeightScratch::new(mr, d / 32);
+                        simd::with_isa(isa, || {
+                            kn.pv_q(
+                                f, &p, &data, 0, nb1, &active, &mut ws, &mut o, mr, d, d, 1, int16,
+                            )
+                        })
+                        .unwrap();
+                        o
+                    };
+                    let (a, b) = (run(true), run(false));
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{isa:?} {ty} case {bad}, {} active rows",
+                        active.len()
+                    );
+                    assert!(a.iter().any(|x| !x.is_finite()), "{isa:?} {ty} case {bad}");
+                }
+            }
+        }
+    }
+
     fn pv_q_scaled_weights_for(kn: &Kernels) {
         let mut seed = 0x7e_u64;
         for (ty, f) in [(GgmlType::Q8_0, Fused::Q8_0), (GgmlType::Q4_0, Fused::Q4_0)] {

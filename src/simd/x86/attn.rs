@@ -868,10 +868,16 @@ pub unsafe fn pv_fused_avx512<const F: u8>(
 /// cheaper than a dword gather on Zen 4, measured).
 #[inline(always)]
 unsafe fn scales16(base: *const u8, offs: &[usize; 16], boff: usize) -> __m512 {
+    unsafe { scales16_at(|j| base.add(offs[j] + boff)) }
+}
+
+/// The f16 scales at `at(j)` for 16 rows, as f32.
+#[inline(always)]
+unsafe fn scales16_at(at: impl Fn(usize) -> *const u8) -> __m512 {
     unsafe {
         let mut h = [0u16; 16];
-        for j in 0..16 {
-            h[j] = (base.add(offs[j] + boff) as *const u16).read_unaligned();
+        for (j, x) in h.iter_mut().enumerate() {
+            *x = (at(j) as *const u16).read_unaligned();
         }
         _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
     }
@@ -1600,6 +1606,107 @@ unsafe fn weights_q16<const F: u8>(
     }
 }
 
+/// The largest magnitude of the 64 floats in `x`, as bits (the order of non-negative floats),
+/// and whether all of them are finite (no magnitude's bits above `f32::MAX`'s).
+#[inline(always)]
+unsafe fn magnitude4(x: &[__m512; 4]) -> (__m512i, bool) {
+    unsafe {
+        let absm = _mm512_set1_epi32(0x7fff_ffff);
+        let a0 = _mm512_and_si512(_mm512_castps_si512(x[0]), absm);
+        let a1 = _mm512_and_si512(_mm512_castps_si512(x[1]), absm);
+        let a2 = _mm512_and_si512(_mm512_castps_si512(x[2]), absm);
+        let a3 = _mm512_and_si512(_mm512_castps_si512(x[3]), absm);
+        let m = _mm512_max_epu32(_mm512_max_epu32(a0, a1), _mm512_max_epu32(a2, a3));
+        let fmax = _mm512_set1_epi32(f32::MAX.to_bits() as i32);
+        (m, _mm512_cmpgt_epu32_mask(m, fmax) == 0)
+    }
+}
+
+/// [`weights_q16`] for a whole tile of consecutive rows (`active` = `0..T`, the usual decode
+/// tile), with the same numbers: the row offsets an arithmetic progression and each query
+/// row's probabilities four plain loads (no offset tables, lane masks or gathers), and the
+/// finiteness of 64 values one unsigned max of their magnitudes' bits (above `f32::MAX`'s:
+/// ±Inf or NaN). The same maxima as there: `P_m = max(0, max p)`, `D_b = max |d|`.
+// index loops: c indexes the scales and the weights' column groups together
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weights_q16_full<const F: u8>(
+    p: *const f32,
+    v: *const u8,
+    nb1: usize,
+    mr: usize,
+    nb: usize,
+    wq: *mut i16,
+    sig: *mut f32,
+    sw: *mut i32,
+) -> bool {
+    unsafe {
+        let bs = qblock_bytes::<F>();
+        let load_p = |m: usize, c: usize| _mm512_loadu_ps(p.add(m * T + 16 * c));
+        let mut pmax = [0f32; 16];
+        for m in 0..mr {
+            let x = [load_p(m, 0), load_p(m, 1), load_p(m, 2), load_p(m, 3)];
+            if !magnitude4(&x).1 {
+                return false;
+            }
+            let mx = _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3]));
+            pmax[m] = _mm512_reduce_max_ps(mx).max(0.0);
+        }
+        for b in 0..nb {
+            let base = v.add(bs * b);
+            let mut dv = [_mm512_setzero_ps(); 4];
+            for c in 0..4 {
+                let rows = base.add(16 * c * nb1);
+                dv[c] = scales16_at(|j| rows.add(j * nb1));
+            }
+            let (dm, finite) = magnitude4(&dv);
+            if !finite {
+                return false;
+            }
+            let dmax = f32::from_bits(_mm512_reduce_max_epu32(dm));
+            for m in 0..mr {
+                let row = b * mr + m;
+                let big = pmax[m] * dmax;
+                if big == 0.0 {
+                    for c in 0..4 {
+                        _mm256_storeu_si256(
+                            wq.add(row * T + 16 * c) as *mut __m256i,
+                            _mm256_setzero_si256(),
+                        );
+                    }
+                    *sig.add(row) = 0.0;
+                    *sw.add(row) = 0;
+                    continue;
+                }
+                let Some((up, down)) = q16_scale(big) else {
+                    return false;
+                };
+                let r = _mm512_set1_ps(up);
+                let mut sum = _mm512_setzero_si512();
+                for c in 0..4 {
+                    let w = _mm512_mul_ps(load_p(m, c), dv[c]);
+                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(w, r));
+                    if F == FMT_Q4_0 {
+                        sum = _mm512_add_epi32(sum, q);
+                    }
+                    _mm256_storeu_si256(
+                        wq.add(row * T + 16 * c) as *mut __m256i,
+                        _mm512_cvtepi32_epi16(q),
+                    );
+                }
+                *sig.add(row) = down;
+                *sw.add(row) = if F == FMT_Q4_0 {
+                    _mm512_reduce_add_epi32(sum)
+                } else {
+                    0
+                };
+            }
+        }
+        true
+    }
+}
+
 /// Block `g` of two q8_0/q4_0 rows as 16-bit pairs `(a_j, b_j)` in 32-bit lanes: q4_0 the
 /// nibbles (0..15) of elements 0..15 and 16..31 in order; q8_0 the signed values of elements
 /// `[0..8, 16..24]` and `[8..16, 24..32]` (the order `unpack` leaves; see [`unpair_q8`]).
@@ -1761,7 +1868,12 @@ pub unsafe fn pv_i16_avx512<const F: u8>(
 ) -> bool {
     unsafe {
         let nb = dv / 32;
-        if !weights_q16::<F>(p, v, nb1, active, mr, nb, wq, sig, sw) {
+        let ok = if active.iter().copied().eq(0..T as u8) {
+            weights_q16_full::<F>(p, v, nb1, mr, nb, wq, sig, sw)
+        } else {
+            weights_q16::<F>(p, v, nb1, active, mr, nb, wq, sig, sw)
+        };
+        if !ok {
             return false;
         }
         by_fours!(mr, |m, R| pv_i16_rows::<F, R>(
