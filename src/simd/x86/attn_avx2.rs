@@ -670,8 +670,28 @@ unsafe fn weights_q16(
         let mut pv = [[core::mem::MaybeUninit::<__m256>::uninit(); 8]; 16];
         let mut pmx = [_mm256_setzero_ps(); 16];
         let mut bad = _mm256_setzero_ps();
+        // a whole tile of consecutive rows (the usual decode tile): row pointers in
+        // progression and plain loads of p, no column tables or lane masks (same numbers)
+        let full = active.iter().copied().eq(0..T as u8);
         for c in 0..nc {
             let i = 8 * c;
+            if full {
+                for j in 0..8 {
+                    rp[c][j] = v.add((i + j) * nb1);
+                }
+                if pf != 0 {
+                    for r in rp[c] {
+                        prefetch(r.wrapping_add(pf * nb1), lines);
+                    }
+                }
+                for m in 0..mr {
+                    let x = _mm256_loadu_ps(p.add(m * T + i));
+                    bad = _mm256_or_ps(bad, not_finite(x));
+                    pmx[m] = _mm256_max_ps(pmx[m], x);
+                    pv[m][c].write(x);
+                }
+                continue;
+            }
             let n = (na - i).min(8);
             let mut tsi = [0i32; 8];
             let mut mk = [0i32; 8];
