@@ -1565,43 +1565,63 @@ unsafe fn weights_q16<const F: u8>(
             // D_b: the largest block scale; |p·d| ≤ P_m·D_b = M
             let dmax = _mm512_reduce_max_ps(dmx);
             for m in 0..mr {
-                let row = b * mr + m;
-                let big = pmax[m] * dmax;
-                if big == 0.0 {
-                    for c in 0..nc {
-                        _mm256_storeu_si256(
-                            wq.add(row * T + 16 * c) as *mut __m256i,
-                            _mm256_setzero_si256(),
-                        );
-                    }
-                    *sig.add(row) = 0.0;
-                    *sw.add(row) = 0;
-                    continue;
-                }
-                let Some((up, down)) = q16_scale(big) else {
-                    return false;
-                };
-                let r = _mm512_set1_ps(up);
-                let mut sum = _mm512_setzero_si512();
+                let mut pm = [_mm512_setzero_ps(); 4];
                 for c in 0..nc {
-                    let w = _mm512_mul_ps(load_p(m, c), dv[c]);
-                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(w, r));
-                    if F == FMT_Q4_0 {
-                        sum = _mm512_add_epi32(sum, q);
-                    }
-                    _mm256_storeu_si256(
-                        wq.add(row * T + 16 * c) as *mut __m256i,
-                        _mm512_cvtepi32_epi16(q),
-                    );
+                    pm[c] = load_p(m, c);
                 }
-                *sig.add(row) = down;
-                *sw.add(row) = if F == FMT_Q4_0 {
-                    _mm512_reduce_add_epi32(sum)
-                } else {
-                    0
-                };
+                let row = b * mr + m;
+                let (wr, sr, swr) = (wq.add(row * T), sig.add(row), sw.add(row));
+                if !weights_row16::<F>(&pm, &dv, nc, pmax[m] * dmax, wr, sr, swr) {
+                    return false;
+                }
             }
         }
+        true
+    }
+}
+
+/// One (block, query row) of the 16-bit V weights: `wr[16c..16c+16] = rint(p·d·(32767/M))`
+/// for the column groups `c < nc` (`pm` the row's probabilities, `dv` the block scales, by
+/// group), `*sr = M/32767`, `*sw = Σ W` (q4_0; 0 for q8_0) for the bound `M = big`; all
+/// zero when `big == 0`. `false` when `big` cannot be scaled ([`q16_scale`]).
+#[inline(always)]
+unsafe fn weights_row16<const F: u8>(
+    pm: &[__m512; 4],
+    dv: &[__m512; 4],
+    nc: usize,
+    big: f32,
+    wr: *mut i16,
+    sr: *mut f32,
+    swr: *mut i32,
+) -> bool {
+    unsafe {
+        if big == 0.0 {
+            for c in 0..nc {
+                _mm256_storeu_si256(wr.add(16 * c) as *mut __m256i, _mm256_setzero_si256());
+            }
+            *sr = 0.0;
+            *swr = 0;
+            return true;
+        }
+        let Some((up, down)) = q16_scale(big) else {
+            return false;
+        };
+        let r = _mm512_set1_ps(up);
+        let mut sum = _mm512_setzero_si512();
+        for c in 0..nc {
+            let w = _mm512_mul_ps(pm[c], dv[c]);
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(w, r));
+            if F == FMT_Q4_0 {
+                sum = _mm512_add_epi32(sum, q);
+            }
+            _mm256_storeu_si256(wr.add(16 * c) as *mut __m256i, _mm512_cvtepi32_epi16(q));
+        }
+        *sr = down;
+        *swr = if F == FMT_Q4_0 {
+            _mm512_reduce_add_epi32(sum)
+        } else {
+            0
+        };
         true
     }
 }
@@ -1666,41 +1686,12 @@ unsafe fn weights_q16_full<const F: u8>(
             }
             let dmax = f32::from_bits(_mm512_reduce_max_epu32(dm));
             for m in 0..mr {
+                let pm = [load_p(m, 0), load_p(m, 1), load_p(m, 2), load_p(m, 3)];
                 let row = b * mr + m;
-                let big = pmax[m] * dmax;
-                if big == 0.0 {
-                    for c in 0..4 {
-                        _mm256_storeu_si256(
-                            wq.add(row * T + 16 * c) as *mut __m256i,
-                            _mm256_setzero_si256(),
-                        );
-                    }
-                    *sig.add(row) = 0.0;
-                    *sw.add(row) = 0;
-                    continue;
-                }
-                let Some((up, down)) = q16_scale(big) else {
+                let (wr, sr, swr) = (wq.add(row * T), sig.add(row), sw.add(row));
+                if !weights_row16::<F>(&pm, &dv, 4, pmax[m] * dmax, wr, sr, swr) {
                     return false;
-                };
-                let r = _mm512_set1_ps(up);
-                let mut sum = _mm512_setzero_si512();
-                for c in 0..4 {
-                    let w = _mm512_mul_ps(load_p(m, c), dv[c]);
-                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(w, r));
-                    if F == FMT_Q4_0 {
-                        sum = _mm512_add_epi32(sum, q);
-                    }
-                    _mm256_storeu_si256(
-                        wq.add(row * T + 16 * c) as *mut __m256i,
-                        _mm512_cvtepi32_epi16(q),
-                    );
                 }
-                *sig.add(row) = down;
-                *sw.add(row) = if F == FMT_Q4_0 {
-                    _mm512_reduce_add_epi32(sum)
-                } else {
-                    0
-                };
             }
         }
         true
