@@ -1614,6 +1614,76 @@ mod tests {
         x
     }
 
+    /// SET_ROWS over two planes, each with its own index row, whose slots continue across
+    /// the planes (plane 0 writes 10..310, plane 1 310..610): a run of consecutive slots never
+    /// crosses into the next plane, every row lands where `quantize_row` row by row puts it,
+    /// and no other slot is touched, on 1 and 2 threads.
+    #[test]
+    fn set_rows_runs_stay_in_their_plane() {
+        let (nc, nr, ne1) = (256usize, 300usize, 640usize);
+        let mut src: Vec<f32> = (0..nc * nr * 2)
+            .map(|i| ((i * 37) % 101) as f32 - 50.0)
+            .collect();
+        let mut idx: Vec<i64> = (10..610).collect();
+        let fmt = crate::quant::format(GgmlType::Q8_0).unwrap();
+        let rb = GgmlType::Q8_0.row_bytes(nc).unwrap();
+        for nt in [1usize, 2] {
+            let mut dst = vec![0u8; rb * ne1 * 2];
+            let mut b = tensor(
+                sys::ggml_type_GGML_TYPE_F32,
+                4,
+                [nc, nr, 2, 1],
+                src.as_mut_ptr() as *mut u8,
+            );
+            let mut c = tensor(
+                sys::ggml_type_GGML_TYPE_I64,
+                8,
+                [nr, 2, 1, 1],
+                idx.as_mut_ptr() as *mut u8,
+            );
+            let mut d = tensor(
+                sys::ggml_type_GGML_TYPE_Q8_0,
+                34,
+                [nc, ne1, 2, 1],
+                dst.as_mut_ptr(),
+            );
+            d.op = sys::ggml_op_GGML_OP_SET_ROWS;
+            d.src[0] = &mut b;
+            d.src[1] = &mut c;
+            assert_eq!(classify(&d), Ok(Kind::SetRows));
+            assert_eq!(
+                threads_for(nc * nr * 2, nt),
+                nt,
+                "big enough for {nt} threads"
+            );
+            // SAFETY: the descriptions point at live buffers of the right sizes.
+            unsafe { compute(&mut d, nt) }.unwrap();
+            let mut want = vec![0u8; rb];
+            let mut written = vec![false; ne1 * 2];
+            for plane in 0..2 {
+                for i in 0..nr {
+                    let r = idx[plane * nr + i] as usize;
+                    fmt.quantize_row(&src[(plane * nr + i) * nc..][..nc], &mut want)
+                        .unwrap();
+                    let at = (plane * ne1 + r) * rb;
+                    assert_eq!(
+                        &dst[at..at + rb],
+                        &want[..],
+                        "plane {plane} row {i} nt {nt}"
+                    );
+                    written[plane * ne1 + r] = true;
+                }
+            }
+            for (slot, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
+                let at = slot * rb;
+                assert!(
+                    dst[at..at + rb].iter().all(|&v| v == 0),
+                    "slot {slot} nt {nt}"
+                );
+            }
+        }
+    }
+
     /// SET_ROWS split over threads writes exactly what one thread writes, and what
     /// `quantize_row` gives row by row; duplicate targets fall back to one thread (last wins).
     #[test]
