@@ -491,7 +491,10 @@ struct Scratch {
     qkey: Option<(usize, usize, usize)>,
 }
 
-/// Per-worker tile buffers (used within one tile step of one item).
+/// Per-worker tile buffers (used within one tile step of one item). `kt`, `kr` and `vt` (the
+/// dequantized K and V tiles) start empty and get their size, zeroed, on first use: the fused
+/// decode kernels read the cache directly and never need them, and allocating and zeroing
+/// them per call cost ~1.5 % of a decode call at n_kv 4096.
 struct TileBufs {
     kt: Vec<f32>,
     s: Vec<f32>,
@@ -506,6 +509,13 @@ struct TileBufs {
     w: kernel::WeightScratch,
     /// One dequantized V row (the finiteness check of partly masked columns).
     vrow: Vec<f32>,
+}
+
+/// `v` with at least `n` elements (new ones zero).
+fn sized(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
 }
 
 /// The (M, S, O) state of one work item after a KV range.
@@ -573,13 +583,13 @@ impl Plan<'_> {
     fn tile_bufs(&self) -> TileBufs {
         let mmax = (self.r * self.g).div_ceil(4) * 4;
         TileBufs {
-            kt: vec![0.0; self.dk * TILE_KV],
+            kt: Vec::new(),
             s: vec![0.0; mmax * TILE_KV],
-            vt: vec![0.0; TILE_KV * self.dvp],
+            vt: Vec::new(),
             mv: vec![0.0; mmax * TILE_KV],
             mi: vec![0; mmax],
             ms: vec![1.0; mmax],
-            kr: vec![0.0; TILE_KV * self.dk],
+            kr: Vec::new(),
             w: kernel::WeightScratch::new(mmax, self.dv.div_ceil(32)),
             vrow: vec![0.0; self.dv],
         }
@@ -759,6 +769,7 @@ impl Plan<'_> {
                     tb.s[m_real * TILE_KV..mp * TILE_KV].fill(0.0);
                 } else if decode {
                     // few rows (decode): K tile row-major, dot products
+                    sized(&mut tb.kt, dk * TILE_KV);
                     for &t in &active {
                         let t = t as usize;
                         let off = kbase + (t0 + t) * self.k.nb[1];
@@ -771,6 +782,8 @@ impl Plan<'_> {
                 } else {
                     // K tile, transposed, for the outer-product tile GEMM (rows of inactive
                     // columns keep stale values: their scores are -inf whatever they hold)
+                    sized(&mut tb.kr, TILE_KV * dk);
+                    sized(&mut tb.kt, dk * TILE_KV);
                     for &t in &active {
                         let t = t as usize;
                         let off = kbase + (t0 + t) * self.k.nb[1];
@@ -807,6 +820,7 @@ impl Plan<'_> {
                 let tiled_v = !(decode && (vq.is_some() || fused.1.is_some()));
                 if tiled_v {
                     // V tile (dequantized rows of the active columns)
+                    sized(&mut tb.vt, TILE_KV * dvp);
                     for &t in &active {
                         let t = t as usize;
                         let off = vbase + (t0 + t) * self.v.nb[1];
