@@ -14,7 +14,7 @@
 //! sums, the same float steps around them).
 use super::attn::{
     fmt_row_bytes as row_bytes, k_rows8, prefetch_row as prefetch, q16_scale, qblock_bytes,
-    store_rows8, FMT_F16, FMT_Q8_0,
+    store_rows8, whole_tile, FMT_F16, FMT_Q8_0,
 };
 use core::arch::x86_64::*;
 
@@ -672,7 +672,7 @@ unsafe fn weights_q16(
         let mut bad = _mm256_setzero_ps();
         // a whole tile of consecutive rows (the usual decode tile): row pointers in
         // progression and plain loads of p, no column tables or lane masks (same numbers)
-        let full = active.iter().copied().eq(0..T as u8);
+        let full = whole_tile(active);
         for c in 0..nc {
             let i = 8 * c;
             if full {
