@@ -1614,6 +1614,46 @@ mod tests {
         x
     }
 
+    /// SET_ROWS of the f32 rows `src` (`[nc, nr, planes, 1]`) by the i64 indices `idx`
+    /// (`[nr, idx_rows, 1, 1]`) into a zeroed q8_0 tensor `[nc, ne1, planes, 1]`, on `nt`
+    /// threads: the destination's bytes.
+    fn set_rows_q8(
+        src: &mut [f32],
+        [nc, nr, planes]: [usize; 3],
+        idx: &mut [i64],
+        idx_rows: usize,
+        ne1: usize,
+        nt: usize,
+    ) -> Vec<u8> {
+        let rb = GgmlType::Q8_0.row_bytes(nc).unwrap();
+        let mut dst = vec![0u8; rb * ne1 * planes];
+        let mut b = tensor(
+            sys::ggml_type_GGML_TYPE_F32,
+            4,
+            [nc, nr, planes, 1],
+            src.as_mut_ptr() as *mut u8,
+        );
+        let mut c = tensor(
+            sys::ggml_type_GGML_TYPE_I64,
+            8,
+            [nr, idx_rows, 1, 1],
+            idx.as_mut_ptr() as *mut u8,
+        );
+        let mut d = tensor(
+            sys::ggml_type_GGML_TYPE_Q8_0,
+            34,
+            [nc, ne1, planes, 1],
+            dst.as_mut_ptr(),
+        );
+        d.op = sys::ggml_op_GGML_OP_SET_ROWS;
+        d.src[0] = &mut b;
+        d.src[1] = &mut c;
+        assert_eq!(classify(&d), Ok(Kind::SetRows));
+        // SAFETY: the descriptions point at live buffers of the right sizes.
+        unsafe { compute(&mut d, nt) }.unwrap();
+        dst
+    }
+
     /// SET_ROWS over two planes, each with its own index row, whose slots continue across
     /// the planes (plane 0 writes 10..310, plane 1 310..610): a run of consecutive slots never
     /// crosses into the next plane, every row lands where `quantize_row` row by row puts it,
@@ -1628,36 +1668,12 @@ mod tests {
         let fmt = crate::quant::format(GgmlType::Q8_0).unwrap();
         let rb = GgmlType::Q8_0.row_bytes(nc).unwrap();
         for nt in [1usize, 2] {
-            let mut dst = vec![0u8; rb * ne1 * 2];
-            let mut b = tensor(
-                sys::ggml_type_GGML_TYPE_F32,
-                4,
-                [nc, nr, 2, 1],
-                src.as_mut_ptr() as *mut u8,
-            );
-            let mut c = tensor(
-                sys::ggml_type_GGML_TYPE_I64,
-                8,
-                [nr, 2, 1, 1],
-                idx.as_mut_ptr() as *mut u8,
-            );
-            let mut d = tensor(
-                sys::ggml_type_GGML_TYPE_Q8_0,
-                34,
-                [nc, ne1, 2, 1],
-                dst.as_mut_ptr(),
-            );
-            d.op = sys::ggml_op_GGML_OP_SET_ROWS;
-            d.src[0] = &mut b;
-            d.src[1] = &mut c;
-            assert_eq!(classify(&d), Ok(Kind::SetRows));
             assert_eq!(
                 threads_for(nc * nr * 2, nt),
                 nt,
                 "big enough for {nt} threads"
             );
-            // SAFETY: the descriptions point at live buffers of the right sizes.
-            unsafe { compute(&mut d, nt) }.unwrap();
+            let dst = set_rows_q8(&mut src, [nc, nr, 2], &mut idx, 2, ne1, nt);
             let mut want = vec![0u8; rb];
             let mut written = vec![false; ne1 * 2];
             for plane in 0..2 {
@@ -1728,33 +1744,8 @@ mod tests {
             }
             let mut outs = Vec::new();
             for nt in [1usize, 2, 3] {
-                let mut dst = vec![0u8; rb * ne1];
-                let b = tensor(
-                    sys::ggml_type_GGML_TYPE_F32,
-                    4,
-                    [nc, nr, 1, 1],
-                    src.as_mut_ptr() as *mut u8,
-                );
-                let c = tensor(
-                    sys::ggml_type_GGML_TYPE_I64,
-                    8,
-                    [nr, 1, 1, 1],
-                    idx.as_mut_ptr() as *mut u8,
-                );
-                let mut d = tensor(
-                    sys::ggml_type_GGML_TYPE_Q8_0,
-                    34,
-                    [nc, ne1, 1, 1],
-                    dst.as_mut_ptr(),
-                );
-                d.op = sys::ggml_op_GGML_OP_SET_ROWS;
-                let (mut b, mut c) = (b, c);
-                d.src[0] = &mut b;
-                d.src[1] = &mut c;
-                assert_eq!(classify(&d), Ok(Kind::SetRows));
                 assert!(threads_for(nc * nr, nt) == nt.min(4));
-                // SAFETY: the descriptions point at live buffers of the right sizes.
-                unsafe { compute(&mut d, nt) }.unwrap();
+                let dst = set_rows_q8(&mut src, [nc, nr, 1], &mut idx, 1, ne1, nt);
                 outs.push(dst);
             }
             assert_eq!(outs[0], outs[1], "pattern {pattern} dup={dup}");
